@@ -1,0 +1,426 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <dirent.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <libmount.h>
+#include <stdio.h>
+#include <sys/sysmacros.h>
+
+#include "bus-util.h"
+#include "device.h"
+#include "log.h"
+#include "loopmgr-bus.h"
+#include "manager.h"
+
+const char *device_state_to_string(DeviceState s) {
+        return s == DEVICE_DETACH_PENDING ? LOOPMGR_STATE_DETACH_PENDING : LOOPMGR_STATE_ATTACHED;
+}
+
+static const Identity *lookup_loop_identity(dev_t devnum, void *userdata) {
+        Manager *m = userdata;
+        Device *d = manager_get_device_by_devnum(m, devnum);
+
+        return d && d->has_identity ? &d->identity : NULL;
+}
+
+void device_update_identity(Device *d) {
+        Backing b;
+        int r;
+
+        d->has_identity = false;
+        if (!d->status.bound || d->status.size == 0)
+                return;
+
+        d->backing_is_block = d->status.backing_rdevice != 0;
+        if (d->backing_is_block)
+                b = (Backing) { .is_block = true, .device = d->status.backing_rdevice };
+        else if (d->status.backing_device != 0 || d->status.backing_inode != 0)
+                b = (Backing) { .device = d->status.backing_device,
+                                .inode = d->status.backing_inode };
+        else
+                return;         /* ids unknown (device in rundown): no identity */
+
+        r = identity_compute(&b, d->status.offset, d->status.size, lookup_loop_identity,
+                             d->manager, &d->identity);
+        if (r < 0) {
+                log_debug_errno(r, "Cannot compute identity of %s: %m", d->status.name);
+                return;
+        }
+        d->has_identity = true;
+}
+
+int device_new(Manager *m, const LoopStatus *status, bool managed, Device **ret) {
+        Device *d;
+        int r;
+
+        d = calloc(1, sizeof(*d));
+        if (!d)
+                return -ENOMEM;
+        d->manager = m;
+        d->status = *status;
+        d->status.backing_file = NULL;
+        if (status->backing_file) {
+                d->status.backing_file = strdup(status->backing_file);
+                if (!d->status.backing_file) {
+                        free(d);
+                        return -ENOMEM;
+                }
+        }
+        d->managed = managed;
+        d->state = DEVICE_ATTACHED;
+
+        r = bus_device_path(status->diskseq, &d->path);
+        if (r >= 0 && asprintf(&d->node, "/dev/%s", status->name) < 0) {
+                d->node = NULL;
+                r = -ENOMEM;
+        }
+        if (r < 0) {
+                device_free(d);
+                return r;
+        }
+
+        device_update_identity(d);
+        *ret = d;
+        return 0;
+}
+
+Waiter *waiter_free(Waiter *w) {
+        if (!w)
+                return NULL;
+        sd_event_source_disable_unref(w->timeout);
+        sd_bus_message_unref(w->message);
+        free(w);
+        return NULL;
+}
+
+Device *device_free(Device *d) {
+        if (!d)
+                return NULL;
+
+        while (d->waiters) {
+                Waiter *w = d->waiters;
+                d->waiters = w->next;
+                waiter_free(w);
+        }
+        device_drop_all_references(d);
+        loop_status_done(&d->status);
+        free(d->path);
+        free(d->node);
+        free(d);
+        return NULL;
+}
+
+int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *owner) {
+        Reference *ref;
+
+        ref = calloc(1, sizeof(*ref));
+        if (!ref)
+                return -ENOMEM;
+        ref->uid = uid;
+        ref->lifetime = lifetime;
+        if (lifetime == LIFETIME_CLIENT && owner) {
+                ref->owner = strdup(owner);
+                if (!ref->owner) {
+                        free(ref);
+                        return -ENOMEM;
+                }
+        }
+
+        if (d->n_references == 0)
+                d->owner_uid = uid;
+        ref->next = d->references;
+        d->references = ref;
+        d->n_references++;
+        return 0;
+}
+
+bool device_has_reference_of(Device *d, uid_t uid) {
+        for (Reference *r = d->references; r; r = r->next)
+                if (r->uid == uid)
+                        return true;
+        return false;
+}
+
+static void reference_unlink(Device *d, Reference **link) {
+        Reference *r = *link;
+
+        *link = r->next;
+        free(r->owner);
+        free(r);
+        d->n_references--;
+}
+
+int device_drop_reference(Device *d, uid_t uid) {
+        /* The list is newest first, so this drops the newest reference of uid. */
+        for (Reference **i = &d->references; *i; i = &(*i)->next)
+                if ((*i)->uid == uid) {
+                        reference_unlink(d, i);
+                        return 1;
+                }
+        return 0;
+}
+
+void device_drop_all_references(Device *d) {
+        while (d->references)
+                reference_unlink(d, &d->references);
+}
+
+unsigned device_drop_client_references(Device *d, const char *owner) {
+        unsigned n = 0;
+
+        for (Reference **i = &d->references; *i;) {
+                if ((*i)->lifetime == LIFETIME_CLIENT && streq_ptr((*i)->owner, owner)) {
+                        reference_unlink(d, i);
+                        n++;
+                } else
+                        i = &(*i)->next;
+        }
+        return n;
+}
+
+static int on_waiter_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Waiter *w = userdata;
+        Device *d = w->device;
+        Manager *m = d->manager;
+
+        /* Unlink first: the handlers below may free the device. */
+        for (Waiter **i = &d->waiters; *i; i = &(*i)->next)
+                if (*i == w) {
+                        *i = w->next;
+                        break;
+                }
+
+        if (w->kind == WAITER_ATTACH) {
+                (void) bus_reply_errnof(w->message, -ETIMEDOUT,
+                                        "udev did not finish processing %s in time; the device "
+                                        "was detached again.", d->node);
+                waiter_free(w);
+                /* Nothing may be left behind: drop the reference this attach took and tear
+                 * the device down if that was the last one. */
+                if (d->managed && d->n_references <= 1 && d->state == DEVICE_ATTACHED) {
+                        int r;
+
+                        device_drop_all_references(d);
+                        r = loop_detach(m->root, d->status.name, d->status.diskseq);
+                        if (r != 0)
+                                manager_remove_device(m, d, -ETIMEDOUT);
+                        else {
+                                d->state = DEVICE_DETACH_PENDING;
+                                manager_emit_device_changed(m, d, (char *[]) { "State", "References", NULL });
+                        }
+                } else if (d->n_references > 0) {
+                        device_drop_reference(d, d->references->uid);
+                        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+                }
+                return 0;
+        }
+
+        (void) bus_reply_errnof(w->message, -ETIMEDOUT,
+                                "%s is still open; its teardown stays pending and completes when "
+                                "the last user closes it.", d->node);
+        waiter_free(w);
+        return 0;
+}
+
+int device_add_waiter(Device *d, WaiterKind kind, sd_bus_message *message, bool reused,
+                      uint64_t timeout_usec, Waiter **ret) {
+        Waiter *w;
+        int r;
+
+        w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->device = d;
+        w->kind = kind;
+        w->reused = reused;
+        w->message = sd_bus_message_ref(message);
+
+        r = sd_event_add_time_relative(d->manager->event, &w->timeout, CLOCK_MONOTONIC,
+                                       timeout_usec, 0, on_waiter_timeout, w);
+        if (r < 0) {
+                waiter_free(w);
+                return r;
+        }
+
+        w->next = d->waiters;
+        d->waiters = w;
+        if (ret)
+                *ret = w;
+        return 0;
+}
+
+static int strv_push_printf(char ***l, size_t *n, const char *format, ...) _printf_(3, 4);
+static int strv_push_printf(char ***l, size_t *n, const char *format, ...) {
+        char **nl, *s;
+        va_list ap;
+        int r;
+
+        va_start(ap, format);
+        r = vasprintf(&s, format, ap);
+        va_end(ap);
+        if (r < 0)
+                return -ENOMEM;
+
+        nl = realloc(*l, sizeof(char *) * (*n + 2));
+        if (!nl) {
+                free(s);
+                return -ENOMEM;
+        }
+        nl[(*n)++] = s;
+        nl[*n] = NULL;
+        *l = nl;
+        return 0;
+}
+
+int device_chain(Device *d, char ***ret) {
+        _cleanup_strv_free_ char **l = NULL;
+        size_t n = 0;
+        int r;
+
+        /* Walk down through the loop devices we know, then name the base. */
+        for (Device *i = d; i;) {
+                Device *lower = NULL;
+
+                if (i->status.bound && i->backing_is_block &&
+                    major(i->status.backing_rdevice) == LOOP_MAJOR_NUMBER)
+                        lower = manager_get_device_by_devnum(i->manager, i->status.backing_rdevice);
+
+                r = strv_push_printf(&l, &n, "%s: bytes %" PRIu64 "+%" PRIu64 " of %s",
+                                     i->status.name, i->status.offset, i->status.size,
+                                     i->status.backing_file ?: "(unknown backing)");
+                if (r < 0)
+                        return r;
+                if (!lower) {
+                        if (i->backing_is_block)
+                                r = strv_push_printf(&l, &n, "block device %u:%u",
+                                                     major(i->status.backing_rdevice),
+                                                     minor(i->status.backing_rdevice));
+                        else if (i->status.backing_inode != 0)
+                                r = strv_push_printf(&l, &n, "file %s (device %u:%u, inode %" PRIu64 ")",
+                                                     i->status.backing_file ?: "?",
+                                                     major(i->status.backing_device),
+                                                     minor(i->status.backing_device),
+                                                     i->status.backing_inode);
+                        if (r < 0)
+                                return r;
+                        break;
+                }
+                if (n > 2 * IDENTITY_MAX_DEPTH)
+                        break;
+                i = lower;
+        }
+
+        if (!l) {
+                l = calloc(1, sizeof(char *));
+                if (!l)
+                        return -ENOMEM;
+        }
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+/* Whether dev is a partition of d: /sys/dev/block/MAJ:MIN resolves to .../<name>/<partition>. */
+static bool devnum_is_partition_of(Device *d, dev_t dev) {
+        _cleanup_free_ char *link = NULL, *target = NULL;
+        char buf[PATH_MAX];
+        const char *parent_end, *parent;
+        ssize_t k;
+
+        if (asprintf(&target, "/sys/dev/block/%u:%u", major(dev), minor(dev)) < 0)
+                return false;
+        link = path_join_root(d->manager->root, target);
+        if (!link)
+                return false;
+        k = readlink(link, buf, sizeof(buf) - 1);
+        if (k <= 0)
+                return false;
+        buf[k] = 0;
+
+        parent_end = strrchr(buf, '/');
+        if (!parent_end)
+                return false;
+        buf[parent_end - buf] = 0;
+        parent = strrchr(buf, '/');
+        parent = parent ? parent + 1 : buf;
+        return streq(parent, d->status.name);
+}
+
+int device_openers(Device *d, char ***ret_pairs) {
+        _cleanup_strv_free_ char **l = NULL;
+        _cleanup_free_ char *holders = NULL, *sys = NULL;
+        struct libmnt_table *tb = NULL;
+        size_t n = 0;
+        DIR *dir;
+        int r;
+
+        /* Mounts visible in our namespace (the device itself or any of its partitions). */
+        tb = mnt_new_table();
+        if (tb && mnt_table_parse_mtab(tb, NULL) >= 0) {
+                struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+                struct libmnt_fs *fs;
+
+                while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
+                        dev_t dev = mnt_fs_get_devno(fs);
+
+                        if (dev == 0)
+                                continue;
+                        if (dev == d->status.devnum || devnum_is_partition_of(d, dev)) {
+                                r = strv_push_printf(&l, &n, "mount");
+                                if (r >= 0)
+                                        r = strv_push_printf(&l, &n, "%s", mnt_fs_get_target(fs) ?: "?");
+                                if (r < 0) {
+                                        mnt_free_iter(it);
+                                        mnt_unref_table(tb);
+                                        return r;
+                                }
+                        }
+                }
+                mnt_free_iter(it);
+        }
+        mnt_unref_table(tb);
+
+        /* Block devices stacked on it (device-mapper, md, ...). */
+        sys = path_join_root(d->manager->root, "/sys/block");
+        if (!sys || asprintf(&holders, "%s/%s/holders", sys, d->status.name) < 0)
+                return -ENOMEM;
+        dir = opendir(holders);
+        if (dir) {
+                struct dirent *de;
+
+                while ((de = readdir(dir)))
+                        if (de->d_name[0] != '.') {
+                                r = strv_push_printf(&l, &n, "holder");
+                                if (r >= 0)
+                                        r = strv_push_printf(&l, &n, "/dev/%s", de->d_name);
+                                if (r < 0) {
+                                        closedir(dir);
+                                        return r;
+                                }
+                        }
+                closedir(dir);
+        }
+
+        /* Loop devices using it as their backing. */
+        for (size_t i = 0; i < d->manager->n_slots; i++) {
+                Device *o = d->manager->devices[i];
+
+                if (!o || o == d || !o->backing_is_block ||
+                    o->status.backing_rdevice != d->status.devnum)
+                        continue;
+                r = strv_push_printf(&l, &n, "loop");
+                if (r >= 0)
+                        r = strv_push_printf(&l, &n, "%s", o->node);
+                if (r < 0)
+                        return r;
+        }
+
+        if (!l) {
+                l = calloc(1, sizeof(char *));
+                if (!l)
+                        return -ENOMEM;
+        }
+        *ret_pairs = TAKE_PTR(l);
+        return 0;
+}

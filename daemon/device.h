@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * One loop binding (loopN with one diskseq) as the daemon tracks it. A device is created when
+ * the daemon binds it (managed) or notices a binding made behind its back (foreign), and freed
+ * when the kernel binding is gone. The manager owns all devices.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "canonical.h"
+#include "loop-kernel.h"
+#include "options.h"
+
+typedef struct Manager Manager;
+typedef struct Device Device;
+typedef struct Reference Reference;
+typedef struct Waiter Waiter;
+
+typedef enum DeviceState {
+        DEVICE_ATTACHED,
+        DEVICE_DETACH_PENDING,
+} DeviceState;
+
+struct Reference {
+        uid_t uid;
+        Lifetime lifetime;
+        char *owner;            /* unique bus name of the holder, for lifetime = client */
+        Reference *next;
+};
+
+typedef enum WaiterKind {
+        WAITER_ATTACH,          /* reply to Attach once udev has processed the binding */
+        WAITER_DETACH,          /* reply to Detach(wait=true) once the binding is gone */
+} WaiterKind;
+
+struct Waiter {
+        Device *device;
+        WaiterKind kind;
+        sd_bus_message *message;        /* the call to reply to */
+        bool reused;                    /* WAITER_ATTACH: the reply's "reused" */
+        sd_event_source *timeout;
+        Waiter *next;
+};
+
+struct Device {
+        Manager *manager;
+        LoopStatus status;      /* as last read from the kernel */
+        char *path;             /* /org/loopmgr/LoopManager1/device/<diskseq> */
+        char *node;             /* /dev/loopN */
+
+        bool has_identity;      /* false when the backing could not be identified */
+        Identity identity;
+        bool backing_is_block;
+
+        bool managed;
+        uid_t owner_uid;        /* first reference holder; 0 for foreign devices */
+        Reference *references;
+        unsigned n_references;
+
+        DeviceState state;
+        bool udev_ready;        /* udev processed this binding (by-diskseq link exists) */
+        Waiter *waiters;
+};
+
+int device_new(Manager *m, const LoopStatus *status, bool managed, Device **ret);
+Device *device_free(Device *d);
+
+const char *device_state_to_string(DeviceState s);
+
+/* (Re)computes d->identity from d->status through the manager's registry. */
+void device_update_identity(Device *d);
+
+int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *owner);
+bool device_has_reference_of(Device *d, uid_t uid);
+/* Drops one reference of uid (the newest); returns 1 if one was dropped, 0 if none. */
+int device_drop_reference(Device *d, uid_t uid);
+void device_drop_all_references(Device *d);
+/* Drops the client-lifetime references held by `owner`; returns how many. */
+unsigned device_drop_client_references(Device *d, const char *owner);
+
+int device_add_waiter(Device *d, WaiterKind kind, sd_bus_message *message, bool reused,
+                      uint64_t timeout_usec, Waiter **ret);
+Waiter *waiter_free(Waiter *w);
+
+/* Human-readable chain, top layer first (the Chain property and Resolve's "chain"). */
+int device_chain(Device *d, char ***ret);
+/* What holds the device open: pairs (kind, description) for the Openers property. */
+int device_openers(Device *d, char ***ret_pairs);

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * The kernel layer: loop ioctls, /dev/loop-control and sysfs. It knows nothing of D-Bus or
+ * of the manager. Every function that touches sysfs or /dev takes a root directory ("root":
+ * NULL or "/" means the real one) so that unit tests can point it at a fake tree.
+ *
+ * Functions return 0 (or a documented non-negative value) on success and a negative errno on
+ * failure; output parameters (ret_*) are written only on success.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef enum DirectIOMode {
+        DIRECT_IO_AUTO,
+        DIRECT_IO_ON,
+        DIRECT_IO_OFF,
+} DirectIOMode;
+
+typedef struct LoopConfig {
+        uint64_t offset;        /* bytes, multiple of 512 */
+        uint64_t size_limit;    /* bytes, 0 = to the end of the backing object */
+        uint32_t sector_size;   /* 0 = default (backing logical block size with direct I/O, else 512) */
+        bool read_only;         /* forced true when the backing fd is O_RDONLY */
+        bool autoclear;
+        bool partscan;
+        DirectIOMode direct_io;
+} LoopConfig;
+
+/* One loop device as the kernel reports it (sysfs, plus LOOP_GET_STATUS64 for ids). */
+typedef struct LoopStatus {
+        char name[16];          /* "loop5" */
+        unsigned number;        /* 5 */
+        dev_t devnum;           /* major:minor of /dev/loop5 */
+        uint64_t diskseq;
+        bool bound;             /* has a backing file (sysfs loop/ group exists) */
+
+        /* Only meaningful when bound: */
+        char *backing_file;     /* sysfs display path, may end in " (deleted)"; owned */
+        dev_t backing_device;   /* lo_device: st_dev of the backing inode (0 if unknown) */
+        uint64_t backing_inode; /* lo_inode (0 if unknown) */
+        dev_t backing_rdevice;  /* lo_rdevice: the block device when the backing is one, else 0 */
+        uint64_t offset;
+        uint64_t size_limit;
+        uint64_t size;          /* bytes the device exposes (sysfs size * 512) */
+        uint32_t sector_size;   /* queue/logical_block_size */
+        bool read_only;
+        bool autoclear;
+        bool partscan;
+        bool direct_io;
+} LoopStatus;
+
+void loop_status_done(LoopStatus *s);   /* frees owned fields, leaves *s zeroed */
+
+/* Parses "loopN" (no /dev/ prefix) into N; -EINVAL for anything else. */
+int loop_name_to_number(const char *name, unsigned *ret);
+
+/* Names ("loopN") of every loop block device in <root>/sys/block, sorted by number. */
+int loop_list(const char *root, char ***ret_names);
+
+/* Reads <root>/sys/block/<name>/... into *ret. A device without the loop/ group is reported
+ * with bound = false. -ENOENT when the device does not exist. */
+int loop_read_sysfs(const char *root, const char *name, LoopStatus *ret);
+
+/* Fills backing_device/backing_inode/backing_rdevice of a bound device through
+ * LOOP_GET_STATUS64 on <root>/dev/<name>, after checking with BLKGETDISKSEQ that the device
+ * still carries status->diskseq (-ESTALE if not, -ENXIO if the device is in rundown). */
+int loop_read_ids(const char *root, LoopStatus *status);
+
+/* Size in bytes of a backing fd: a regular file's st_size or a block device's BLKGETSIZE64. */
+int loop_backing_size(int fd, uint64_t *ret);
+
+/* Checks offset/size-limit against the backing size: offset and size limit multiples of 512,
+ * offset inside the backing object, offset + size-limit not overflowing and not past the
+ * end. Returns -EINVAL (with a static human-readable reason in *ret_reason if non-NULL) or
+ * 0 with the number of bytes the device will expose in *ret_size. */
+int loop_validate_range(uint64_t backing_size, uint64_t offset, uint64_t size_limit,
+                        uint32_t sector_size, const char **ret_reason, uint64_t *ret_size);
+
+/*
+ * Binds backing_fd to a free loop device: LOOP_CTL_GET_FREE with bounded retries under
+ * flock(LOCK_EX) on /dev/loop-control, LOCK_EX on a second fd of the device while
+ * configuring, LOOP_CONFIGURE (LOOP_SET_FD + LOOP_SET_STATUS64 only on ENOTTY/EINVAL),
+ * partscan enabled after configuring, direct I/O verified, and the final state read back.
+ * On any error the half-configured device is cleared again. The backing fd is reopened with
+ * O_DIRECT internally when direct I/O is wanted; the caller's fd is not modified.
+ *   -EBUSY/-ENOSPC: no free device after the retries; -EINVAL: the kernel refused the
+ *   configuration; -EOPNOTSUPP: direct_io = ON and the kernel did not honour it.
+ */
+int loop_attach(const char *root, int backing_fd, const LoopConfig *config, LoopStatus *ret);
+
+/*
+ * Requests teardown of <name> if it still carries diskseq: LOCK_EX (bounded wait for udev's
+ * probe), BLKPG deletion of partitions, fsync, LOOP_CLR_FD, close. Returns 1 if the binding
+ * is gone when this returns, 0 if the kernel deferred the teardown to the last close (6.11+),
+ * -ESTALE if the device no longer carries diskseq (already gone).
+ */
+int loop_detach(const char *root, const char *name, uint64_t diskseq);
+
+/* LOOP_SET_CAPACITY / LOOP_SET_STATUS64 toggling AUTOCLEAR, both after the diskseq check. */
+int loop_set_capacity(const char *root, const char *name, uint64_t diskseq);
+int loop_set_autoclear(const char *root, const char *name, uint64_t diskseq, bool autoclear);
+
+/* Whether udev has processed the binding: <root>/dev/disk/by-diskseq/<diskseq> exists and
+ * points at <name>. Returns 1, 0, or a negative errno. */
+int loop_udev_link_ready(const char *root, const char *name, uint64_t diskseq);

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include "bus-util.h"
+#include "log.h"
+#include "loopmgr-bus.h"
+#include "manager-bus.h"
+#include "manager.h"
+
+int manager_bus_reply_attach(sd_bus_message *message, Device *d, bool reused) {
+        return sd_bus_reply_method_return(message, "ostb", d->path, d->node, d->status.diskseq,
+                                          reused);
+}
+
+/* Until polkit support exists, only root may change anything. The message says so plainly. */
+static int check_privileged(sd_bus_message *message, const char *action, uid_t *ret_uid,
+                            sd_bus_error *error) {
+        uid_t uid;
+        int r;
+
+        r = bus_message_sender_uid(message, &uid);
+        if (r < 0)
+                return bus_error_set_errnof(error, r, "Cannot identify the caller: %s.",
+                                            strerror(-r));
+        if (uid != 0)
+                return bus_error_set_errnof(error, -EACCES,
+                        "Only root may do this: the polkit authorisation %s is not supported by "
+                        "this version of loopmgrd.", action);
+        *ret_uid = uid;
+        return 0;
+}
+
+static const char *fd_type_problem(mode_t mode) {
+        if (S_ISDIR(mode))
+                return "is a directory";
+        if (S_ISFIFO(mode))
+                return "is a pipe";
+        if (S_ISSOCK(mode))
+                return "is a socket";
+        if (S_ISCHR(mode))
+                return "is a character device";
+        if (S_ISLNK(mode))
+                return "is a symbolic link";
+        if (!S_ISREG(mode) && !S_ISBLK(mode))
+                return "is neither a regular file nor a block device";
+        return NULL;
+}
+
+/* Validates the backing fd against the options and fills the request. Nothing is changed. */
+static int prepare_request(int fd, const AttachOptions *o, AttachRequest *req,
+                           sd_bus_error *error) {
+        const char *problem, *reason = NULL;
+        int flags, r;
+
+        flags = fcntl(fd, F_GETFL);
+        if (flags < 0)
+                return bus_error_set_errnof(error, -EBADF, "The file descriptor is not usable: %m.");
+        if (flags & O_PATH)
+                return bus_error_set_errnof(error, -EBADF,
+                        "The file descriptor was opened with O_PATH; open the file for reading.");
+        if (fstat(fd, &req->st) < 0)
+                return bus_error_set_errnof(error, -EBADF, "Cannot stat the file descriptor: %m.");
+        problem = fd_type_problem(req->st.st_mode);
+        if (problem)
+                return bus_error_set_errnof(error, -EINVAL,
+                        "The file descriptor %s; a loop device needs a regular file or a block device.",
+                        problem);
+
+        switch (flags & O_ACCMODE) {
+        case O_RDONLY:
+                if (o->read_only == 0)
+                        return bus_error_set_errnof(error, -EINVAL,
+                                "read-only=false was asked for, but the file descriptor is opened "
+                                "read-only; open it read-write for a writable device.");
+                req->read_only = true;
+                break;
+        case O_RDWR:
+                req->read_only = o->read_only == 1;
+                break;
+        default:
+                return bus_error_set_errnof(error, -EINVAL,
+                        "The file descriptor is opened write-only; a loop device must be able to read it.");
+        }
+
+        r = loop_backing_size(fd, &req->backing_size);
+        if (r < 0)
+                return bus_error_set_errnof(error, -EINVAL, "Cannot determine the size of the backing: %s.",
+                                            strerror(-r));
+        r = loop_validate_range(req->backing_size, o->offset, o->size_limit, o->sector_size,
+                                &reason, &req->size);
+        if (r < 0)
+                return bus_error_set_errnof(error, -EINVAL, "%s", reason ?: "Invalid offset or size limit.");
+
+        req->fd = fd;
+        req->options = o;
+        return 0;
+}
+
+static int attach_common(sd_bus_message *message, Manager *m, int fd, const AttachOptions *o,
+                         uid_t uid, sd_bus_error *error) {
+        AttachRequest req = {};
+        int r;
+
+        r = prepare_request(fd, o, &req, error);
+        if (r < 0)
+                return r;
+        req.uid = uid;
+        req.sender = sd_bus_message_get_sender(message);
+
+        return manager_attach(m, message, &req, error);
+}
+
+static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        AttachOptions o;
+        uid_t uid;
+        int fd, r;
+
+        r = sd_bus_message_read(message, "h", &fd);
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
+                        "The file descriptor argument is invalid (handle index out of range?).");
+        r = attach_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+
+        r = check_privileged(message, "org.loopmgr.attach", &uid, error);
+        if (r < 0)
+                return r;
+
+        return attach_common(message, m, fd, &o, uid, error);
+}
+
+static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_close_ int fd = -EBADF;
+        const char *path;
+        AttachOptions o;
+        uid_t uid;
+        int r;
+
+        r = sd_bus_message_read(message, "s", &path);
+        if (r < 0)
+                return r;
+        r = attach_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+        if (path[0] != '/')
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "The path '%s' is not absolute.", path);
+
+        r = check_privileged(message, "org.loopmgr.attach-path", &uid, error);
+        if (r < 0)
+                return r;
+
+        /* Read-write unless asked otherwise; fall back to read-only only when the caller did
+         * not insist on a writable device, like losetup. */
+        fd = open(path, (o.read_only == 1 ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 && o.read_only == -1 && (errno == EROFS || errno == EACCES || errno == EPERM))
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return bus_error_set_errnof(error, errno == ENOENT ? -EINVAL : -errno,
+                                            "Cannot open %s: %m.", path);
+
+        return attach_common(message, m, fd, &o, uid, error);
+}
+
+static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *path;
+        DetachOptions o;
+        Device *d;
+        uid_t uid;
+        int r;
+
+        r = sd_bus_message_read(message, "o", &path);
+        if (r < 0)
+                return r;
+        r = detach_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+
+        d = manager_get_device_by_path(m, path);
+        if (!d)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_FOUND,
+                        "There is no loop device %s; it may have been detached already.", path);
+
+        r = check_privileged(message, "org.loopmgr.detach-others", &uid, error);
+        if (r < 0)
+                return r;
+
+        return manager_detach(m, message, d, &o, uid, error);
+}
+
+static int method_get_device(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *spec;
+        Device *d;
+        int r;
+
+        r = sd_bus_message_read(message, "s", &spec);
+        if (r < 0)
+                return r;
+
+        r = manager_find_device(m, spec, &d);
+        if (r == -EINVAL)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                        "'%s' is neither a loop device (/dev/loopN, loopN, "
+                        "/dev/disk/by-diskseq/N) nor the absolute path of a file.", spec);
+        if (r < 0)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_FOUND,
+                                         "No loop device matches '%s'%s%s.", spec,
+                                         r == -ENODEV ? "" : ": ",
+                                         r == -ENODEV ? "" : strerror(-r));
+
+        return sd_bus_reply_method_return(message, "o", d->path);
+}
+
+static const Identity *resolve_lookup(dev_t devnum, void *userdata) {
+        Device *d = manager_get_device_by_devnum(userdata, devnum);
+
+        return d && d->has_identity ? &d->identity : NULL;
+}
+
+static int method_resolve(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_strv_free_ char **lower_chain = NULL;
+        _cleanup_free_ char *top = NULL, *target = NULL, *proc = NULL;
+        Manager *m = userdata;
+        AttachRequest req = {};
+        AttachOptions o;
+        Backing backing;
+        Identity id;
+        Device *lower = NULL;
+        char buf[PATH_MAX];
+        ssize_t k;
+        int fd, r;
+
+        r = sd_bus_message_read(message, "h", &fd);
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
+                        "The file descriptor argument is invalid (handle index out of range?).");
+        r = attach_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+        r = prepare_request(fd, &o, &req, error);
+        if (r < 0)
+                return r;
+
+        if (S_ISBLK(req.st.st_mode)) {
+                backing = (Backing) { .is_block = true, .device = req.st.st_rdev };
+                lower = manager_get_device_by_devnum(m, req.st.st_rdev);
+        } else
+                backing = (Backing) { .device = req.st.st_dev, .inode = req.st.st_ino };
+
+        r = identity_compute(&backing, o.offset, req.size, resolve_lookup, m, &id);
+        if (r < 0)
+                return bus_error_set_errnof(error, r == -ELOOP ? -ELOOP : -EINVAL,
+                        "Cannot place the range on its backing: %s.", strerror(-r));
+
+        if (asprintf(&proc, "/proc/self/fd/%d", fd) < 0)
+                return -ENOMEM;
+        k = readlink(proc, buf, sizeof(buf) - 1);
+        buf[k > 0 ? k : 0] = 0;
+        if (asprintf(&top, "request: bytes %" PRIu64 "+%" PRIu64 " of %s", o.offset, req.size,
+                     k > 0 ? buf : "(unknown)") < 0)
+                return -ENOMEM;
+
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}",
+                                  "base-kind", "s", id.kind == BASE_FILE ? "file" : "block",
+                                  "base-device", "t", (uint64_t) id.base_device,
+                                  "base-inode", "t", id.base_inode,
+                                  "offset", "t", id.offset,
+                                  "size", "t", id.size);
+        if (r < 0)
+                return r;
+
+        /* chain: this request, then the known device below it, then the base. */
+        r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", "chain");
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'v', "as");
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "s");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", top);
+        if (r < 0)
+                return r;
+        if (lower) {
+                r = device_chain(lower, &lower_chain);
+                if (r < 0)
+                        return r;
+                for (char **i = lower_chain; *i; i++) {
+                        r = sd_bus_message_append(reply, "s", *i);
+                        if (r < 0)
+                                return r;
+                }
+        } else {
+                if (id.kind == BASE_FILE)
+                        r = asprintf(&target, "file %s (device %u:%u, inode %" PRIu64 ")",
+                                     k > 0 ? buf : "?", major(id.base_device), minor(id.base_device),
+                                     id.base_inode);
+                else
+                        r = asprintf(&target, "block device %u:%u", major(id.base_device),
+                                     minor(id.base_device));
+                if (r < 0)
+                        return -ENOMEM;
+                r = sd_bus_message_append(reply, "s", target);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+
+        /* aliases: every known device whose range meets this one. */
+        r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", "aliases");
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'v', "ao");
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "o");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *e = m->devices[i];
+
+                if (!e || !e->has_identity || !identity_intersect(&id, &e->identity))
+                        continue;
+                r = sd_bus_message_append(reply, "o", e->path);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int property_get_version(sd_bus *bus, const char *path, const char *interface,
+                                const char *property, sd_bus_message *reply, void *userdata,
+                                sd_bus_error *error) {
+        return sd_bus_message_append(reply, "s", LOOPMGR_VERSION);
+}
+
+static const sd_bus_vtable manager_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_METHOD_WITH_ARGS("Attach",
+                                SD_BUS_ARGS("h", fd, "a{sv}", options),
+                                SD_BUS_RESULT("o", device, "s", node, "t", diskseq, "b", reused),
+                                method_attach, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AttachPath",
+                                SD_BUS_ARGS("s", path, "a{sv}", options),
+                                SD_BUS_RESULT("o", device, "s", node, "t", diskseq, "b", reused),
+                                method_attach_path, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Detach",
+                                SD_BUS_ARGS("o", device, "a{sv}", options),
+                                SD_BUS_RESULT("s", state),
+                                method_detach, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetDevice",
+                                SD_BUS_ARGS("s", node_or_file),
+                                SD_BUS_RESULT("o", device),
+                                method_get_device, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Resolve",
+                                SD_BUS_ARGS("h", fd, "a{sv}", options),
+                                SD_BUS_RESULT("a{sv}", identity),
+                                method_resolve, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_VTABLE_END
+};
+
+int manager_bus_register(Manager *m) {
+        int r;
+
+        r = sd_bus_add_object_vtable(m->bus, NULL, LOOPMGR_MANAGER_PATH,
+                                     LOOPMGR_MANAGER_INTERFACE, manager_vtable, m);
+        if (r < 0)
+                return r;
+        return sd_bus_add_object_manager(m->bus, NULL, LOOPMGR_MANAGER_PATH);
+}

@@ -1,0 +1,693 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <sys/sysmacros.h>
+#include <systemd/sd-daemon.h>
+
+#include "bus-util.h"
+#include "device-bus.h"
+#include "log.h"
+#include "loopmgr-bus.h"
+#include "manager-bus.h"
+#include "manager.h"
+#include "udev-watch.h"
+
+int manager_new(sd_event *event, const char *root, const char *state_dir, Manager **ret) {
+        Manager *m;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        m->event = sd_event_ref(event);
+        if (root && !streq(root, "/")) {
+                m->root = strdup(root);
+                if (!m->root)
+                        goto oom;
+        }
+        m->state_dir = strdup(state_dir ?: "/run/loopmgr");
+        if (!m->state_dir)
+                goto oom;
+
+        *ret = m;
+        return 0;
+oom:
+        manager_free(m);
+        return -ENOMEM;
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+
+        /* Devices stay bound: persistent references outlive the daemon. Pending calls are
+         * dropped with the bus connection. */
+        for (size_t i = 0; i < m->n_slots; i++)
+                device_free(m->devices[i]);
+        free(m->devices);
+
+        sd_bus_slot_unref(m->name_owner_slot);
+        udev_watch_free(m->udev_watch);
+        sd_bus_flush_close_unref(m->bus);
+        sd_event_unref(m->event);
+        free(m->root);
+        free(m->state_dir);
+        free(m);
+        return NULL;
+}
+
+Device *manager_get_device_by_number(Manager *m, unsigned number) {
+        return number < m->n_slots ? m->devices[number] : NULL;
+}
+
+Device *manager_get_device_by_diskseq(Manager *m, uint64_t diskseq) {
+        for (size_t i = 0; i < m->n_slots; i++)
+                if (m->devices[i] && m->devices[i]->status.diskseq == diskseq)
+                        return m->devices[i];
+        return NULL;
+}
+
+Device *manager_get_device_by_devnum(Manager *m, dev_t devnum) {
+        if (major(devnum) != LOOP_MAJOR_NUMBER)
+                return NULL;
+        for (size_t i = 0; i < m->n_slots; i++)
+                if (m->devices[i] && m->devices[i]->status.devnum == devnum)
+                        return m->devices[i];
+        return NULL;
+}
+
+Device *manager_get_device_by_path(Manager *m, const char *path) {
+        uint64_t diskseq;
+
+        if (bus_device_path_parse(path, &diskseq) < 0)
+                return NULL;
+        return manager_get_device_by_diskseq(m, diskseq);
+}
+
+static int manager_add_device(Manager *m, Device *d) {
+        unsigned n = d->status.number;
+
+        if (n >= m->n_slots) {
+                size_t k = n + 1 > m->n_slots * 2 ? n + 1 : m->n_slots * 2;
+                Device **nd = realloc(m->devices, k * sizeof(Device *));
+
+                if (!nd)
+                        return -ENOMEM;
+                memset(nd + m->n_slots, 0, (k - m->n_slots) * sizeof(Device *));
+                m->devices = nd;
+                m->n_slots = k;
+        }
+        assert(!m->devices[n]);
+        m->devices[n] = d;
+        m->n_devices++;
+
+        (void) sd_bus_emit_object_added(m->bus, d->path);
+        log_debug("%s (diskseq %" PRIu64 ") %s", d->node, d->status.diskseq,
+                  d->managed ? "attached" : "appeared (not managed)");
+        return 0;
+}
+
+void manager_emit_device_changed(Manager *m, Device *d, char **properties) {
+        if (m->bus)
+                (void) sd_bus_emit_properties_changed_strv(m->bus, d->path,
+                                                           LOOPMGR_DEVICE_INTERFACE, properties);
+}
+
+static void complete_attach_waiters(Manager *m, Device *d) {
+        for (Waiter **i = &d->waiters; *i;) {
+                Waiter *w = *i;
+
+                if (w->kind != WAITER_ATTACH) {
+                        i = &w->next;
+                        continue;
+                }
+                *i = w->next;
+                (void) manager_bus_reply_attach(w->message, d, w->reused);
+                waiter_free(w);
+        }
+}
+
+void manager_remove_device(Manager *m, Device *d, int attach_error) {
+        /* InterfacesRemoved must go out while the object can still be found. */
+        (void) sd_bus_emit_object_removed(m->bus, d->path);
+
+        if (m->devices[d->status.number] == d) {
+                m->devices[d->status.number] = NULL;
+                m->n_devices--;
+        }
+
+        while (d->waiters) {
+                Waiter *w = d->waiters;
+
+                d->waiters = w->next;
+                if (w->kind == WAITER_DETACH)
+                        (void) sd_bus_reply_method_return(w->message, "s", LOOPMGR_STATE_DETACHED);
+                else
+                        (void) bus_reply_errnof(w->message, attach_error ?: -ENXIO,
+                                                "%s was detached before udev finished processing it.",
+                                                d->node);
+                waiter_free(w);
+        }
+
+        log_debug("%s (diskseq %" PRIu64 ") is gone", d->node, d->status.diskseq);
+        device_free(d);
+}
+
+/* Copies what sysfs says into d and collects the names of changed properties. */
+static void device_update_status(Manager *m, Device *d, LoopStatus *st) {
+        char *changed[16];
+        size_t n = 0;
+
+#define CHECK(field, prop)                              \
+        if (d->status.field != st->field) {             \
+                d->status.field = st->field;            \
+                changed[n++] = (char *) prop;           \
+        }
+        CHECK(offset, "Offset");
+        CHECK(size_limit, "SizeLimit");
+        CHECK(size, "Size");
+        CHECK(sector_size, "SectorSize");
+        CHECK(read_only, "ReadOnly");
+        CHECK(autoclear, "Autoclear");
+        CHECK(partscan, "PartScan");
+        CHECK(direct_io, "DirectIO");
+#undef CHECK
+        if (!streq_ptr(d->status.backing_file, st->backing_file)) {
+                free(d->status.backing_file);
+                d->status.backing_file = TAKE_PTR(st->backing_file);
+                changed[n++] = (char *) "BackingFile";
+        }
+        changed[n] = NULL;
+
+        if (n > 0) {
+                device_update_identity(d);
+                manager_emit_device_changed(m, d, changed);
+        }
+}
+
+int manager_reconcile(Manager *m, const char *name) {
+        _cleanup_(loop_status_done) LoopStatus st = {};
+        unsigned number;
+        Device *d;
+        int r;
+
+        r = loop_name_to_number(name, &number);
+        if (r < 0)
+                return r;
+        d = manager_get_device_by_number(m, number);
+
+        r = loop_read_sysfs(m->root, name, &st);
+        if (r == -ENOENT || (r >= 0 && !st.bound)) {
+                if (d)
+                        manager_remove_device(m, d, -ENXIO);
+                return 0;
+        }
+        if (r < 0)
+                return log_debug_errno(r, "Failed to read sysfs of %s: %m", name);
+
+        if (d && d->status.diskseq != st.diskseq) {
+                /* Same loopN, new binding: the old one is gone. */
+                manager_remove_device(m, d, -ENXIO);
+                d = NULL;
+        }
+
+        if (d) {
+                device_update_status(m, d, &st);
+                return 0;
+        }
+
+        /* A binding made behind our back (or before we started). Its backing ids need
+         * LOOP_GET_STATUS64; a device already in rundown refuses opens, and then we simply
+         * don't know its identity. */
+        r = loop_read_ids(m->root, &st);
+        if (r == -ESTALE)
+                return 0;       /* rebound between the two reads: its own event follows */
+        if (r < 0)
+                log_debug_errno(r, "Cannot read backing ids of %s: %m", name);
+
+        r = device_new(m, &st, false, &d);
+        if (r < 0)
+                return r;
+        r = manager_add_device(m, d);
+        if (r < 0) {
+                device_free(d);
+                return r;
+        }
+        return 0;
+}
+
+void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq) {
+        unsigned number;
+        Device *d;
+        int r;
+
+        r = manager_reconcile(m, name);
+        if (r < 0)
+                log_warning_errno(r, "Failed to update %s after udev event: %m", name);
+
+        if (loop_name_to_number(name, &number) < 0)
+                return;
+        d = manager_get_device_by_number(m, number);
+        if (!d || d->udev_ready || d->status.diskseq != diskseq)
+                return;
+
+        /* udev broadcast an event for this very binding after running its rules: the
+         * by-diskseq link is made by them, check that it exists rather than assume. */
+        r = loop_udev_link_ready(m->root, name, diskseq);
+        if (r > 0) {
+                d->udev_ready = true;
+                complete_attach_waiters(m, d);
+        }
+}
+
+void manager_rescan(Manager *m) {
+        _cleanup_strv_free_ char **names = NULL;
+        int r;
+
+        r = loop_list(m->root, &names);
+        if (r < 0) {
+                log_error_errno(r, "Failed to enumerate loop devices: %m");
+                return;
+        }
+
+        /* Devices we track that no longer exist at all. */
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *d = m->devices[i];
+                bool found = false;
+
+                if (!d)
+                        continue;
+                for (char **n = names; *n && !found; n++)
+                        found = streq(*n, d->status.name);
+                if (!found)
+                        manager_remove_device(m, d, -ENXIO);
+        }
+
+        for (char **n = names; *n; n++) {
+                r = manager_reconcile(m, *n);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to read %s: %m", *n);
+                else {
+                        unsigned number;
+                        Device *d;
+
+                        if (loop_name_to_number(*n, &number) >= 0 &&
+                            (d = manager_get_device_by_number(m, number)) &&
+                            loop_udev_link_ready(m->root, *n, d->status.diskseq) > 0)
+                                d->udev_ready = true;
+                }
+        }
+}
+
+/* Whether `lower` is in the chain below a request backed by block device `backing`. */
+static bool in_chain(Manager *m, dev_t backing, Device *lower) {
+        for (unsigned depth = 0; depth <= IDENTITY_MAX_DEPTH; depth++) {
+                Device *d = manager_get_device_by_devnum(m, backing);
+
+                if (!d)
+                        return false;
+                if (d == lower)
+                        return true;
+                if (!d->backing_is_block)
+                        return false;
+                backing = d->status.backing_rdevice;
+        }
+        return false;
+}
+
+int manager_check_aliases(Manager *m, const Identity *id, const AttachRequest *req,
+                          Device **ret_reuse, sd_bus_error *error) {
+        Device *reuse = NULL;
+
+        /* Rule 1 first: an identical device is handed back, which creates no alias. Prefer a
+         * managed device, then the lowest number, for a stable answer. */
+        if (req->options->sharing == SHARING_SHARED)
+                for (size_t i = 0; i < m->n_slots; i++) {
+                        Device *e = m->devices[i];
+
+                        if (!e || !e->has_identity || !identity_equal_range(id, &e->identity) ||
+                            e->status.read_only != req->read_only)
+                                continue;
+                        if (e->state == DEVICE_DETACH_PENDING)
+                                return bus_error_set_errnof(error, -EBUSY,
+                                        "%s exposes exactly these bytes but is being torn down; "
+                                        "retry once it is gone.", e->node);
+                        if (!reuse || (e->managed && !reuse->managed))
+                                reuse = e;
+                }
+        if (reuse) {
+                *ret_reuse = reuse;
+                return 1;
+        }
+
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *e = m->devices[i];
+
+                if (!e || !e->has_identity || !identity_intersect(id, &e->identity))
+                        continue;
+
+                if (req->options->sharing == SHARING_EXCLUSIVE)
+                        return bus_error_set_errnof(error, -EBUSY,
+                                "%s already exposes bytes %" PRIu64 "-%" PRIu64 " of the same "
+                                "backing, and sharing=exclusive was asked for.",
+                                e->node, e->identity.offset,
+                                e->identity.offset + e->identity.size);
+
+                /* Rule 2: stacking on a device in our own chain (loop over loop). */
+                if (S_ISBLK(req->st.st_mode) && in_chain(m, req->st.st_rdev, e))
+                        continue;
+
+                return bus_error_set_errnof(error, -EADDRINUSE,
+                        "%s already exposes bytes %" PRIu64 "-%" PRIu64 " of the same backing, "
+                        "which overlaps the requested bytes %" PRIu64 "-%" PRIu64 "%s; a second "
+                        "device over the same data would corrupt it.",
+                        e->node, e->identity.offset, e->identity.offset + e->identity.size,
+                        id->offset, id->offset + id->size,
+                        identity_equal_range(id, &e->identity) ? " (with a different read-only mode)" : "");
+        }
+
+        return 0;
+}
+
+static const Identity *lookup_identity(dev_t devnum, void *userdata) {
+        Device *d = manager_get_device_by_devnum(userdata, devnum);
+
+        return d && d->has_identity ? &d->identity : NULL;
+}
+
+/* Replies now, or queues the reply until udev has processed the binding. */
+static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, bool reused,
+                                const AttachOptions *o) {
+        if (o->wait_udev && !d->udev_ready) {
+                if (loop_udev_link_ready(m->root, d->status.name, d->status.diskseq) > 0)
+                        d->udev_ready = true;
+                else
+                        return device_add_waiter(d, WAITER_ATTACH, message, reused,
+                                                 o->timeout_usec, NULL);
+        }
+        return manager_bus_reply_attach(message, d, reused);
+}
+
+int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
+                   sd_bus_error *error) {
+        const AttachOptions *o = req->options;
+        _cleanup_(loop_status_done) LoopStatus st = {};
+        Backing backing;
+        Identity id;
+        Device *d = NULL, *old;
+        LoopConfig config;
+        int r;
+
+        if (S_ISBLK(req->st.st_mode))
+                backing = (Backing) { .is_block = true, .device = req->st.st_rdev };
+        else
+                backing = (Backing) { .device = req->st.st_dev, .inode = req->st.st_ino };
+
+        if (S_ISBLK(req->st.st_mode) && manager_get_device_by_devnum(m, req->st.st_rdev) &&
+            manager_get_device_by_devnum(m, req->st.st_rdev)->state == DEVICE_DETACH_PENDING)
+                return bus_error_set_errnof(error, -EBUSY,
+                        "The backing loop device is being torn down.");
+
+        r = identity_compute(&backing, o->offset, req->size, lookup_identity, m, &id);
+        if (r == -ELOOP)
+                return bus_error_set_errnof(error, -ELOOP,
+                        "The backing is already %d loop devices deep; refusing to stack further.",
+                        IDENTITY_MAX_DEPTH);
+        if (r < 0)
+                return bus_error_set_errnof(error, r,
+                        "Cannot place the requested range on its backing: %s.", strerror(-r));
+
+        r = manager_check_aliases(m, &id, req, &d, error);
+        if (r < 0)
+                return r;
+        if (r > 0) {
+                r = device_add_reference(d, req->uid, o->lifetime, req->sender);
+                if (r < 0)
+                        return bus_error_set_errnof(error, r, "Out of memory.");
+                manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+                log_info("Reusing %s for uid %u (%u references)", d->node, (unsigned) req->uid,
+                         d->n_references);
+                r = attach_reply_or_wait(m, message, d, true, o);
+                if (r < 0) {
+                        (void) device_drop_reference(d, req->uid);
+                        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+                        return bus_error_set_errnof(error, r, "Failed to reply: %s", strerror(-r));
+                }
+                return 1;
+        }
+
+        config = (LoopConfig) {
+                .offset = o->offset,
+                .size_limit = o->size_limit,
+                .sector_size = o->sector_size,
+                .read_only = req->read_only,
+                .partscan = o->partscan,
+                .direct_io = o->direct_io,
+        };
+        r = loop_attach(m->root, req->fd, &config, &st);
+        if (r == -EBUSY || r == -ENOSPC || r == -EAGAIN)
+                return bus_error_set_errnof(error, -ENOSPC,
+                        "The kernel has no free loop device (%s).", strerror(-r));
+        if (r == -EOPNOTSUPP)
+                return bus_error_set_errnof(error, -EINVAL,
+                        "direct-io=on was asked for, but the backing file system does not support "
+                        "direct I/O with this sector size.");
+        if (r < 0)
+                return bus_error_set_errnof(error, r == -ENOMEM ? r : -EINVAL,
+                        "The kernel refused to configure the loop device: %s.", strerror(-r));
+
+        /* Our own fstat() is the authority on what we bound, whatever the ioctl reports. */
+        st.backing_rdevice = S_ISBLK(req->st.st_mode) ? req->st.st_rdev : 0;
+        st.backing_device = S_ISBLK(req->st.st_mode) ? st.backing_device : req->st.st_dev;
+        st.backing_inode = req->st.st_ino;
+
+        old = manager_get_device_by_number(m, st.number);
+        if (old)
+                /* A binding we had not yet seen go away. */
+                manager_remove_device(m, old, -ENXIO);
+
+        r = device_new(m, &st, true, &d);
+        if (r >= 0)
+                r = device_add_reference(d, req->uid, o->lifetime, req->sender);
+        if (r >= 0)
+                r = manager_add_device(m, d);
+        else {
+                d = device_free(d);
+        }
+        if (r < 0) {
+                (void) loop_detach(m->root, st.name, st.diskseq);
+                return bus_error_set_errnof(error, r, "Failed to register the new device: %s.",
+                                            strerror(-r));
+        }
+
+        log_info("Attached %s (diskseq %" PRIu64 ") for uid %u", d->node, d->status.diskseq,
+                 (unsigned) req->uid);
+
+        r = attach_reply_or_wait(m, message, d, false, o);
+        if (r < 0) {
+                device_drop_all_references(d);
+                if (loop_detach(m->root, d->status.name, d->status.diskseq) != 0)
+                        manager_remove_device(m, d, r);
+                return bus_error_set_errnof(error, r, "Failed to wait for udev: %s.", strerror(-r));
+        }
+        return 1;
+}
+
+/* Requests the kernel teardown of a device nobody references. Returns 1 when gone (the object
+ * was removed), 0 when pending. */
+static int device_teardown(Manager *m, Device *d) {
+        int r;
+
+        r = loop_detach(m->root, d->status.name, d->status.diskseq);
+        if (r == -ESTALE || r == -ENOENT || r == -ENXIO) {
+                /* Already gone, or already in rundown: -ENXIO is the kernel refusing opens of
+                 * a device whose teardown has started. */
+                if (r != -ENXIO) {
+                        manager_remove_device(m, d, -ENXIO);
+                        return 1;
+                }
+                r = 0;
+        }
+        if (r < 0)
+                return r;
+        if (r > 0) {
+                manager_remove_device(m, d, -ENXIO);
+                return 1;
+        }
+
+        if (d->state != DEVICE_DETACH_PENDING) {
+                d->state = DEVICE_DETACH_PENDING;
+                manager_emit_device_changed(m, d, (char *[]) { "State", NULL });
+        }
+        log_info("%s is still open; teardown pending until it is closed", d->node);
+        return 0;
+}
+
+int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachOptions *o,
+                   uid_t uid, sd_bus_error *error) {
+        unsigned before = d->n_references;
+        int r;
+
+        if (d->state == DEVICE_ATTACHED) {
+                if (o->all_references || !device_has_reference_of(d, uid))
+                        /* A caller without a reference of its own (root, or detach-others
+                         * once polkit is there) detaches the device itself. */
+                        device_drop_all_references(d);
+                else
+                        (void) device_drop_reference(d, uid);
+
+                if (d->n_references != before)
+                        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+
+                if (d->n_references > 0)
+                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_ATTACHED);
+
+                r = device_teardown(m, d);
+                if (r < 0)
+                        return bus_error_set_errnof(error, r, "Failed to detach %s: %s.", d->node,
+                                                    strerror(-r));
+                if (r > 0)
+                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_DETACHED);
+        }
+
+        /* Pending: the kernel finishes when the last opener closes, and a udev event tells us. */
+        if (!o->wait)
+                return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_PENDING);
+
+        r = device_add_waiter(d, WAITER_DETACH, message, false, o->timeout_usec, NULL);
+        if (r < 0)
+                return bus_error_set_errnof(error, r, "Failed to wait for the teardown: %s.",
+                                            strerror(-r));
+        return 1;
+}
+
+static int on_name_owner_changed(sd_bus_message *message, void *userdata, sd_bus_error *ret_error) {
+        Manager *m = userdata;
+        const char *name, *old_owner, *new_owner;
+        int r;
+
+        r = sd_bus_message_read(message, "sss", &name, &old_owner, &new_owner);
+        if (r < 0 || name[0] != ':' || new_owner[0] != 0)
+                return 0;
+
+        /* A connection went away: drop its lifetime=client references. */
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *d = m->devices[i];
+
+                if (!d || device_drop_client_references(d, name) == 0)
+                        continue;
+                manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+                log_info("%s: dropped references of vanished client %s", d->node, name);
+                if (d->n_references == 0 && d->managed && d->state == DEVICE_ATTACHED) {
+                        r = device_teardown(m, d);
+                        if (r < 0)
+                                log_warning_errno(r, "Failed to detach %s: %m", d->node);
+                }
+        }
+        return 0;
+}
+
+int manager_find_device(Manager *m, const char *spec, Device **ret) {
+        const char *byseq = "/dev/disk/by-diskseq/";
+        struct stat st;
+        unsigned number;
+        Device *d;
+
+        if (!spec || !*spec)
+                return -EINVAL;
+
+        if (strncmp(spec, byseq, strlen(byseq)) == 0) {
+                uint64_t seq;
+
+                if (safe_atou64(spec + strlen(byseq), &seq) < 0)
+                        return -EINVAL;
+                d = manager_get_device_by_diskseq(m, seq);
+                if (!d)
+                        return -ENODEV;
+                *ret = d;
+                return 0;
+        }
+
+        if (loop_name_to_number(strncmp(spec, "/dev/", 5) == 0 ? spec + 5 : spec, &number) >= 0) {
+                d = manager_get_device_by_number(m, number);
+                if (!d)
+                        return -ENODEV;
+                *ret = d;
+                return 0;
+        }
+
+        if (spec[0] != '/')
+                return -EINVAL;
+        if (stat(spec, &st) < 0)
+                return -errno;
+
+        if (S_ISBLK(st.st_mode)) {
+                d = manager_get_device_by_devnum(m, st.st_rdev);
+                if (!d)
+                        return -ENODEV;
+                *ret = d;
+                return 0;
+        }
+        if (!S_ISREG(st.st_mode))
+                return -EINVAL;
+
+        /* A backing file: the device that exposes all of it, a managed one first. */
+        d = NULL;
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *e = m->devices[i];
+
+                if (!e || !e->has_identity || e->identity.kind != BASE_FILE ||
+                    e->identity.base_device != st.st_dev ||
+                    e->identity.base_inode != (uint64_t) st.st_ino ||
+                    e->identity.offset != 0 || e->identity.size != (uint64_t) st.st_size)
+                        continue;
+                if (!d || (e->managed && !d->managed))
+                        d = e;
+        }
+        if (!d)
+                return -ENODEV;
+        *ret = d;
+        return 0;
+}
+
+int manager_start(Manager *m) {
+        int r;
+
+        r = sd_bus_open_system(&m->bus);
+        if (r < 0)
+                return log_error_errno(r, "Failed to connect to the system bus: %m");
+        (void) sd_bus_set_description(m->bus, "loopmgrd");
+
+        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
+
+        r = manager_bus_register(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the manager object: %m");
+        r = device_bus_register(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register device objects: %m");
+
+        r = sd_bus_match_signal_async(m->bus, &m->name_owner_slot, "org.freedesktop.DBus",
+                                      "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                      "NameOwnerChanged", on_name_owner_changed, NULL, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch bus clients: %m");
+
+        /* Watch before enumerating, so that nothing happens unseen in between. */
+        r = udev_watch_new(m->event, m, &m->udev_watch);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start the udev monitor: %m");
+        manager_rescan(m);
+
+        r = sd_bus_request_name(m->bus, LOOPMGR_BUS_NAME, 0);
+        if (r < 0)
+                return log_error_errno(r, "Failed to acquire the bus name %s: %m", LOOPMGR_BUS_NAME);
+
+        log_info("loopmgrd %s ready, %zu loop device(s) bound", LOOPMGR_VERSION, m->n_devices);
+        (void) sd_notify(false, "READY=1\nSTATUS=Managing loop devices");
+        return 0;
+}

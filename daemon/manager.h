@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * The manager: registry of every loop device on the host and the one place where state
+ * changes happen. Everything runs on one sd-event loop, so a check and the action that
+ * depends on it never interleave with another request's.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "device.h"
+#include "options.h"
+
+typedef struct UdevWatch UdevWatch;
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        UdevWatch *udev_watch;
+        sd_bus_slot *name_owner_slot;
+
+        char *root;             /* NULL: the real root; tests may point the kernel layer elsewhere */
+        char *state_dir;
+
+        Device **devices;       /* indexed by loop number */
+        size_t n_slots;
+        size_t n_devices;
+} Manager;
+
+/* What Attach asks for, once the bus layer has validated the fd and the options. */
+typedef struct AttachRequest {
+        int fd;                 /* borrowed, the backing: regular file or block device */
+        struct stat st;
+        bool read_only;         /* resolved: the fd's access mode and the option */
+        uint64_t backing_size;
+        uint64_t size;          /* bytes the device will expose */
+        const AttachOptions *options;
+        uid_t uid;
+        const char *sender;     /* unique bus name, for lifetime = client */
+} AttachRequest;
+
+int manager_new(sd_event *event, const char *root, const char *state_dir, Manager **ret);
+Manager *manager_free(Manager *m);
+/* Connects to the system bus, registers objects, takes the name, starts the udev watch and
+ * enumerates the loop devices that exist. */
+int manager_start(Manager *m);
+
+Device *manager_get_device_by_number(Manager *m, unsigned number);
+Device *manager_get_device_by_diskseq(Manager *m, uint64_t diskseq);
+Device *manager_get_device_by_devnum(Manager *m, dev_t devnum);
+Device *manager_get_device_by_path(Manager *m, const char *path);
+/* /dev/loopN, loopN, /dev/disk/by-diskseq/N or a backing file covered whole. */
+int manager_find_device(Manager *m, const char *spec, Device **ret);
+
+/* Re-reads one loop device from the kernel and brings the object in line: adds, updates,
+ * or removes it (completing waiters). Called for udev events and at start-up. */
+int manager_reconcile(Manager *m, const char *name);
+/* Called by the udev watch for every processed event of a loop disk. */
+void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq);
+/* Called when the udev monitor lost events: reconciles every loop device. */
+void manager_rescan(Manager *m);
+
+/* Finds the existing device this request must reuse (alias rule 1), or refuses it as an
+ * alias. Returns 1 with *ret_reuse set, 0 when a new device may be made, or a negative errno
+ * (-EADDRINUSE overlap, -EBUSY exclusive or tearing down) with a message in *error. */
+int manager_check_aliases(Manager *m, const Identity *id, const AttachRequest *req,
+                          Device **ret_reuse, sd_bus_error *error);
+
+/* The Attach core: reuse or bind, register, and reply now or once udev is done. Returns 1 if
+ * the reply was sent or queued, or a negative errno with *error set. */
+int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
+                   sd_bus_error *error);
+int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachOptions *o,
+                   uid_t uid, sd_bus_error *error);
+
+/* Completes a device's removal: emits InterfacesRemoved, answers waiters, frees it. */
+void manager_remove_device(Manager *m, Device *d, int attach_error);
+
+void manager_emit_device_changed(Manager *m, Device *d, char **properties);

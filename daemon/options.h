@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Parsing and validation of the a{sv} option dictionaries of SPEC §3. Pure: reads a message,
+ * fills a struct, never touches the kernel or daemon state. Errors are
+ * org.freedesktop.DBus.Error.InvalidArgs with a sentence naming the key and the problem.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-bus.h>
+
+#include "loop-kernel.h"
+
+typedef enum Sharing {
+        SHARING_SHARED,
+        SHARING_EXCLUSIVE,
+} Sharing;
+
+typedef enum Lifetime {
+        LIFETIME_PERSISTENT,
+        LIFETIME_CLIENT,
+} Lifetime;
+
+typedef struct AttachOptions {
+        uint64_t offset;
+        uint64_t size_limit;
+        int read_only;          /* -1 = not given (writable if the fd allows it), else 0/1 */
+        bool partscan;
+        DirectIOMode direct_io;
+        uint32_t sector_size;   /* 0 = not given */
+        Sharing sharing;
+        Lifetime lifetime;
+        bool wait_udev;
+        uint64_t timeout_usec;
+        bool no_user_interaction;
+} AttachOptions;
+
+typedef struct DetachOptions {
+        bool wait;
+        bool recursive;
+        bool all_references;
+        uint64_t timeout_usec;
+        bool no_user_interaction;
+} DetachOptions;
+
+/* Options taken by SetAutoclear/SetCapacity/Resolve: only auth.no_user_interaction. */
+typedef struct CommonOptions {
+        bool no_user_interaction;
+} CommonOptions;
+
+void attach_options_init(AttachOptions *o);   /* defaults of SPEC §3 */
+void detach_options_init(DetachOptions *o);
+
+/* Each reads one a{sv} from m (the read pointer must be at it) and leaves the pointer after
+ * it. Return 0, or a negative errno with *error set (InvalidArgs for bad input). A key given
+ * twice is InvalidArgs. timeout-usec 0 is InvalidArgs (use wait-udev=false instead). */
+int attach_options_parse(sd_bus_message *m, AttachOptions *ret, sd_bus_error *error);
+int detach_options_parse(sd_bus_message *m, DetachOptions *ret, sd_bus_error *error);
+int common_options_parse(sd_bus_message *m, CommonOptions *ret, sd_bus_error *error);
+
+const char *direct_io_mode_to_string(DirectIOMode m);
+const char *sharing_to_string(Sharing s);
+const char *lifetime_to_string(Lifetime l);
