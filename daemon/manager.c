@@ -525,10 +525,56 @@ static int device_teardown(Manager *m, Device *d) {
         return 0;
 }
 
+/* Detaches the loop devices stacked on d, deepest first: their backing holds d open, so d's
+ * own teardown could not finish before theirs. */
+static int detach_stacked(Manager *m, Device *d, unsigned depth) {
+        dev_t devnum = d->status.devnum;
+        int r;
+
+        if (depth > IDENTITY_MAX_DEPTH)
+                return -ELOOP;
+
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *e = m->devices[i];
+
+                if (!e || e == d || !e->backing_is_block || e->status.backing_rdevice != devnum)
+                        continue;
+                r = detach_stacked(m, e, depth + 1);
+                if (r < 0)
+                        return r;
+                /* The recursion may have removed devices; look the slot up again. */
+                e = m->devices[i];
+                if (!e || e->state != DEVICE_ATTACHED)
+                        continue;
+                if (e->n_references > 0) {
+                        device_drop_all_references(e);
+                        manager_emit_device_changed(m, e, (char *[]) { "References", NULL });
+                }
+                r = device_teardown(m, e);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachOptions *o,
                    uid_t uid, sd_bus_error *error) {
         unsigned before = d->n_references;
+        uint64_t diskseq = d->status.diskseq;
         int r;
+
+        /* Also for a device already pending: what is stacked on it is what keeps it open. */
+        if (o->recursive) {
+                r = detach_stacked(m, d, 1);
+                if (r < 0)
+                        return bus_error_set_errnof(error, r,
+                                "Failed to detach the devices stacked on %s: %s.", d->node,
+                                strerror(-r));
+                /* A stacked device's teardown can complete synchronously, but never removes
+                 * d itself; still, don't trust a pointer across teardowns. */
+                if (manager_get_device_by_diskseq(m, diskseq) != d)
+                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_DETACHED);
+        }
 
         if (d->state == DEVICE_ATTACHED) {
                 if (o->all_references || !device_has_reference_of(d, uid))
