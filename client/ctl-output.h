@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Output helpers of loopmgrctl: JSON written straight from sd_bus_message values (so that
+ * --json shows every property the daemon sends, including ones this client does not know),
+ * human formatting of property values, and a minimal column table.
+ *
+ * The readers consume exactly one complete value from the message and return 0 or a negative
+ * errno (-EBADMSG when the message is not what was expected).
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <systemd/sd-bus.h>
+
+/* JSON */
+void json_write_string(FILE *f, const char *s);
+/* Any D-Bus value: dictionaries become objects (keys as strings), other arrays and structs
+ * become arrays, variants are unwrapped, booleans true/false, numbers as numbers. */
+int json_write_value(sd_bus_message *m, FILE *f);
+/* The members of a dictionary ("k":v,...) without the braces, so a caller can add its own
+ * members to the same object. *first is cleared once a member has been written. */
+int json_write_dict_members(sd_bus_message *m, FILE *f, bool *first);
+
+/* Human output */
+#define FORMAT_SIZE_MAX 32
+/* 1536 -> "1.5K", like losetup/lsblk (binary units, one decimal only when needed). */
+const char *format_size(uint64_t bytes, char buf[static FORMAT_SIZE_MAX]);
+/* The current time as "2024-05-01T13:45:01.123456+02:00". */
+const char *format_timestamp_now(char buf[static 64]);
+/* s with backslashes doubled and control characters shown as \n, \t, \xNN, so that a
+ * hostile file name cannot forge extra lines or terminal escapes. Returns NULL on OOM. */
+char *escape_human(const char *s);
+/* Reads the variant holding the value of property (or Resolve key) name and returns it as
+ * lines of text: one line for scalars, one per element for arrays (possibly none). Knows
+ * the units of loopmgr's properties (sizes in bytes, dev_t, uid). */
+int format_property(const char *name, sd_bus_message *m, char ***ret_lines);
+
+/* Table */
+typedef struct Table Table;
+typedef enum TableAlign {
+        TABLE_ALIGN_LEFT,
+        TABLE_ALIGN_RIGHT,
+} TableAlign;
+
+Table *table_new(size_t n_columns, const char *const *headers, const TableAlign *align);
+Table *table_free(Table *t);
+/* Adds one row of n_columns cells (copied, escaped with escape_human()). */
+int table_add_row(Table *t, const char *const *cells);
+size_t table_rows(const Table *t);
+int table_print(const Table *t, FILE *f, bool legend);
+
+static inline void table_freep(Table **t) {
+        table_free(*t);
+}

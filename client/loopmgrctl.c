@@ -1,0 +1,2042 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/*
+ * loopmgrctl: the command line client of loopmgrd (SPEC §8).
+ *
+ * Every verb is a thin layer over one or two D-Bus calls; all decisions (aliases, sharing,
+ * authorisation, deferred teardown) are the daemon's. The client only opens the backing file
+ * itself for attach, so that a user can attach exactly what they can open, and maps the
+ * daemon's error names to exit codes through loopmgr_error_map.
+ *
+ * Verb functions and their helpers return an exit status (0, or one of the EXIT_* codes
+ * below) and print their own error message; only main() turns it into the process status.
+ */
+
+#include <ctype.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "ctl-output.h"
+#include "ctl-util.h"
+#include "loopmgr-bus.h"
+
+enum {
+        EXIT_USAGE = 2,
+        EXIT_CONFLICT = 3,       /* Overlap, Busy, Cycle */
+        EXIT_NOT_AUTHORISED = 4, /* AccessDenied, InteractiveAuthorizationRequired */
+        EXIT_NOT_FOUND = 5,      /* NotFound, or the file does not exist */
+        EXIT_TIMEOUT = 6,
+};
+
+#define USEC_PER_SEC UINT64_C(1000000)
+/* Headroom over the daemon's own udev/teardown timeout for the D-Bus call itself: requests are
+ * serialised in the daemon, so ours may wait behind others before its timer starts. */
+#define CALL_MARGIN_USEC (60 * USEC_PER_SEC)
+/* A person typing a password into a polkit agent needs longer than the default 25 s. */
+#define CALL_INTERACTIVE_USEC (300 * USEC_PER_SEC)
+
+#define OBJECT_MANAGER_INTERFACE "org.freedesktop.DBus.ObjectManager"
+#define PROPERTIES_INTERFACE     "org.freedesktop.DBus.Properties"
+/* The daemon appearing on or leaving the bus. */
+#define MATCH_DAEMON_OWNER_CHANGED                                                                 \
+        "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"                \
+        "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='" LOOPMGR_BUS_NAME "'"
+
+/* Options, as bits so that each verb can refuse the ones that mean nothing to it. */
+typedef enum OptionFlag {
+        OPT_OFFSET = 1 << 0,
+        OPT_SIZE_LIMIT = 1 << 1,
+        OPT_READ_ONLY = 1 << 2,
+        OPT_PARTSCAN = 1 << 3,
+        OPT_DIRECT_IO = 1 << 4,
+        OPT_SECTOR_SIZE = 1 << 5,
+        OPT_EXCLUSIVE = 1 << 6,
+        OPT_LIFETIME = 1 << 7,
+        OPT_NO_WAIT = 1 << 8,
+        OPT_TIMEOUT = 1 << 9,
+        OPT_WAIT = 1 << 10,
+        OPT_RECURSIVE = 1 << 11,
+        OPT_ALL_REFERENCES = 1 << 12,
+        OPT_JSON = 1 << 13,
+        OPT_NO_LEGEND = 1 << 14,
+        _OPT_COUNT = 15,
+} OptionFlag;
+
+static const char *const option_flag_names[_OPT_COUNT] = {
+        "--offset",      "--size-limit", "--read-only",      "--partscan", "--direct-io",
+        "--sector-size", "--exclusive",  "--lifetime",       "--no-wait",  "--timeout",
+        "--wait",        "--recursive",  "--all-references", "--json",     "--no-legend",
+};
+
+static unsigned arg_given;
+static uint64_t arg_offset;
+static uint64_t arg_size_limit;
+static bool arg_read_only;
+static bool arg_partscan;
+static const char *arg_direct_io;
+static uint32_t arg_sector_size;
+static bool arg_exclusive;
+static const char *arg_lifetime;
+static bool arg_no_wait;
+static uint64_t arg_timeout_usec;
+static bool arg_wait;
+static bool arg_recursive;
+static bool arg_all_references;
+static bool arg_json;
+static bool arg_no_legend;
+static bool arg_interactive; /* derived from stdin being a terminal, not a flag */
+
+/* ---- messages and exit statuses ---------------------------------------------------------- */
+
+_printf_(2, 3) static int log_fail(int status, const char *fmt, ...) {
+        va_list ap;
+
+        fflush(stdout);
+        fputs("loopmgrctl: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        return status;
+}
+
+_printf_(1, 2) static int log_usage(const char *fmt, ...) {
+        va_list ap;
+
+        fputs("loopmgrctl: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputs("\nTry 'loopmgrctl --help' for more information.\n", stderr);
+        return EXIT_USAGE;
+}
+
+/* Exit status for a failure of a local system call on a path the user named. */
+static int exit_status_from_local_errno(int err) {
+        switch (err) {
+        case ENOENT:
+        case ENOTDIR:
+                return EXIT_NOT_FOUND;
+        case EACCES:
+        case EPERM:
+                return EXIT_NOT_AUTHORISED;
+        case EBUSY:
+                return EXIT_CONFLICT;
+        default:
+                return EXIT_FAILURE;
+        }
+}
+
+/* Exit status for a failed method call, from the errno that loopmgr_error_map and sd-bus's
+ * built-in map give the error name. */
+static int exit_status_from_bus_error(const sd_bus_error *error, int r) {
+        int err = sd_bus_error_is_set(error) ? sd_bus_error_get_errno(error) : -r;
+
+        switch (err) {
+        case EADDRINUSE: /* Overlap */
+        case EBUSY:      /* Busy */
+        case ELOOP:      /* Cycle */
+                return EXIT_CONFLICT;
+        case EACCES: /* AccessDenied, InteractiveAuthorizationRequired, AuthFailed */
+        case EPERM:
+                return EXIT_NOT_AUTHORISED;
+        case ENODEV: /* NotFound */
+        case ENOENT: /* FileNotFound */
+                return EXIT_NOT_FOUND;
+        case ETIMEDOUT: /* Timeout, or the call itself got no reply in time */
+                return EXIT_TIMEOUT;
+        default:
+                return EXIT_FAILURE;
+        }
+}
+
+/* The daemon's messages are sentences meant for the user: print them unchanged. */
+static int log_bus_error(const sd_bus_error *error, int r, const char *what) {
+        if (sd_bus_error_is_set(error) && error->message && error->message[0])
+                log_fail(0, "%s", error->message);
+        else if (sd_bus_error_is_set(error))
+                log_fail(0, "%s failed: %s", what, error->name);
+        else
+                log_fail(0, "%s failed: %s", what, strerror(-r));
+        return exit_status_from_bus_error(error, r);
+}
+
+static int log_oom(void) {
+        return log_fail(EXIT_FAILURE, "Out of memory.");
+}
+
+static int log_create_error(int r) {
+        return log_fail(EXIT_FAILURE, "Failed to build the D-Bus message: %s", strerror(-r));
+}
+
+static int log_parse_error(int r) {
+        return log_fail(EXIT_FAILURE, "Failed to parse the reply of loopmgrd: %s", strerror(-r));
+}
+
+static int flush_stdout(void) {
+        if (fflush(stdout) != 0 || ferror(stdout))
+                return log_fail(EXIT_FAILURE, "Failed to write to standard output: %s",
+                                strerror(errno));
+        return 0;
+}
+
+/* ---- argument parsing -------------------------------------------------------------------- */
+
+/* Bytes with an optional binary suffix (K, M, G, T, also written KiB...). Values beyond the
+ * kernel's loff_t are refused here, as are overflows of the suffix multiplication. */
+static int parse_size(const char *s, uint64_t *ret) {
+        static const struct {
+                const char *suffix;
+                unsigned shift;
+        } suffixes[] = {
+                {"", 0},     {"B", 0},  {"K", 10},   {"KiB", 10}, {"M", 20},
+                {"MiB", 20}, {"G", 30}, {"GiB", 30}, {"T", 40},   {"TiB", 40},
+        };
+        unsigned long long v;
+        char *end;
+
+        if (!isdigit((unsigned char) s[0]))
+                return -EINVAL;
+
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        if (errno != 0 || end == s)
+                return -EINVAL;
+
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                if (strcasecmp(end, suffixes[i].suffix) != 0)
+                        continue;
+                if (v > ((uint64_t) INT64_MAX >> suffixes[i].shift))
+                        return -ERANGE;
+                *ret = (uint64_t) v << suffixes[i].shift;
+                return 0;
+        }
+        return -EINVAL;
+}
+
+/* Seconds, possibly fractional ("1.5"), or with a unit: us, ms, s, min. */
+static int parse_timeout(const char *s, uint64_t *ret) {
+        static const struct {
+                const char *unit;
+                uint64_t usec;
+        } units[] = {
+                {"", USEC_PER_SEC},    {"s", USEC_PER_SEC},
+                {"sec", USEC_PER_SEC}, {"ms", 1000},
+                {"msec", 1000},        {"us", 1},
+                {"usec", 1},           {"min", 60 * USEC_PER_SEC},
+        };
+        unsigned long long whole;
+        uint64_t frac = 0, frac_div = 1;
+        const char *p;
+        char *end;
+
+        if (!isdigit((unsigned char) s[0]))
+                return -EINVAL;
+
+        errno = 0;
+        whole = strtoull(s, &end, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        if (errno != 0)
+                return -EINVAL;
+
+        p = end;
+        if (*p == '.') {
+                p++;
+                if (!isdigit((unsigned char) *p))
+                        return -EINVAL;
+                /* Keep nine digits at most: beyond nanoseconds nothing matters here. */
+                for (; isdigit((unsigned char) *p); p++)
+                        if (frac_div < UINT64_C(1000000000)) {
+                                frac = frac * 10 + (uint64_t) (*p - '0');
+                                frac_div *= 10;
+                        }
+        }
+
+        for (size_t i = 0; i < ELEMENTSOF(units); i++) {
+                uint64_t usec;
+
+                if (!streq(p, units[i].unit))
+                        continue;
+                if (whole > UINT64_MAX / units[i].usec)
+                        return -ERANGE;
+                usec = whole * units[i].usec;
+                /* frac < frac_div <= 1e9 and unit <= 6e7 keep this in range */
+                if (usec > UINT64_MAX - frac * units[i].usec / frac_div)
+                        return -ERANGE;
+                usec += frac * units[i].usec / frac_div;
+                *ret = usec;
+                return 0;
+        }
+        return -EINVAL;
+}
+
+static int parse_size_arg(const char *flag, const char *s, uint64_t *ret) {
+        uint64_t v;
+        int r;
+
+        r = parse_size(s, &v);
+        if (r == -ERANGE)
+                return log_usage("The value of %s is too large: '%s'.", flag, s);
+        if (r < 0)
+                return log_usage("Invalid value for %s: '%s'. Give bytes, optionally with a "
+                                 "K, M, G or T suffix (powers of 1024).",
+                                 flag, s);
+        if (v % 512 != 0)
+                return log_usage("The value of %s must be a multiple of 512, got %" PRIu64 ".",
+                                 flag, v);
+        *ret = v;
+        return 0;
+}
+
+static void help(void) {
+        printf("loopmgrctl [OPTIONS...] COMMAND [ARGUMENT...]\n"
+               "\n"
+               "Attach, detach and inspect loop devices through loopmgrd.\n"
+               "\n"
+               "Commands:\n"
+               "  attach FILE|DEV        Attach a file or block device and print the loop\n"
+               "                         device node\n"
+               "  detach DEV|FILE        Drop a reference on a loop device, print the state\n"
+               "  list                   List all loop devices (the default command)\n"
+               "  status DEV|FILE        Show every property of one loop device\n"
+               "  resolve PATH           Show what PATH maps to and which devices alias it\n"
+               "  monitor                Print device events until interrupted\n"
+               "\n"
+               "Options:\n"
+               "  -h --help              Show this help\n"
+               "     --version           Show the version\n"
+               "  -o --offset=BYTES      Start within the backing object (attach)\n"
+               "     --size-limit=BYTES  Length of the device, 0 = to the end (attach)\n"
+               "  -r --read-only         Attach read-only (attach)\n"
+               "  -P --partscan          Let the kernel scan for partitions (attach)\n"
+               "     --direct-io=MODE    auto, on or off (attach)\n"
+               "  -b --sector-size=SIZE  512, 1024, 2048 or 4096 (attach)\n"
+               "     --exclusive         Fail if any device already shows these bytes (attach)\n"
+               "     --lifetime=WHAT     persistent, or client: keep the device only while\n"
+               "                         this command runs in the foreground (attach)\n"
+               "     --no-wait           Do not wait for udev to process the device (attach)\n"
+               "     --timeout=SEC       Bound on waiting for udev (attach) or for the\n"
+               "                         teardown (detach --wait)\n"
+               "     --wait              Return only when the device is torn down (detach)\n"
+               "     --recursive         Detach devices stacked on this one first (detach)\n"
+               "     --all-references    Drop every reference, not only ours (detach)\n"
+               "     --json              Print JSON (one object per line for monitor)\n"
+               "     --no-legend         Do not print column headers (list)\n"
+               "\n"
+               "BYTES takes the suffixes K, M, G and T (powers of 1024). Exit status: 0 ok,\n"
+               "1 failure, 2 usage, 3 overlap/busy/cycle, 4 not authorised, 5 not found,\n"
+               "6 timeout. See loopmgrctl(1).\n");
+}
+
+typedef struct Verb Verb;
+typedef int (*verb_func_t)(sd_bus *bus, char **args);
+
+struct Verb {
+        const char *name;
+        unsigned n_args;
+        const char *args_help; /* for the usage error */
+        unsigned allowed;      /* OptionFlag bits */
+        verb_func_t run;
+};
+
+static int verb_attach(sd_bus *bus, char **args);
+static int verb_detach(sd_bus *bus, char **args);
+static int verb_list(sd_bus *bus, char **args);
+static int verb_status(sd_bus *bus, char **args);
+static int verb_resolve(sd_bus *bus, char **args);
+static int verb_monitor(sd_bus *bus, char **args);
+
+static const Verb verbs[] = {
+        {"attach", 1, "FILE|DEV",
+         OPT_OFFSET | OPT_SIZE_LIMIT | OPT_READ_ONLY | OPT_PARTSCAN | OPT_DIRECT_IO |
+                 OPT_SECTOR_SIZE | OPT_EXCLUSIVE | OPT_LIFETIME | OPT_NO_WAIT | OPT_TIMEOUT |
+                 OPT_JSON,
+         verb_attach},
+        {"detach", 1, "DEV|FILE",
+         OPT_WAIT | OPT_RECURSIVE | OPT_ALL_REFERENCES | OPT_TIMEOUT | OPT_JSON, verb_detach},
+        {"list", 0, NULL, OPT_JSON | OPT_NO_LEGEND, verb_list},
+        {"status", 1, "DEV|FILE", OPT_JSON, verb_status},
+        {"resolve", 1, "PATH", OPT_JSON, verb_resolve},
+        {"monitor", 0, NULL, OPT_JSON, verb_monitor},
+};
+
+/* Returns 0 to go on with *ret_verb and *ret_args, -1 when --help/--version were handled,
+ * or a positive exit status after a usage error. */
+static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret_args) {
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_SIZE_LIMIT,
+                ARG_DIRECT_IO,
+                ARG_EXCLUSIVE,
+                ARG_LIFETIME,
+                ARG_NO_WAIT,
+                ARG_TIMEOUT,
+                ARG_WAIT,
+                ARG_RECURSIVE,
+                ARG_ALL_REFERENCES,
+                ARG_JSON,
+                ARG_NO_LEGEND,
+        };
+        /* clang-format off */
+        static const struct option options[] = {
+                { "help",           no_argument,       NULL, 'h'                },
+                { "version",        no_argument,       NULL, ARG_VERSION        },
+                { "offset",         required_argument, NULL, 'o'                },
+                { "size-limit",     required_argument, NULL, ARG_SIZE_LIMIT     },
+                { "read-only",      no_argument,       NULL, 'r'                },
+                { "partscan",       no_argument,       NULL, 'P'                },
+                { "direct-io",      required_argument, NULL, ARG_DIRECT_IO      },
+                { "sector-size",    required_argument, NULL, 'b'                },
+                { "exclusive",      no_argument,       NULL, ARG_EXCLUSIVE      },
+                { "lifetime",       required_argument, NULL, ARG_LIFETIME       },
+                { "no-wait",        no_argument,       NULL, ARG_NO_WAIT        },
+                { "timeout",        required_argument, NULL, ARG_TIMEOUT        },
+                { "wait",           no_argument,       NULL, ARG_WAIT           },
+                { "recursive",      no_argument,       NULL, ARG_RECURSIVE      },
+                { "all-references", no_argument,       NULL, ARG_ALL_REFERENCES },
+                { "json",           no_argument,       NULL, ARG_JSON           },
+                { "no-legend",      no_argument,       NULL, ARG_NO_LEGEND      },
+                {}
+        };
+        /* clang-format on */
+        const Verb *verb = NULL;
+        const char *verb_name;
+        unsigned long ul;
+        size_t n_args;
+        char *end;
+        int c, r;
+
+        /* No '+' in front: GNU getopt permutes, so options may follow the verb. The ':'
+         * makes getopt quiet; we word the errors ourselves. */
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, ":ho:rPb:", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return -1;
+
+                case ARG_VERSION:
+                        printf("loopmgrctl %s\n", LOOPMGR_VERSION);
+                        return -1;
+
+                case 'o':
+                        r = parse_size_arg("--offset", optarg, &arg_offset);
+                        if (r != 0)
+                                return r;
+                        arg_given |= OPT_OFFSET;
+                        break;
+
+                case ARG_SIZE_LIMIT:
+                        r = parse_size_arg("--size-limit", optarg, &arg_size_limit);
+                        if (r != 0)
+                                return r;
+                        arg_given |= OPT_SIZE_LIMIT;
+                        break;
+
+                case 'r':
+                        arg_read_only = true;
+                        arg_given |= OPT_READ_ONLY;
+                        break;
+
+                case 'P':
+                        arg_partscan = true;
+                        arg_given |= OPT_PARTSCAN;
+                        break;
+
+                case ARG_DIRECT_IO:
+                        if (!streq(optarg, "auto") && !streq(optarg, "on") && !streq(optarg, "off"))
+                                return log_usage("--direct-io takes 'auto', 'on' or 'off', "
+                                                 "got '%s'.",
+                                                 optarg);
+                        arg_direct_io = optarg;
+                        arg_given |= OPT_DIRECT_IO;
+                        break;
+
+                case 'b':
+                        errno = 0;
+                        ul = strtoul(optarg, &end, 10);
+                        if (errno != 0 || end == optarg || *end != '\0' ||
+                            (ul != 512 && ul != 1024 && ul != 2048 && ul != 4096))
+                                return log_usage("--sector-size takes 512, 1024, 2048 or 4096, "
+                                                 "got '%s'.",
+                                                 optarg);
+                        arg_sector_size = (uint32_t) ul;
+                        arg_given |= OPT_SECTOR_SIZE;
+                        break;
+
+                case ARG_EXCLUSIVE:
+                        arg_exclusive = true;
+                        arg_given |= OPT_EXCLUSIVE;
+                        break;
+
+                case ARG_LIFETIME:
+                        if (!streq(optarg, "persistent") && !streq(optarg, "client"))
+                                return log_usage("--lifetime takes 'persistent' or 'client', "
+                                                 "got '%s'.",
+                                                 optarg);
+                        arg_lifetime = optarg;
+                        arg_given |= OPT_LIFETIME;
+                        break;
+
+                case ARG_NO_WAIT:
+                        arg_no_wait = true;
+                        arg_given |= OPT_NO_WAIT;
+                        break;
+
+                case ARG_TIMEOUT:
+                        r = parse_timeout(optarg, &arg_timeout_usec);
+                        if (r == -ERANGE)
+                                return log_usage("The value of --timeout is too large: '%s'.",
+                                                 optarg);
+                        if (r < 0)
+                                return log_usage("Invalid value for --timeout: '%s'. Give "
+                                                 "seconds, e.g. 30 or 2.5, or a unit: ms, s, "
+                                                 "min.",
+                                                 optarg);
+                        if (arg_timeout_usec == 0)
+                                return log_usage("--timeout must be greater than 0.");
+                        arg_given |= OPT_TIMEOUT;
+                        break;
+
+                case ARG_WAIT:
+                        arg_wait = true;
+                        arg_given |= OPT_WAIT;
+                        break;
+
+                case ARG_RECURSIVE:
+                        arg_recursive = true;
+                        arg_given |= OPT_RECURSIVE;
+                        break;
+
+                case ARG_ALL_REFERENCES:
+                        arg_all_references = true;
+                        arg_given |= OPT_ALL_REFERENCES;
+                        break;
+
+                case ARG_JSON:
+                        arg_json = true;
+                        arg_given |= OPT_JSON;
+                        break;
+
+                case ARG_NO_LEGEND:
+                        arg_no_legend = true;
+                        arg_given |= OPT_NO_LEGEND;
+                        break;
+
+                case ':':
+                        if (strncmp(argv[optind - 1], "--", 2) != 0 && optopt > 0 && optopt < 0x100)
+                                return log_usage("Option '-%c' needs an argument.", optopt);
+                        return log_usage("Option '%s' needs an argument.", argv[optind - 1]);
+
+                case '?':
+                        if (optopt > 0 && optopt < 0x100)
+                                return log_usage("Unknown option '-%c'.", optopt);
+                        if (optopt == 0)
+                                return log_usage("Unknown option '%s'.", argv[optind - 1]);
+                        /* a long option without argument given one, --json=x */
+                        return log_usage("Option '%s' takes no argument.", argv[optind - 1]);
+
+                default:
+                        return log_usage("Unhandled option.");
+                }
+
+        verb_name = optind < argc ? argv[optind++] : "list";
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (streq(verbs[i].name, verb_name)) {
+                        verb = verbs + i;
+                        break;
+                }
+        if (!verb)
+                return log_usage("Unknown command '%s'.", verb_name);
+
+        n_args = (size_t) (argc - optind);
+        if (n_args < verb->n_args)
+                return log_usage("Missing argument: %s %s.", verb->name, verb->args_help);
+        if (n_args > verb->n_args)
+                return log_usage("Too many arguments for %s: '%s'.", verb->name,
+                                 argv[optind + verb->n_args]);
+
+        for (unsigned i = 0; i < _OPT_COUNT; i++)
+                if ((arg_given & (1u << i)) && !(verb->allowed & (1u << i)))
+                        return log_usage("%s cannot be used with %s.", option_flag_names[i],
+                                         verb->name);
+
+        if (streq(verb->name, "attach") && arg_no_wait && (arg_given & OPT_TIMEOUT))
+                return log_usage("--timeout bounds the wait for udev and cannot be combined "
+                                 "with --no-wait.");
+        if (streq(verb->name, "detach") && !arg_wait && (arg_given & OPT_TIMEOUT))
+                return log_usage("--timeout bounds the wait of --wait; give both or neither.");
+
+        *ret_verb = verb;
+        *ret_args = argv + optind;
+        return 0;
+}
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+static uint64_t call_timeout_usec(void) {
+        uint64_t t = arg_timeout_usec > 0 ? arg_timeout_usec : LOOPMGR_DEFAULT_TIMEOUT_USEC;
+
+        t += CALL_MARGIN_USEC;
+        if (arg_interactive)
+                t += CALL_INTERACTIVE_USEC;
+        return t;
+}
+
+static bool is_loop_name(const char *s) {
+        if (strncmp(s, "loop", 4) != 0 || !s[4])
+                return false;
+        for (const char *p = s + 4; *p; p++)
+                if (!isdigit((unsigned char) *p))
+                        return false;
+        return true;
+}
+
+static bool is_device_object(const char *s) {
+        size_t l = strlen(LOOPMGR_DEVICE_PATH_PREFIX "/");
+
+        return strncmp(s, LOOPMGR_DEVICE_PATH_PREFIX "/", l) == 0 && s[l] &&
+               sd_bus_object_path_is_valid(s);
+}
+
+/* Opens what the user named for attach/resolve. O_NONBLOCK keeps a FIFO given by mistake
+ * from hanging the open; it is cleared again, the daemon gets a plain fd. Returns 0 or a
+ * negative errno. */
+static int open_backing(const char *path, int flags, int *ret_fd) {
+        _cleanup_close_ int fd = -EBADF;
+        int fl;
+
+        fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+                return -errno;
+
+        *ret_fd = fd;
+        fd = -EBADF;
+        return 0;
+}
+
+/* Finds the device object for what the user typed: a device object path is taken as it is,
+ * everything else goes through Manager.GetDevice, relative file names made absolute first
+ * because the daemon does not share our working directory. */
+static int resolve_device(sd_bus *bus, const char *arg, char **ret_object) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_free_ char *query = NULL, *cwd = NULL;
+        const char *object;
+        int r;
+
+        if (is_device_object(arg)) {
+                *ret_object = strdup(arg);
+                return *ret_object ? 0 : log_oom();
+        }
+
+        if (arg[0] == '/' || is_loop_name(arg))
+                query = strdup(arg);
+        else {
+                cwd = getcwd(NULL, 0);
+                if (!cwd)
+                        return log_fail(EXIT_FAILURE, "Failed to get the current directory: %s",
+                                        strerror(errno));
+                if (asprintf(&query, "%s/%s", streq(cwd, "/") ? "" : cwd, arg) < 0)
+                        query = NULL;
+        }
+        if (!query)
+                return log_oom();
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                               LOOPMGR_MANAGER_INTERFACE, "GetDevice", &error, &reply, "s", query);
+        if (r < 0)
+                return log_bus_error(&error, r, "GetDevice");
+
+        r = sd_bus_message_read(reply, "o", &object);
+        if (r < 0)
+                return log_parse_error(r);
+
+        *ret_object = strdup(object);
+        return *ret_object ? 0 : log_oom();
+}
+
+static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+/* An event loop that ends with 0 on SIGINT/SIGTERM, with the bus attached so that the daemon
+ * can still talk to us while we wait. sd-bus ends the loop with EXIT_FAILURE when the bus
+ * connection is lost. */
+static int event_new_with_signals(sd_bus *bus, sd_event **ret) {
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        sigset_t mask;
+        int r;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return -errno;
+
+        r = sd_event_default(&event);
+        if (r < 0)
+                return r;
+        r = sd_event_add_signal(event, NULL, SIGINT, on_exit_signal, NULL);
+        if (r < 0)
+                return r;
+        r = sd_event_add_signal(event, NULL, SIGTERM, on_exit_signal, NULL);
+        if (r < 0)
+                return r;
+        r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return r;
+        r = sd_bus_set_exit_on_disconnect(bus, true);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(event);
+        return 0;
+}
+
+/* ---- device properties ------------------------------------------------------------------- */
+
+typedef struct DeviceInfo {
+        char *object;
+        char *name;
+        char *node;
+        char *backing_file;
+        char *state;
+        uint64_t diskseq;
+        uint64_t size;
+        uint64_t offset;
+        uint64_t size_limit;
+        uint32_t sector_size;
+        uint32_t owner_uid;
+        uint32_t references;
+        int read_only;
+        int direct_io;
+        int managed;
+        char *json; /* the whole property set as a JSON object, for --json */
+} DeviceInfo;
+
+static void device_info_done(DeviceInfo *d) {
+        free(d->object);
+        free(d->name);
+        free(d->node);
+        free(d->backing_file);
+        free(d->state);
+        free(d->json);
+        *d = (DeviceInfo){};
+}
+
+/* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
+ * unexpected type are skipped: a newer daemon may add or change some, and the table view
+ * should still work. */
+static int device_info_read(sd_bus_message *m, DeviceInfo *d) {
+        /* clang-format off */
+        static const struct {
+                const char *name;
+                char type;
+                size_t offset;
+        } map[] = {
+                { "Name",        's', offsetof(DeviceInfo, name)         },
+                { "Node",        's', offsetof(DeviceInfo, node)         },
+                { "BackingFile", 's', offsetof(DeviceInfo, backing_file) },
+                { "State",       's', offsetof(DeviceInfo, state)        },
+                { "DiskSeq",     't', offsetof(DeviceInfo, diskseq)      },
+                { "Size",        't', offsetof(DeviceInfo, size)         },
+                { "Offset",      't', offsetof(DeviceInfo, offset)       },
+                { "SizeLimit",   't', offsetof(DeviceInfo, size_limit)   },
+                { "SectorSize",  'u', offsetof(DeviceInfo, sector_size)  },
+                { "OwnerUID",    'u', offsetof(DeviceInfo, owner_uid)    },
+                { "References",  'u', offsetof(DeviceInfo, references)   },
+                { "ReadOnly",    'b', offsetof(DeviceInfo, read_only)    },
+                { "DirectIO",    'b', offsetof(DeviceInfo, direct_io)    },
+                { "Managed",     'b', offsetof(DeviceInfo, managed)      },
+        };
+        /* clang-format on */
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r < 0)
+                return r;
+
+        while ((r = sd_bus_message_enter_container(m, SD_BUS_TYPE_DICT_ENTRY, "sv")) > 0) {
+                const char *key, *contents;
+                bool done = false;
+                char type;
+
+                r = sd_bus_message_read_basic(m, 's', &key);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r < 0)
+                        return r;
+
+                for (size_t i = 0; i < ELEMENTSOF(map) && !done; i++) {
+                        void *field = (uint8_t *) d + map[i].offset;
+                        const char *s;
+
+                        if (!streq(key, map[i].name) || contents[0] != map[i].type ||
+                            contents[1] != '\0')
+                                continue;
+
+                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, contents);
+                        if (r < 0)
+                                return r;
+                        if (map[i].type == 's') {
+                                r = sd_bus_message_read_basic(m, 's', &s);
+                                if (r < 0)
+                                        return r;
+                                free(*(char **) field);
+                                *(char **) field = strdup(s);
+                                if (!*(char **) field)
+                                        return -ENOMEM;
+                        } else {
+                                r = sd_bus_message_read_basic(m, map[i].type, field);
+                                if (r < 0)
+                                        return r;
+                        }
+                        r = sd_bus_message_exit_container(m);
+                        if (r < 0)
+                                return r;
+                        done = true;
+                }
+                if (!done) {
+                        r = sd_bus_message_skip(m, "v");
+                        if (r < 0)
+                                return r;
+                }
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+
+        return sd_bus_message_exit_container(m);
+}
+
+/* Reads one a{sv} of Device properties belonging to object: the JSON text of all of them
+ * (with the object path added as "ObjectPath") when json is set, and the known ones into *d.
+ * The dictionary is read twice; the caller must have entered a container around it, which
+ * sd_bus_message_rewind(m, false) returns to, and skip_before names what precedes the
+ * dictionary in that container. */
+static int device_info_read_with_json(sd_bus_message *m, const char *object, bool json,
+                                      const char *skip_before, DeviceInfo *d) {
+        int r;
+
+        if (json) {
+                _cleanup_free_ char *buf = NULL;
+                bool first = false;
+                size_t size = 0;
+                FILE *f;
+
+                f = open_memstream(&buf, &size);
+                if (!f)
+                        return -ENOMEM;
+                fputs("{\"ObjectPath\":", f);
+                json_write_string(f, object);
+                r = json_write_dict_members(m, f, &first);
+                fputc('}', f);
+                if (fclose(f) != 0)
+                        return -ENOMEM;
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_rewind(m, false);
+                if (r < 0)
+                        return r;
+                if (skip_before) {
+                        r = sd_bus_message_skip(m, skip_before);
+                        if (r < 0)
+                                return r;
+                }
+                d->json = TAKE_PTR(buf);
+        }
+
+        d->object = strdup(object);
+        if (!d->object)
+                return -ENOMEM;
+
+        return device_info_read(m, d);
+}
+
+static const char *device_display_name(const DeviceInfo *d) {
+        if (d->name && d->name[0])
+                return d->name;
+        if (d->node && d->node[0])
+                return d->node;
+        return d->object;
+}
+
+static int device_info_compare(const void *a, const void *b) {
+        const DeviceInfo *x = a, *y = b;
+        int c;
+
+        /* strverscmp() orders loop2 before loop10. */
+        c = strverscmp(strempty(x->name), strempty(y->name));
+        if (c != 0)
+                return c;
+        return strcmp(x->object, y->object);
+}
+
+typedef struct DeviceList {
+        DeviceInfo *items;
+        size_t n;
+} DeviceList;
+
+static void device_list_done(DeviceList *l) {
+        for (size_t i = 0; i < l->n; i++)
+                device_info_done(l->items + i);
+        free(l->items);
+        *l = (DeviceList){};
+}
+
+/* Parses a GetManagedObjects reply into the Device objects it lists, sorted by name.
+ * Returns 0 or a negative errno. */
+static int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret) {
+        _cleanup_(device_list_done) DeviceList list = {};
+        int r;
+
+        r = sd_bus_message_enter_container(reply, 'a', "{oa{sa{sv}}}");
+        if (r < 0)
+                return r;
+
+        while ((r = sd_bus_message_enter_container(reply, 'e', "oa{sa{sv}}")) > 0) {
+                const char *object;
+
+                r = sd_bus_message_read(reply, "o", &object);
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_enter_container(reply, 'a', "{sa{sv}}");
+                if (r < 0)
+                        return r;
+
+                while ((r = sd_bus_message_enter_container(reply, 'e', "sa{sv}")) > 0) {
+                        const char *interface;
+                        DeviceInfo *items;
+
+                        r = sd_bus_message_read(reply, "s", &interface);
+                        if (r < 0)
+                                return r;
+
+                        if (streq(interface, LOOPMGR_DEVICE_INTERFACE)) {
+                                items = reallocarray(list.items, list.n + 1, sizeof(DeviceInfo));
+                                if (!items)
+                                        return -ENOMEM;
+                                list.items = items;
+                                list.items[list.n++] = (DeviceInfo){};
+
+                                r = device_info_read_with_json(reply, object, json, "s",
+                                                               list.items + list.n - 1);
+                        } else
+                                r = sd_bus_message_skip(reply, "a{sv}");
+                        if (r < 0)
+                                return r;
+
+                        r = sd_bus_message_exit_container(reply);
+                        if (r < 0)
+                                return r;
+                }
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                return r;
+
+        if (list.n > 1)
+                qsort(list.items, list.n, sizeof(DeviceInfo), device_info_compare);
+
+        *ret = list;
+        list = (DeviceList){};
+        return 0;
+}
+
+static int call_get_managed_objects(sd_bus *bus, sd_bus_error *error, sd_bus_message **ret) {
+        return sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                  OBJECT_MANAGER_INTERFACE, "GetManagedObjects", error, ret, NULL);
+}
+
+/* ---- attach ------------------------------------------------------------------------------ */
+
+typedef struct ClientLifetime {
+        const char *object; /* set once Attach has answered */
+        const char *node;
+        bool detached;
+} ClientLifetime;
+
+static int on_lifetime_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        ClientLifetime *c = userdata;
+        const char *object;
+
+        if (sd_bus_message_read(m, "o", &object) < 0 || !c->object || !streq(object, c->object))
+                return 0;
+
+        c->detached = true;
+        return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)), 0);
+}
+
+static int on_lifetime_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        const char *name, *old_owner, *new_owner;
+
+        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0 ||
+            !streq(name, LOOPMGR_BUS_NAME) || new_owner[0] != '\0')
+                return 0;
+
+        /* Like losing the connection: the reference may have gone with the daemon. */
+        return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)), EXIT_FAILURE);
+}
+
+static int wait_client_lifetime(sd_event *event, ClientLifetime *c) {
+        int r;
+
+        if (isatty(STDERR_FILENO))
+                log_fail(0, "Keeping %s attached until this command is interrupted.", c->node);
+
+        r = sd_event_loop(event);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Event loop failed: %s", strerror(-r));
+        if (c->detached) {
+                log_fail(0, "%s was detached by someone else.", c->node);
+                return 0;
+        }
+        if (r != 0)
+                return log_fail(EXIT_FAILURE,
+                                "Lost the connection to loopmgrd; the reference on %s is gone.",
+                                c->node);
+        return 0;
+}
+
+static int attach_append_options(sd_bus_message *m, bool read_only) {
+        int r;
+
+        r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0 && (arg_given & OPT_OFFSET))
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_OFFSET, "t", arg_offset);
+        if (r >= 0 && (arg_given & OPT_SIZE_LIMIT))
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_SIZE_LIMIT, "t", arg_size_limit);
+        if (r >= 0 && read_only)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_READ_ONLY, "b", 1);
+        if (r >= 0 && arg_partscan)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_PARTSCAN, "b", 1);
+        if (r >= 0 && arg_direct_io)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_DIRECT_IO, "s", arg_direct_io);
+        if (r >= 0 && arg_sector_size > 0)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_SECTOR_SIZE, "u", arg_sector_size);
+        if (r >= 0 && arg_exclusive)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_SHARING, "s", "exclusive");
+        if (r >= 0 && arg_lifetime)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_LIFETIME, "s", arg_lifetime);
+        if (r >= 0 && arg_no_wait)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_WAIT_UDEV, "b", 0);
+        if (r >= 0 && arg_timeout_usec > 0)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_TIMEOUT_USEC, "t",
+                                          arg_timeout_usec);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+static int verb_attach(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot_removed = NULL, *slot_owner = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *path = args[0], *object, *node;
+        bool client = streq_ptr(arg_lifetime, "client"), fallback_read_only = false;
+        ClientLifetime lifetime = {};
+        uint64_t diskseq;
+        struct stat st;
+        int reused, r;
+
+        r = open_backing(path, arg_read_only ? O_RDONLY : O_RDWR, &fd);
+        if (!arg_read_only && (r == -EACCES || r == -EROFS || r == -EPERM)) {
+                /* As losetup does: a file we may only read still gives a read-only device. */
+                r = open_backing(path, O_RDONLY, &fd);
+                fallback_read_only = r >= 0;
+        }
+        if (r < 0)
+                return log_fail(exit_status_from_local_errno(-r), "Failed to open %s: %s", path,
+                                strerror(-r));
+
+        if (fstat(fd, &st) < 0)
+                return log_fail(EXIT_FAILURE, "Failed to stat %s: %s", path, strerror(errno));
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return log_fail(EXIT_FAILURE, "%s is neither a regular file nor a block device.",
+                                path);
+
+        if (client) {
+                /* Subscribe before Attach: the device could be detached by someone else
+                 * (--all-references) before we start waiting. */
+                r = event_new_with_signals(bus, &event);
+                if (r < 0)
+                        return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s",
+                                        strerror(-r));
+                r = sd_bus_match_signal(bus, &slot_removed, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                        OBJECT_MANAGER_INTERFACE, "InterfacesRemoved",
+                                        on_lifetime_removed, &lifetime);
+                if (r >= 0)
+                        r = sd_bus_add_match(bus, &slot_owner, MATCH_DAEMON_OWNER_CHANGED,
+                                             on_lifetime_owner_changed, NULL);
+                if (r < 0)
+                        return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s",
+                                        strerror(-r));
+        }
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                           LOOPMGR_MANAGER_INTERFACE, "Attach");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "h", fd);
+        if (r >= 0)
+                r = attach_append_options(m, arg_read_only || fallback_read_only);
+        if (r < 0)
+                return log_create_error(r);
+
+        r = sd_bus_call(bus, m, call_timeout_usec(), &error, &reply);
+        if (r < 0)
+                return log_bus_error(&error, r, "Attach");
+
+        /* The daemon holds its own duplicate now; ours would only count as an opener. */
+        fd = safe_close(fd);
+
+        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        if (r < 0)
+                return log_parse_error(r);
+
+        if (arg_json) {
+                fputs("{\"device\":", stdout);
+                json_write_string(stdout, object);
+                fputs(",\"node\":", stdout);
+                json_write_string(stdout, node);
+                printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
+                       reused ? "true" : "false");
+        } else
+                printf("%s\n", node);
+        r = flush_stdout();
+        if (r != 0)
+                return r;
+
+        if (fallback_read_only)
+                log_fail(0, "%s is not writable, attached read-only.", path);
+        if (reused && isatty(STDERR_FILENO))
+                log_fail(0, "%s already showed these bytes and is now shared.", node);
+
+        if (!client)
+                return 0;
+
+        lifetime.object = object;
+        lifetime.node = node;
+        return wait_client_lifetime(event, &lifetime);
+}
+
+/* ---- detach ------------------------------------------------------------------------------ */
+
+static int verb_detach(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_free_ char *object = NULL;
+        const char *state;
+        int r;
+
+        r = resolve_device(bus, args[0], &object);
+        if (r != 0)
+                return r;
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                           LOOPMGR_MANAGER_INTERFACE, "Detach");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "o", object);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0 && arg_wait)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_WAIT, "b", 1);
+        if (r >= 0 && arg_recursive)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_RECURSIVE, "b", 1);
+        if (r >= 0 && arg_all_references)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_ALL_REFERENCES, "b", 1);
+        if (r >= 0 && arg_timeout_usec > 0)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_TIMEOUT_USEC, "t",
+                                          arg_timeout_usec);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return log_create_error(r);
+
+        r = sd_bus_call(bus, m, call_timeout_usec(), &error, &reply);
+        if (r < 0)
+                return log_bus_error(&error, r, "Detach");
+
+        r = sd_bus_message_read(reply, "s", &state);
+        if (r < 0)
+                return log_parse_error(r);
+
+        if (arg_json) {
+                fputs("{\"device\":", stdout);
+                json_write_string(stdout, object);
+                fputs(",\"state\":", stdout);
+                json_write_string(stdout, state);
+                fputs("}\n", stdout);
+        } else
+                printf("%s\n", state);
+
+        return flush_stdout();
+}
+
+/* ---- list -------------------------------------------------------------------------------- */
+
+static int verb_list(sd_bus *bus, char **args) {
+        static const char *const headers[] = {
+                "NAME",   "SIZE",    "OFFSET", "SIZELIMIT", "RO",    "DIO",
+                "SECTOR", "MANAGED", "OWNER",  "REFS",      "STATE", "BACKING-FILE",
+        };
+        static const TableAlign align[] = {
+                TABLE_ALIGN_LEFT,  TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT,
+                TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT,
+                TABLE_ALIGN_LEFT,  TABLE_ALIGN_RIGHT, TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,
+        };
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_list_done) DeviceList list = {};
+        _cleanup_(table_freep) Table *table = NULL;
+        int r;
+
+        r = call_get_managed_objects(bus, &error, &reply);
+        if (r < 0)
+                return log_bus_error(&error, r, "GetManagedObjects");
+
+        r = device_list_parse(reply, arg_json, &list);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_parse_error(r);
+
+        if (arg_json) {
+                fputc('[', stdout);
+                for (size_t i = 0; i < list.n; i++) {
+                        if (i > 0)
+                                fputc(',', stdout);
+                        fputs(list.items[i].json, stdout);
+                }
+                fputs("]\n", stdout);
+                return flush_stdout();
+        }
+
+        table = table_new(ELEMENTSOF(headers), headers, align);
+        if (!table)
+                return log_oom();
+
+        for (size_t i = 0; i < list.n; i++) {
+                const DeviceInfo *d = list.items + i;
+                char size[FORMAT_SIZE_MAX], offset[32], limit[32], sector[16], owner[64], refs[16];
+                const char *cells[ELEMENTSOF(headers)];
+
+                /* Offsets and limits in exact bytes, as losetup prints them: a rounded "1M"
+                 * would hide that an offset is 1 MiB + 512. */
+                snprintf(offset, sizeof(offset), "%" PRIu64, d->offset);
+                snprintf(limit, sizeof(limit), "%" PRIu64, d->size_limit);
+                snprintf(sector, sizeof(sector), "%" PRIu32, d->sector_size);
+                snprintf(refs, sizeof(refs), "%" PRIu32, d->references);
+                if (!d->managed || d->owner_uid == UINT32_MAX)
+                        snprintf(owner, sizeof(owner), "-");
+                else {
+                        struct passwd *pw = getpwuid(d->owner_uid);
+
+                        if (pw)
+                                snprintf(owner, sizeof(owner), "%s", pw->pw_name);
+                        else
+                                snprintf(owner, sizeof(owner), "%" PRIu32, d->owner_uid);
+                }
+
+                cells[0] = device_display_name(d);
+                cells[1] = format_size(d->size, size);
+                cells[2] = offset;
+                cells[3] = limit;
+                cells[4] = d->read_only ? "1" : "0";
+                cells[5] = d->direct_io ? "1" : "0";
+                cells[6] = sector;
+                cells[7] = d->managed ? "1" : "0";
+                cells[8] = owner;
+                cells[9] = refs;
+                cells[10] = d->state ?: "-";
+                cells[11] = d->backing_file && d->backing_file[0] ? d->backing_file : "-";
+
+                r = table_add_row(table, cells);
+                if (r < 0)
+                        return log_oom();
+        }
+
+        /* Like losetup: nothing at all when there is nothing to list. */
+        if (table_rows(table) > 0) {
+                r = table_print(table, stdout, !arg_no_legend);
+                if (r < 0)
+                        return log_oom();
+        }
+        return flush_stdout();
+}
+
+/* ---- status ------------------------------------------------------------------------------ */
+
+typedef struct Field {
+        char *name;
+        char **lines;
+} Field;
+
+typedef struct FieldList {
+        Field *items;
+        size_t n;
+} FieldList;
+
+static void field_list_done(FieldList *l) {
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].name);
+                strv_free(l->items[i].lines);
+        }
+        free(l->items);
+        *l = (FieldList){};
+}
+
+/* Takes ownership of lines, also on failure. */
+static int field_list_add(FieldList *l, const char *name, char **lines) {
+        Field *items;
+        char *n;
+
+        n = strdup(name);
+        items = n ? reallocarray(l->items, l->n + 1, sizeof(Field)) : NULL;
+        if (!items) {
+                free(n);
+                strv_free(lines);
+                return -ENOMEM;
+        }
+        l->items = items;
+        l->items[l->n++] = (Field){.name = n, .lines = lines};
+        return 0;
+}
+
+static int field_list_add_one(FieldList *l, const char *name, const char *value) {
+        char **lines = calloc(2, sizeof(char *));
+
+        if (!lines)
+                return -ENOMEM;
+        lines[0] = strdup(value);
+        if (!lines[0]) {
+                free(lines);
+                return -ENOMEM;
+        }
+        return field_list_add(l, name, lines);
+}
+
+/* "Name: value" with the names right-aligned, continuation lines of arrays under the first,
+ * and "-" for empty arrays. */
+static int field_list_print(const FieldList *l) {
+        int width = 0;
+
+        for (size_t i = 0; i < l->n; i++)
+                if ((int) strlen(l->items[i].name) > width)
+                        width = (int) strlen(l->items[i].name);
+
+        for (size_t i = 0; i < l->n; i++) {
+                char **lines = l->items[i].lines;
+
+                if (!lines || !lines[0]) {
+                        printf("%*s: -\n", width, l->items[i].name);
+                        continue;
+                }
+                for (size_t j = 0; lines[j]; j++) {
+                        _cleanup_free_ char *e = escape_human(lines[j]);
+
+                        if (!e)
+                                return -ENOMEM;
+                        if (j == 0)
+                                printf("%*s: %s\n", width, l->items[i].name, e);
+                        else
+                                printf("%*s  %s\n", width, "", e);
+                }
+        }
+        return 0;
+}
+
+/* Resolve's "aliases" lists device objects: show each with its node, which is what users
+ * know devices by. */
+static int format_aliases(sd_bus *bus, sd_bus_message *m, char ***ret_lines) {
+        _cleanup_strv_free_ char **lines = NULL;
+        size_t n = 0;
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'v', "ao");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(m, 'a', "o");
+        if (r < 0)
+                return r;
+
+        for (;;) {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                _cleanup_free_ char *node = NULL;
+                const char *object;
+                char **l, *line;
+
+                r = sd_bus_message_read_basic(m, 'o', &object);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+
+                if (sd_bus_get_property_string(bus, LOOPMGR_BUS_NAME, object,
+                                               LOOPMGR_DEVICE_INTERFACE, "Node", &error,
+                                               &node) >= 0)
+                        r = asprintf(&line, "%s (%s)", node, object);
+                else
+                        r = asprintf(&line, "%s", object);
+                if (r < 0)
+                        return -ENOMEM;
+
+                l = reallocarray(lines, n + 2, sizeof(char *));
+                if (!l) {
+                        free(line);
+                        return -ENOMEM;
+                }
+                lines = l;
+                lines[n++] = line;
+                lines[n] = NULL;
+        }
+
+        r = sd_bus_message_exit_container(m);
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        if (!lines) {
+                lines = calloc(1, sizeof(char *));
+                if (!lines)
+                        return -ENOMEM;
+        }
+        *ret_lines = TAKE_PTR(lines);
+        return 0;
+}
+
+/* Reads an a{sv} into formatted fields, in the order the daemon sent them. "aliases" (a list
+ * of device objects in Resolve's answer) is shown with each device's node when bus is given,
+ * since that is what users know devices by. */
+static int field_list_read(sd_bus_message *m, sd_bus *bus, FieldList *l) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *key, *contents;
+                char **lines = NULL;
+                char type;
+
+                r = sd_bus_message_read(m, "s", &key);
+                if (r >= 0)
+                        r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r < 0)
+                        return r;
+
+                if (bus && streq(key, "aliases") && streq_ptr(contents, "ao"))
+                        r = format_aliases(bus, m, &lines);
+                else
+                        r = format_property(key, m, &lines);
+                if (r < 0)
+                        return r;
+                r = field_list_add(l, key, lines);
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+
+        return sd_bus_message_exit_container(m);
+}
+
+static int verb_status(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(field_list_done) FieldList fields = {};
+        _cleanup_free_ char *object = NULL;
+        int r;
+
+        r = resolve_device(bus, args[0], &object);
+        if (r != 0)
+                return r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll",
+                               &error, &reply, "s", LOOPMGR_DEVICE_INTERFACE);
+        if (r < 0)
+                return log_bus_error(&error, r, "GetAll");
+
+        if (arg_json) {
+                bool first = false;
+
+                fputs("{\"ObjectPath\":", stdout);
+                json_write_string(stdout, object);
+                r = json_write_dict_members(reply, stdout, &first);
+                if (r < 0)
+                        return log_parse_error(r);
+                fputs("}\n", stdout);
+                return flush_stdout();
+        }
+
+        r = field_list_add_one(&fields, "Object", object);
+        if (r < 0)
+                return log_oom();
+        r = field_list_read(reply, NULL, &fields);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_parse_error(r);
+
+        r = field_list_print(&fields);
+        if (r < 0)
+                return log_oom();
+        return flush_stdout();
+}
+
+/* ---- resolve ----------------------------------------------------------------------------- */
+
+static int verb_resolve(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(field_list_done) FieldList fields = {};
+        _cleanup_close_ int fd = -EBADF;
+        const char *path = args[0];
+        int r;
+
+        r = open_backing(path, O_RDONLY, &fd);
+        if (r < 0)
+                return log_fail(exit_status_from_local_errno(-r), "Failed to open %s: %s", path,
+                                strerror(-r));
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                           LOOPMGR_MANAGER_INTERFACE, "Resolve");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "ha{sv}", fd, 0);
+        if (r < 0)
+                return log_create_error(r);
+
+        r = sd_bus_call(bus, m, call_timeout_usec(), &error, &reply);
+        if (r < 0)
+                return log_bus_error(&error, r, "Resolve");
+
+        if (arg_json) {
+                r = json_write_value(reply, stdout);
+                if (r < 0)
+                        return log_parse_error(r);
+                fputc('\n', stdout);
+                return flush_stdout();
+        }
+
+        r = field_list_read(reply, bus, &fields);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_parse_error(r);
+
+        r = field_list_print(&fields);
+        if (r < 0)
+                return log_oom();
+        return flush_stdout();
+}
+
+/* ---- monitor ----------------------------------------------------------------------------- */
+
+typedef struct KnownDevice {
+        char *object;
+        char *name;
+        uint64_t diskseq;
+} KnownDevice;
+
+typedef struct Monitor {
+        KnownDevice *known; /* objects seen, so that removals can still name them */
+        size_t n_known;
+        int status; /* set when writing the output failed */
+} Monitor;
+
+static void monitor_forget_all(Monitor *mon);
+
+static void monitor_done(Monitor *mon) {
+        monitor_forget_all(mon);
+        free(mon->known);
+        *mon = (Monitor){};
+}
+
+static KnownDevice *monitor_find(Monitor *mon, const char *object) {
+        for (size_t i = 0; i < mon->n_known; i++)
+                if (streq(mon->known[i].object, object))
+                        return mon->known + i;
+        return NULL;
+}
+
+static void monitor_remember(Monitor *mon, const char *object, const char *name, uint64_t diskseq) {
+        KnownDevice *k = monitor_find(mon, object), *items;
+        char *o, *n;
+
+        if (k) {
+                if (name && !streq_ptr(k->name, name)) {
+                        n = strdup(name);
+                        if (n) {
+                                free(k->name);
+                                k->name = n;
+                        }
+                }
+                if (diskseq > 0)
+                        k->diskseq = diskseq;
+                return;
+        }
+
+        /* Running out of memory here only costs names in later lines: not worth failing. */
+        o = strdup(object);
+        n = name ? strdup(name) : NULL;
+        items = o ? reallocarray(mon->known, mon->n_known + 1, sizeof(KnownDevice)) : NULL;
+        if (!items) {
+                free(o);
+                free(n);
+                return;
+        }
+        mon->known = items;
+        mon->known[mon->n_known++] = (KnownDevice){.object = o, .name = n, .diskseq = diskseq};
+}
+
+static void monitor_forget(Monitor *mon, const char *object) {
+        KnownDevice *k = monitor_find(mon, object);
+
+        if (!k)
+                return;
+        free(k->object);
+        free(k->name);
+        *k = mon->known[--mon->n_known];
+}
+
+static void monitor_forget_all(Monitor *mon) {
+        for (size_t i = 0; i < mon->n_known; i++) {
+                free(mon->known[i].object);
+                free(mon->known[i].name);
+        }
+        mon->n_known = 0;
+}
+
+/* The diskseq is the last element of a device object path (SPEC §2). */
+static uint64_t diskseq_from_object(const char *object) {
+        size_t l = strlen(LOOPMGR_DEVICE_PATH_PREFIX "/");
+        uint64_t v = 0;
+
+        if (strncmp(object, LOOPMGR_DEVICE_PATH_PREFIX "/", l) != 0 || !object[l])
+                return 0;
+        for (const char *p = object + l; *p; p++) {
+                if (!isdigit((unsigned char) *p) || v > (UINT64_MAX - 9) / 10)
+                        return 0;
+                v = v * 10 + (uint64_t) (*p - '0');
+        }
+        return v;
+}
+
+/* "loop3 diskseq=42", or the object path for what is not a known device. */
+static void monitor_print_subject(Monitor *mon, const char *object) {
+        KnownDevice *k = monitor_find(mon, object);
+        uint64_t diskseq = k && k->diskseq > 0 ? k->diskseq : diskseq_from_object(object);
+        _cleanup_free_ char *e = escape_human(k && k->name ? k->name : object);
+
+        fputs(e ?: object, stdout);
+        if (diskseq > 0)
+                printf(" diskseq=%" PRIu64, diskseq);
+}
+
+static void monitor_json_begin(Monitor *mon, const char *event, const char *object) {
+        KnownDevice *k = object ? monitor_find(mon, object) : NULL;
+        char ts[64];
+
+        fputs("{\"timestamp\":", stdout);
+        json_write_string(stdout, format_timestamp_now(ts));
+        fputs(",\"event\":", stdout);
+        json_write_string(stdout, event);
+        if (object) {
+                fputs(",\"object\":", stdout);
+                json_write_string(stdout, object);
+                fputs(",\"name\":", stdout);
+                if (k && k->name)
+                        json_write_string(stdout, k->name);
+                else
+                        fputs("null", stdout);
+        }
+}
+
+static void monitor_line_begin(const char *event) {
+        char ts[64];
+
+        printf("%s %-7s ", format_timestamp_now(ts), event);
+}
+
+static int monitor_line_end(Monitor *mon, sd_bus_message *m) {
+        if (fflush(stdout) == 0 && !ferror(stdout))
+                return 0;
+
+        /* Nobody reads us any more (e.g. a closed pipe with SIGPIPE ignored): stop. */
+        if (mon->status == 0)
+                mon->status = log_fail(EXIT_FAILURE, "Failed to write to standard output: %s",
+                                       strerror(errno));
+        return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)), 0);
+}
+
+static int on_interfaces_added(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        Monitor *mon = userdata;
+        bool is_device = false;
+        const char *object;
+        int r;
+
+        r = sd_bus_message_read(m, "o", &object);
+        if (r < 0)
+                goto fail;
+
+        /* First pass: learn the name, so that the JSON line can carry it too. */
+        r = sd_bus_message_enter_container(m, 'a', "{sa{sv}}");
+        if (r < 0)
+                goto fail;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sa{sv}")) > 0) {
+                const char *interface;
+
+                r = sd_bus_message_read(m, "s", &interface);
+                if (r < 0)
+                        goto fail;
+                if (streq(interface, LOOPMGR_DEVICE_INTERFACE)) {
+                        is_device = true;
+                        r = device_info_read(m, &d);
+                } else
+                        r = sd_bus_message_skip(m, "a{sv}");
+                if (r < 0)
+                        goto fail;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        goto fail;
+        }
+        if (r < 0)
+                goto fail;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                goto fail;
+
+        if (is_device)
+                monitor_remember(mon, object, d.name, d.diskseq);
+
+        if (arg_json) {
+                r = sd_bus_message_rewind(m, true);
+                if (r >= 0)
+                        r = sd_bus_message_skip(m, "o");
+                if (r < 0)
+                        goto fail;
+                monitor_json_begin(mon, "added", object);
+                fputs(",\"interfaces\":", stdout);
+                r = json_write_value(m, stdout);
+                fputs("}\n", stdout);
+                if (r < 0)
+                        goto fail;
+        } else {
+                monitor_line_begin("added");
+                monitor_print_subject(mon, object);
+                if (is_device) {
+                        _cleanup_free_ char *backing = escape_human(
+                                d.backing_file && d.backing_file[0] ? d.backing_file : "-");
+                        char size[FORMAT_SIZE_MAX];
+
+                        printf(" size=%s offset=%" PRIu64 " ro=%s managed=%s state=%s "
+                               "backing-file=%s",
+                               format_size(d.size, size), d.offset, d.read_only ? "yes" : "no",
+                               d.managed ? "yes" : "no", d.state ?: "-", backing ?: "-");
+                }
+                fputc('\n', stdout);
+        }
+        return monitor_line_end(mon, m);
+
+fail:
+        log_fail(0, "Failed to parse InterfacesAdded: %s", strerror(-r));
+        return 0;
+}
+
+static int on_interfaces_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Monitor *mon = userdata;
+        const char *object;
+        int r;
+
+        r = sd_bus_message_read(m, "o", &object);
+        if (r < 0)
+                goto fail;
+
+        if (arg_json) {
+                monitor_json_begin(mon, "removed", object);
+                fputs(",\"interfaces\":", stdout);
+                r = json_write_value(m, stdout);
+                fputs("}\n", stdout);
+                if (r < 0)
+                        goto fail;
+        } else {
+                monitor_line_begin("removed");
+                monitor_print_subject(mon, object);
+                fputc('\n', stdout);
+        }
+
+        monitor_forget(mon, object);
+        return monitor_line_end(mon, m);
+
+fail:
+        log_fail(0, "Failed to parse InterfacesRemoved: %s", strerror(-r));
+        return 0;
+}
+
+static int print_changed_human(sd_bus_message *m) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                _cleanup_strv_free_ char **lines = NULL;
+                const char *key;
+
+                r = sd_bus_message_read(m, "s", &key);
+                if (r >= 0)
+                        r = format_property(key, m, &lines);
+                if (r < 0)
+                        return r;
+
+                printf(" %s=", key);
+                for (size_t i = 0; lines[i]; i++) {
+                        _cleanup_free_ char *e = escape_human(lines[i]);
+
+                        printf("%s%s", i > 0 ? "," : "", e ?: "?");
+                }
+                if (!lines[0])
+                        fputs("-", stdout);
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        /* Invalidated properties come without a value. */
+        r = sd_bus_message_enter_container(m, 'a', "s");
+        if (r < 0)
+                return r;
+        for (;;) {
+                const char *key;
+
+                r = sd_bus_message_read_basic(m, 's', &key);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                printf(" %s=(invalidated)", key);
+        }
+        return sd_bus_message_exit_container(m);
+}
+
+static int on_properties_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Monitor *mon = userdata;
+        const char *object = sd_bus_message_get_path(m), *interface;
+        int r;
+
+        if (!object)
+                return 0;
+
+        r = sd_bus_message_read(m, "s", &interface);
+        if (r < 0)
+                goto fail;
+
+        if (arg_json) {
+                monitor_json_begin(mon, "changed", object);
+                fputs(",\"interface\":", stdout);
+                json_write_string(stdout, interface);
+                fputs(",\"changed\":", stdout);
+                r = json_write_value(m, stdout);
+                if (r >= 0) {
+                        fputs(",\"invalidated\":", stdout);
+                        r = json_write_value(m, stdout);
+                }
+                fputs("}\n", stdout);
+        } else {
+                monitor_line_begin("changed");
+                monitor_print_subject(mon, object);
+                r = print_changed_human(m);
+                fputc('\n', stdout);
+        }
+        if (r < 0)
+                goto fail;
+        return monitor_line_end(mon, m);
+
+fail:
+        log_fail(0, "Failed to parse PropertiesChanged: %s", strerror(-r));
+        return 0;
+}
+
+static void monitor_print_daemon(Monitor *mon, const char *event, const char *owner) {
+        if (arg_json) {
+                monitor_json_begin(mon, event, NULL);
+                fputs(",\"owner\":", stdout);
+                json_write_string(stdout, owner);
+                fputs("}\n", stdout);
+        } else {
+                monitor_line_begin(event);
+                printf("%s\n", owner);
+        }
+}
+
+/* Learns the names of the existing devices, only to name them in later removals. A daemon
+ * that is not running (yet) is fine, so failures are ignored. */
+static void monitor_learn_devices(Monitor *mon, sd_bus *bus) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_list_done) DeviceList list = {};
+
+        if (call_get_managed_objects(bus, &error, &reply) < 0 ||
+            device_list_parse(reply, false, &list) < 0)
+                return;
+
+        for (size_t i = 0; i < list.n; i++)
+                monitor_remember(mon, list.items[i].object, list.items[i].name,
+                                 list.items[i].diskseq);
+}
+
+static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Monitor *mon = userdata;
+        const char *name, *old_owner, *new_owner;
+
+        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0 ||
+            !streq(name, LOOPMGR_BUS_NAME))
+                return 0;
+
+        if (old_owner[0]) {
+                /* A daemon that went away sends no InterfacesRemoved for its objects. */
+                monitor_forget_all(mon);
+                monitor_print_daemon(mon, "daemon-stopped", old_owner);
+        }
+        if (new_owner[0]) {
+                monitor_print_daemon(mon, "daemon-started", new_owner);
+                /* Its devices exist from the start and are never announced as added. */
+                monitor_learn_devices(mon, sd_bus_message_get_bus(m));
+        }
+
+        return monitor_line_end(mon, m);
+}
+
+static int verb_monitor(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot_added = NULL, *slot_removed = NULL,
+                                                  *slot_changed = NULL, *slot_owner = NULL;
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_(monitor_done) Monitor mon = {};
+        int r;
+
+        r = event_new_with_signals(bus, &event);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s", strerror(-r));
+
+        /* Subscribe first, then learn the current devices: nothing can fall in between.
+         * sd_bus_match_signal()/sd_bus_add_match() return once the bus has the match. */
+        r = sd_bus_match_signal(bus, &slot_added, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                OBJECT_MANAGER_INTERFACE, "InterfacesAdded", on_interfaces_added,
+                                &mon);
+        if (r >= 0)
+                r = sd_bus_match_signal(bus, &slot_removed, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                        OBJECT_MANAGER_INTERFACE, "InterfacesRemoved",
+                                        on_interfaces_removed, &mon);
+        if (r >= 0)
+                /* path_namespace covers the manager and every device object below it. */
+                r = sd_bus_add_match(bus, &slot_changed,
+                                     "type='signal',"
+                                     "sender='" LOOPMGR_BUS_NAME "',"
+                                     "interface='" PROPERTIES_INTERFACE "',"
+                                     "member='PropertiesChanged',"
+                                     "path_namespace='" LOOPMGR_MANAGER_PATH "'",
+                                     on_properties_changed, &mon);
+        if (r >= 0)
+                r = sd_bus_add_match(bus, &slot_owner, MATCH_DAEMON_OWNER_CHANGED, on_owner_changed,
+                                     &mon);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s", strerror(-r));
+
+        monitor_learn_devices(&mon, bus);
+
+        if (!arg_json && isatty(STDERR_FILENO))
+                log_fail(0, "Monitoring loop devices. Press Ctrl-C to stop.");
+
+        r = sd_event_loop(event);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Event loop failed: %s", strerror(-r));
+        if (mon.status != 0)
+                return mon.status;
+        if (r != 0)
+                return log_fail(EXIT_FAILURE, "Lost the connection to the bus.");
+        return 0;
+}
+
+/* ---- main -------------------------------------------------------------------------------- */
+
+int main(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        const Verb *verb = NULL;
+        char **args = NULL;
+        int r;
+
+        r = parse_argv(argc, argv, &verb, &args);
+        if (r < 0)
+                return EXIT_SUCCESS;
+        if (r > 0)
+                return r;
+
+        /* So that sd_bus_error_get_errno() knows the daemon's error names. */
+        r = sd_bus_error_add_map(loopmgr_error_map);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to register the error map: %s", strerror(-r));
+
+        /* Honours DBUS_SYSTEM_BUS_ADDRESS, which the tests use for a private bus. */
+        r = sd_bus_open_system(&bus);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to connect to the system bus: %s",
+                                strerror(-r));
+
+        /* Without a terminal nobody could answer a password prompt: let polkit say no at
+         * once (InteractiveAuthorizationRequired) instead of waiting for an agent. */
+        arg_interactive = isatty(STDIN_FILENO) > 0;
+        r = sd_bus_set_allow_interactive_authorization(bus, arg_interactive);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to set up the bus connection: %s",
+                                strerror(-r));
+
+        return verb->run(bus, args);
+}
