@@ -1,0 +1,1181 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/*
+ * The kernel layer: loop ioctls, /dev/loop-control and sysfs, and nothing else. The contract
+ * of each function is in loop-kernel.h; KERNEL-NOTES.md describes the kernel and udev
+ * behaviour the code below works around.
+ *
+ * Error conventions beyond the header:
+ *   -EBADFD  the backing fd cannot back a loop device: O_PATH, write-only, or neither a
+ *            regular file nor a block device (the bus layer turns this into InvalidArgs; the
+ *            kernel would refuse most of these with EBADF/EINVAL, which could not be told
+ *            apart from a refused configuration).
+ *   -ESTALE  the binding named by (name, diskseq) is gone, including when the device node
+ *            itself no longer exists.
+ */
+
+#include <assert.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/blkpg.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+
+#include "loop-kernel.h"
+#include "util.h"
+
+#ifndef LOOP_CONFIGURE
+#define LOOP_CONFIGURE 0x4C0A
+#endif
+#ifndef BLKGETDISKSEQ
+#define BLKGETDISKSEQ _IOR(0x12, 128, uint64_t)
+#endif
+#ifndef STATX_DIOALIGN
+#define STATX_DIOALIGN 0x00002000U
+#endif
+
+/* Like systemd: a bounded number of LOOP_CTL_GET_FREE + configure rounds. GET_FREE does not
+ * reserve anything, so a tool that does not take the loop-control lock can still win. */
+#define ATTACH_TRIES 64U
+/* Back-off between rounds: 1 ms plus a random share of at most 1..41 ms growing with the
+ * number of failed rounds. systemd sleeps up to 250 ms, but loopmgrd is single threaded and
+ * serialises every request, so a long sleep stalls all clients; 64 rounds stay below ~1.5 s. */
+#define ATTACH_BACKOFF_MIN_USEC    1000U
+#define ATTACH_BACKOFF_SPREAD_USEC 40000U
+/* How long detach waits for udev's LOCK_SH probe to finish: ~100 ms total. On 6.11+ kernels
+ * the clear is deferred to the last close anyway, so waiting longer buys nothing. */
+#define DETACH_LOCK_TRIES     10U
+#define DETACH_LOCK_WAIT_USEC 10000U
+/* Old kernels answer LOOP_SET_STATUS64 with EAGAIN while the page cache cannot be dropped. */
+#define SET_STATUS_TRIES     5U
+#define SET_STATUS_WAIT_USEC 20000U
+
+static void sleep_usec(uint64_t usec) {
+        struct timespec ts = {
+                .tv_sec = (time_t) (usec / 1000000U),
+                .tv_nsec = (long) (usec % 1000000U) * 1000L,
+        };
+
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+void loop_status_done(LoopStatus *s) {
+        if (!s)
+                return;
+        free(s->backing_file);
+        *s = (LoopStatus){};
+}
+
+static void loop_status_donep(LoopStatus *s) {
+        loop_status_done(s);
+}
+
+int loop_name_to_number(const char *name, unsigned *ret) {
+        const char *p;
+        uint64_t v;
+
+        assert(ret);
+
+        if (!name || strncmp(name, "loop", 4) != 0)
+                return -EINVAL;
+        p = name + 4;
+
+        /* The kernel names devices "loop%d": no leading zeros, so "loop01" cannot be a device
+         * name and accepting it would give two spellings for one device. */
+        if (p[0] == '0' && p[1] != '\0')
+                return -EINVAL;
+        if (safe_atou64(p, &v) < 0)
+                return -EINVAL;
+        /* LOOP_CTL_GET_FREE and LOOP_CTL_ADD speak int. */
+        if (v > INT_MAX)
+                return -EINVAL;
+
+        *ret = (unsigned) v;
+        return 0;
+}
+
+/* Opens <root>/<path>; returns the fd or a negative errno. */
+static int open_root(const char *root, const char *path, int flags) {
+        _cleanup_free_ char *p = NULL;
+        int fd;
+
+        p = path_join_root(root, path);
+        if (!p)
+                return -ENOMEM;
+
+        fd = open(p, flags);
+        if (fd < 0)
+                return -errno;
+        return fd;
+}
+
+static int open_device(const char *root, const char *name, int flags) {
+        char path[sizeof("/dev/") + sizeof(((LoopStatus *) NULL)->name)];
+
+        (void) snprintf(path, sizeof(path), "/dev/%s", name);
+        return open_root(root, path, flags | O_CLOEXEC | O_NOCTTY);
+}
+
+/* Reads <root>/sys/block/<name>/<attr>. */
+static int sysfs_read(const char *root, const char *name, const char *attr, char **ret) {
+        _cleanup_free_ char *rel = NULL, *p = NULL;
+
+        if (asprintf(&rel, "/sys/block/%s/%s", name, attr) < 0)
+                return -ENOMEM;
+        p = path_join_root(root, rel);
+        if (!p)
+                return -ENOMEM;
+
+        return read_one_line_file(p, ret);
+}
+
+static int sysfs_read_u64(const char *root, const char *name, const char *attr, uint64_t *ret) {
+        _cleanup_free_ char *s = NULL;
+        int r;
+
+        r = sysfs_read(root, name, attr, &s);
+        if (r < 0)
+                return r;
+        r = safe_atou64(s, ret);
+        if (r < 0)
+                return r == -ERANGE ? r : -EBADMSG;
+        return 0;
+}
+
+static int sysfs_read_bool(const char *root, const char *name, const char *attr, bool *ret) {
+        uint64_t v;
+        int r;
+
+        r = sysfs_read_u64(root, name, attr, &v);
+        if (r < 0)
+                return r;
+        if (v > 1)
+                return -EBADMSG;
+        *ret = v;
+        return 0;
+}
+
+static int sysfs_exists(const char *root, const char *name, const char *attr) {
+        _cleanup_free_ char *rel = NULL, *p = NULL;
+
+        if (asprintf(&rel, "/sys/block/%s%s%s", name, attr ? "/" : "", attr ?: "") < 0)
+                return -ENOMEM;
+        p = path_join_root(root, rel);
+        if (!p)
+                return -ENOMEM;
+
+        if (access(p, F_OK) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        return 1;
+}
+
+/* "7:5" as printed by the kernel's sysfs "dev" attribute. */
+static int parse_devnum(const char *s, dev_t *ret) {
+        _cleanup_free_ char *copy = NULL;
+        uint64_t ma, mi;
+        char *colon;
+
+        copy = strdup(s);
+        if (!copy)
+                return -ENOMEM;
+        colon = strchr(copy, ':');
+        if (!colon)
+                return -EBADMSG;
+        *colon = '\0';
+
+        if (safe_atou64(copy, &ma) < 0 || safe_atou64(colon + 1, &mi) < 0)
+                return -EBADMSG;
+        /* The kernel's dev_t has 12 bits of major and 20 of minor. */
+        if (ma >= (1U << 12) || mi >= (1U << 20))
+                return -EBADMSG;
+
+        *ret = makedev((unsigned) ma, (unsigned) mi);
+        return 0;
+}
+
+/*
+ * LOOP_GET_STATUS64 reports lo_device/lo_rdevice as huge_encode_dev(), i.e. new_encode_dev():
+ * minor bits 0-7 in bits 0-7, major (12 bits) in bits 8-19, minor bits 8-19 in bits 20-31.
+ * For the 12:20 split of the kernel's dev_t that equals glibc's makedev() encoding, but decode
+ * explicitly rather than rely on that coincidence.
+ */
+static dev_t decode_kernel_dev(uint64_t v) {
+        unsigned ma = (unsigned) ((v & 0xfff00U) >> 8);
+        unsigned mi = (unsigned) ((v & 0xffU) | ((v >> 12) & 0xfff00U));
+
+        return makedev(ma, mi);
+}
+
+/* BLKGETDISKSEQ (5.15+), falling back to the sysfs attribute. */
+static int device_get_diskseq(int fd, const char *root, const char *name, uint64_t *ret) {
+        uint64_t seq = 0;
+        int r;
+
+        if (ioctl(fd, BLKGETDISKSEQ, &seq) >= 0) {
+                *ret = seq;
+                return 0;
+        }
+        if (errno != ENOTTY && errno != EINVAL)
+                return -errno;
+
+        r = sysfs_read_u64(root, name, "diskseq", &seq);
+        if (r < 0)
+                return r;
+        *ret = seq;
+        return 0;
+}
+
+static int cmp_uint(const void *a, const void *b) {
+        unsigned x = *(const unsigned *) a, y = *(const unsigned *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+/*
+ * Deletes every partition the kernel lists under <root>/sys/block/<name>/ with BLKPG. Without
+ * PARTSCAN the kernel keeps manually added partitions (addpart, BLKPG_ADD_PARTITION) across
+ * LOOP_CLR_FD, and the next binding of loopN would inherit partitions of the old contents.
+ * Returns the number of partitions deleted or the first error (after trying all of them).
+ */
+static int device_remove_partitions(const char *root, const char *name, int fd) {
+        _cleanup_free_ char *rel = NULL, *dirpath = NULL;
+        _cleanup_free_ unsigned *pnos = NULL;
+        size_t n_pnos = 0, allocated = 0, namelen = strlen(name);
+        DIR *d;
+        int r = 0, removed = 0;
+
+        if (asprintf(&rel, "/sys/block/%s", name) < 0)
+                return -ENOMEM;
+        dirpath = path_join_root(root, rel);
+        if (!dirpath)
+                return -ENOMEM;
+
+        d = opendir(dirpath);
+        if (!d)
+                return errno == ENOENT ? 0 : -errno;
+
+        for (struct dirent *de; (de = readdir(d));) {
+                _cleanup_free_ char *attr = NULL;
+                uint64_t pno;
+
+                /* Partitions of "loopN" are "loopNpM". */
+                if (strncmp(de->d_name, name, namelen) != 0 || de->d_name[namelen] != 'p')
+                        continue;
+                if (asprintf(&attr, "%s/partition", de->d_name) < 0) {
+                        r = -ENOMEM;
+                        break;
+                }
+                if (sysfs_read_u64(root, name, attr, &pno) < 0 || pno == 0 || pno > INT_MAX)
+                        continue;
+
+                if (n_pnos == allocated) {
+                        size_t m = allocated ? allocated * 2 : 8;
+                        unsigned *p = realloc(pnos, m * sizeof(*pnos));
+
+                        if (!p) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        pnos = p;
+                        allocated = m;
+                }
+                pnos[n_pnos++] = (unsigned) pno;
+        }
+        closedir(d);
+        if (r < 0)
+                return r;
+
+        if (n_pnos > 1)
+                qsort(pnos, n_pnos, sizeof(*pnos), cmp_uint);
+
+        for (size_t i = 0; i < n_pnos; i++) {
+                struct blkpg_partition p = {
+                        .pno = (int) pnos[i],
+                };
+                struct blkpg_ioctl_arg a = {
+                        .op = BLKPG_DEL_PARTITION,
+                        .datalen = sizeof(p),
+                        .data = &p,
+                };
+
+                if (ioctl(fd, BLKPG, &a) < 0) {
+                        /* ENXIO: somebody else deleted it meanwhile. */
+                        if (errno != ENXIO && r == 0)
+                                r = -errno;
+                        continue;
+                }
+                removed++;
+        }
+
+        return r < 0 ? r : removed;
+}
+
+int loop_list(const char *root, char ***ret_names) {
+        _cleanup_free_ char *dirpath = NULL;
+        _cleanup_strv_free_ char **names = NULL;
+        _cleanup_free_ unsigned *numbers = NULL;
+        size_t n = 0, allocated = 0;
+        DIR *d;
+        int r = 0;
+
+        assert(ret_names);
+
+        dirpath = path_join_root(root, "/sys/block");
+        if (!dirpath)
+                return -ENOMEM;
+
+        d = opendir(dirpath);
+        if (!d)
+                return -errno;
+
+        for (struct dirent *de; (de = readdir(d));) {
+                unsigned nr;
+
+                if (loop_name_to_number(de->d_name, &nr) < 0)
+                        continue;
+
+                if (n + 1 >= allocated) {
+                        size_t m = allocated ? allocated * 2 : 16;
+                        char **a;
+                        unsigned *b;
+
+                        a = realloc(names, m * sizeof(*names));
+                        if (!a) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        names = a;
+                        b = realloc(numbers, m * sizeof(*numbers));
+                        if (!b) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        numbers = b;
+                        allocated = m;
+                }
+
+                names[n] = strdup(de->d_name);
+                if (!names[n]) {
+                        r = -ENOMEM;
+                        break;
+                }
+                numbers[n] = nr;
+                names[++n] = NULL;
+        }
+        closedir(d);
+        if (r < 0)
+                return r;
+
+        if (!names) {
+                names = calloc(1, sizeof(*names));
+                if (!names)
+                        return -ENOMEM;
+        }
+
+        /* Insertion sort by number: "loop10" after "loop2"; lists are short. */
+        for (size_t i = 1; i < n; i++) {
+                char *s = names[i];
+                unsigned v = numbers[i];
+                size_t j = i;
+
+                for (; j > 0 && numbers[j - 1] > v; j--) {
+                        names[j] = names[j - 1];
+                        numbers[j] = numbers[j - 1];
+                }
+                names[j] = s;
+                numbers[j] = v;
+        }
+
+        *ret_names = TAKE_PTR(names);
+        return 0;
+}
+
+int loop_read_sysfs(const char *root, const char *name, LoopStatus *ret) {
+        _cleanup_(loop_status_donep) LoopStatus s = {};
+        _cleanup_free_ char *dev = NULL;
+        uint64_t sectors, lbs;
+        unsigned nr;
+        int r;
+
+        assert(ret);
+
+        r = loop_name_to_number(name, &nr);
+        if (r < 0)
+                return r;
+
+        r = sysfs_exists(root, name, NULL);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -ENOENT;
+
+        (void) snprintf(s.name, sizeof(s.name), "%s", name);
+        s.number = nr;
+
+        r = sysfs_read(root, name, "dev", &dev);
+        if (r < 0)
+                return r;
+        r = parse_devnum(dev, &s.devnum);
+        if (r < 0)
+                return r;
+
+        /* diskseq exists since 5.15; older kernels have no identity beyond the name. */
+        r = sysfs_read_u64(root, name, "diskseq", &s.diskseq);
+        if (r == -ENOENT)
+                s.diskseq = 0;
+        else if (r < 0)
+                return r;
+
+        r = sysfs_read_u64(root, name, "size", &sectors);
+        if (r < 0)
+                return r;
+        if (sectors > UINT64_MAX / 512)
+                return -ERANGE;
+        s.size = sectors * 512;
+
+        r = sysfs_read_bool(root, name, "ro", &s.read_only);
+        if (r < 0)
+                return r;
+
+        r = sysfs_read_u64(root, name, "queue/logical_block_size", &lbs);
+        if (r < 0)
+                return r;
+        if (lbs == 0 || lbs > UINT32_MAX)
+                return -EBADMSG;
+        s.sector_size = (uint32_t) lbs;
+
+        r = sysfs_exists(root, name, "loop");
+        if (r < 0)
+                return r;
+        s.bound = r > 0;
+
+        if (s.bound) {
+                r = sysfs_read(root, name, "loop/backing_file", &s.backing_file);
+                if (r >= 0)
+                        r = sysfs_read_u64(root, name, "loop/offset", &s.offset);
+                if (r >= 0)
+                        r = sysfs_read_u64(root, name, "loop/sizelimit", &s.size_limit);
+                if (r >= 0)
+                        r = sysfs_read_bool(root, name, "loop/autoclear", &s.autoclear);
+                if (r >= 0)
+                        r = sysfs_read_bool(root, name, "loop/partscan", &s.partscan);
+                if (r >= 0) {
+                        /* loop/dio appeared in 4.10. */
+                        r = sysfs_read_bool(root, name, "loop/dio", &s.direct_io);
+                        if (r == -ENOENT && sysfs_exists(root, name, "loop") > 0)
+                                r = 0;
+                }
+                if (r == -ENOENT && sysfs_exists(root, name, "loop") == 0) {
+                        /* The teardown removed the loop/ group while we read it. */
+                        free(s.backing_file);
+                        s.backing_file = NULL;
+                        s.bound = false;
+                        s.offset = s.size_limit = 0;
+                        s.autoclear = s.partscan = s.direct_io = false;
+                } else if (r < 0)
+                        return r;
+        }
+
+        *ret = s;
+        s = (LoopStatus){};
+        return 0;
+}
+
+int loop_read_ids(const char *root, LoopStatus *status) {
+        _cleanup_close_ int fd = -EBADF;
+        struct loop_info64 info = {};
+        struct stat st;
+        uint64_t seq;
+        int r;
+
+        assert(status);
+
+        if (!status->bound)
+                return -EINVAL;
+
+        /* Read-only: a close after a write open would make udev re-probe the device. */
+        fd = open_device(root, status->name, O_RDONLY | O_NONBLOCK);
+        if (fd < 0)
+                return fd;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISBLK(st.st_mode) || (status->devnum != 0 && st.st_rdev != status->devnum))
+                return -ENODEV;
+
+        r = device_get_diskseq(fd, root, status->name, &seq);
+        if (r < 0)
+                return r;
+        if (seq != status->diskseq)
+                return -ESTALE;
+
+        if (ioctl(fd, LOOP_GET_STATUS64, &info) < 0)
+                /* ENXIO: unbound by now, the diskseq bump is just not visible yet. */
+                return errno == ENXIO ? -ESTALE : -errno;
+
+        status->backing_device = decode_kernel_dev(info.lo_device);
+        status->backing_inode = info.lo_inode;
+        status->backing_rdevice = decode_kernel_dev(info.lo_rdevice);
+        return 0;
+}
+
+int loop_backing_size(int fd, uint64_t *ret) {
+        struct stat st;
+
+        assert(ret);
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+
+        if (S_ISREG(st.st_mode)) {
+                if (st.st_size < 0)
+                        return -EBADMSG;
+                *ret = (uint64_t) st.st_size;
+                return 0;
+        }
+
+        if (S_ISBLK(st.st_mode)) {
+                uint64_t size;
+
+                if (ioctl(fd, BLKGETSIZE64, &size) < 0)
+                        return -errno;
+                *ret = size;
+                return 0;
+        }
+
+        return -EBADFD;
+}
+
+static bool sector_size_valid(uint32_t s) {
+        return s == 512 || s == 1024 || s == 2048 || s == 4096;
+}
+
+int loop_validate_range(uint64_t backing_size, uint64_t offset, uint64_t size_limit,
+                        uint32_t sector_size, const char **ret_reason, uint64_t *ret_size) {
+        const char *reason;
+        uint64_t avail, size;
+
+        if (sector_size == 0)
+                sector_size = 512;
+
+        if (!sector_size_valid(sector_size))
+                reason = "The sector size must be 512, 1024, 2048 or 4096 bytes.";
+        else if (offset % 512 != 0)
+                reason = "The offset must be a multiple of 512 bytes.";
+        else if (size_limit % 512 != 0)
+                reason = "The size limit must be a multiple of 512 bytes.";
+        else if (offset > (uint64_t) INT64_MAX || size_limit > (uint64_t) INT64_MAX)
+                /* The kernel keeps both in loff_t. */
+                reason = "The offset or size limit is too large.";
+        else if (offset > backing_size)
+                reason = "The offset lies beyond the end of the backing file or device.";
+        else if (offset == backing_size)
+                reason = "The offset equals the size of the backing file or device: the "
+                         "device would be empty.";
+        else if (size_limit > (uint64_t) INT64_MAX - offset)
+                reason = "Offset plus size limit overflows.";
+        else if (size_limit > 0 && offset + size_limit > backing_size)
+                reason = "Offset plus size limit extends past the end of the backing file or "
+                         "device.";
+        else {
+                avail = backing_size - offset;
+                size = size_limit > 0 ? size_limit : avail;
+                /* The kernel exposes whole 512-byte sectors only (get_size() >> 9). */
+                size -= size % 512;
+
+                if (size < sector_size)
+                        reason = "The device would be smaller than one sector.";
+                else {
+                        if (ret_reason)
+                                *ret_reason = NULL;
+                        if (ret_size)
+                                *ret_size = size;
+                        return 0;
+                }
+        }
+
+        if (ret_reason)
+                *ret_reason = reason;
+        return -EINVAL;
+}
+
+/* Opens the file behind fd again with other flags, through /proc/self/fd: a new file
+ * description, so the caller's (shared) one keeps its flags. */
+static int fd_reopen(int fd, int flags) {
+        char path[sizeof("/proc/self/fd/") + 3 * sizeof(int)];
+        int r;
+
+        (void) snprintf(path, sizeof(path), "/proc/self/fd/%i", fd);
+        r = open(path, flags | O_CLOEXEC | O_NOCTTY);
+        if (r < 0)
+                return -errno;
+        return r;
+}
+
+/* The loop block size at which the kernel will accept direct I/O on this backing object;
+ * mirrors loop_query_min_dio_size() (6.15+): a block device's logical block size, else the
+ * file system's STATX_DIOALIGN, else the logical block size of the file system's device,
+ * else 512. */
+static uint32_t backing_dio_alignment(const char *root, int fd, const struct stat *st) {
+        struct statx sx = {};
+
+        if (S_ISBLK(st->st_mode)) {
+                int ssz = 0;
+
+                if (ioctl(fd, BLKSSZGET, &ssz) >= 0 && ssz > 0)
+                        return (uint32_t) ssz;
+                return 512;
+        }
+
+        if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) >= 0 &&
+            (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align > 0)
+                return sx.stx_dio_offset_align;
+
+        for (unsigned i = 0; i < 2; i++) {
+                _cleanup_free_ char *rel = NULL, *p = NULL, *s = NULL;
+                uint64_t v;
+
+                /* /sys/dev/block/M:m is the whole disk or a partition; a partition has no
+                 * queue/ of its own, its parent does. */
+                if (asprintf(&rel, "/sys/dev/block/%u:%u/%squeue/logical_block_size",
+                             major(st->st_dev), minor(st->st_dev), i == 0 ? "" : "../") < 0)
+                        break;
+                p = path_join_root(root, rel);
+                if (!p)
+                        break;
+                if (read_one_line_file(p, &s) < 0)
+                        continue;
+                if (safe_atou64(s, &v) >= 0 && v > 0 && v <= UINT32_MAX)
+                        return (uint32_t) v;
+        }
+
+        return 512;
+}
+
+static void fill_file_name(struct loop_info64 *info, int fd) {
+        char path[sizeof("/proc/self/fd/") + 3 * sizeof(int)];
+        char target[PATH_MAX];
+        ssize_t n;
+
+        /* lo_file_name is only informational (LOOP_GET_STATUS users such as old losetup); sysfs
+         * backing_file is what everybody reads. Truncate silently. */
+        (void) snprintf(path, sizeof(path), "/proc/self/fd/%i", fd);
+        n = readlink(path, target, sizeof(target) - 1);
+        if (n <= 0)
+                return;
+        if ((size_t) n >= sizeof(info->lo_file_name))
+                n = sizeof(info->lo_file_name) - 1;
+        memcpy(info->lo_file_name, target, (size_t) n);
+        info->lo_file_name[n] = '\0';
+}
+
+/* Clears a device that LOOP_CONFIGURE (or LOOP_SET_FD) bound, unless disarmed: every error
+ * path after the binding leaves the device as it found it. */
+typedef struct AttachGuard {
+        int fd;
+        bool armed;
+} AttachGuard;
+
+static void attach_guard_release(AttachGuard *g) {
+        if (g->armed && g->fd >= 0) {
+                int saved = errno;
+
+                (void) ioctl(g->fd, LOOP_CLR_FD);
+                errno = saved;
+        }
+        g->armed = false;
+}
+
+static int set_status_retry(int fd, const struct loop_info64 *info) {
+        for (unsigned i = 0;; i++) {
+                if (ioctl(fd, LOOP_SET_STATUS64, info) >= 0)
+                        return 0;
+                if (errno != EAGAIN || i + 1 >= SET_STATUS_TRIES)
+                        return -errno;
+                sleep_usec(SET_STATUS_WAIT_USEC);
+        }
+}
+
+/* Pre-5.8 kernels: LOOP_SET_FD + LOOP_SET_BLOCK_SIZE + LOOP_SET_STATUS64 + LOOP_SET_DIRECT_IO.
+ * Arms the guard as soon as the fd is bound. */
+static int configure_legacy(int fd, const struct loop_config *lc, AttachGuard *guard) {
+        _cleanup_close_ int ro_fd = -EBADF;
+        struct loop_info64 info = lc->info;
+        int set_fd = (int) lc->fd, fl, r;
+
+        /* LOOP_SET_FD takes read-only from the backing fd alone. */
+        fl = fcntl(set_fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        if ((lc->info.lo_flags & LO_FLAGS_READ_ONLY) && (fl & O_ACCMODE) != O_RDONLY) {
+                ro_fd = fd_reopen(set_fd, O_RDONLY | (fl & O_DIRECT));
+                if (ro_fd < 0)
+                        return ro_fd;
+                set_fd = ro_fd;
+        }
+
+        if (ioctl(fd, LOOP_SET_FD, (unsigned long) set_fd) < 0)
+                return -errno;
+        guard->armed = true;
+
+        if (lc->block_size != 0 && lc->block_size != 512 &&
+            ioctl(fd, LOOP_SET_BLOCK_SIZE, (unsigned long) lc->block_size) < 0)
+                return -errno;
+
+        info.lo_flags &= LO_FLAGS_AUTOCLEAR;
+        r = set_status_retry(fd, &info);
+        if (r < 0)
+                return r;
+
+        /* EINVAL: the kernel cannot do direct I/O here; the verification decides what that
+         * means for the request. */
+        if ((lc->info.lo_flags & LO_FLAGS_DIRECT_IO) && ioctl(fd, LOOP_SET_DIRECT_IO, 1UL) < 0 &&
+            errno != EINVAL)
+                return -errno;
+
+        return 0;
+}
+
+typedef struct AttachPlan {
+        int fd; /* the fd handed to the kernel */
+        uint32_t sector_size;
+        bool direct_io;
+} AttachPlan;
+
+/* Internal: direct I/O was requested but the kernel did not enable it; the device has been
+ * cleared again. */
+#define ERRNO_DIO_REFUSED ENOANO
+
+/* Binds loop<nr> once. Returns -EBUSY, -EAGAIN, -ENXIO, -ENODEV or -ENOENT when another
+ * device should be tried, -ERRNO_DIO_REFUSED when direct I/O did not stick. */
+static int configure_device(const char *root, int nr, const LoopConfig *c, const AttachPlan *plan,
+                            LoopStatus *ret) {
+        _cleanup_(loop_status_donep) LoopStatus s = {};
+        _cleanup_close_ int fd = -EBADF, lock_fd = -EBADF;
+        _cleanup_(attach_guard_release) AttachGuard guard = {.fd = -EBADF};
+        struct loop_info64 info = {};
+        struct loop_config lc = {};
+        char name[sizeof(s.name)];
+        uint64_t seq;
+        int r;
+
+        (void) snprintf(name, sizeof(name), "loop%i", nr);
+
+        fd = open_device(root, name, O_RDWR | O_NONBLOCK);
+        if (fd < 0)
+                return fd;
+
+        /* The lock lives on a second fd that we close when done: udev watches loop devices
+         * for IN_CLOSE_WRITE and re-probes the finished device then (BLOCK_DEVICE_LOCKING). */
+        lock_fd = open_device(root, name, O_RDWR | O_NONBLOCK);
+        if (lock_fd < 0)
+                return lock_fd;
+        if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
+                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+
+        /* Tools that skip the loop-control lock (losetup) may have bound it meanwhile. */
+        if (ioctl(fd, LOOP_GET_STATUS64, &info) >= 0)
+                return -EBUSY;
+        if (errno != ENXIO)
+                return -errno;
+
+        /* Partitions left over from an earlier binding would show the old contents. */
+        r = device_remove_partitions(root, name, fd);
+        if (r < 0)
+                return -EBUSY;
+
+        lc.fd = (uint32_t) plan->fd;
+        lc.block_size = plan->sector_size;
+        lc.info.lo_offset = c->offset;
+        lc.info.lo_sizelimit = c->size_limit;
+        /* No PARTSCAN here: with it, partitions appear, vanish and reappear when udev opens
+         * the device between the change event and the rescan; it is enabled further down. */
+        lc.info.lo_flags = (c->read_only ? LO_FLAGS_READ_ONLY : 0) |
+                           (c->autoclear ? LO_FLAGS_AUTOCLEAR : 0) |
+                           (plan->direct_io ? LO_FLAGS_DIRECT_IO : 0);
+        fill_file_name(&lc.info, plan->fd);
+
+        guard.fd = fd;
+        if (ioctl(fd, LOOP_CONFIGURE, &lc) >= 0)
+                guard.armed = true;
+        else {
+                r = -errno;
+                /* Only a missing ioctl (pre-5.8) falls back; a refused configuration fails
+                 * the same way through the old path. */
+                if (r != -ENOTTY && r != -EINVAL)
+                        return r;
+                r = configure_legacy(fd, &lc, &guard);
+                if (r < 0)
+                        return r;
+        }
+
+        if (ioctl(fd, LOOP_GET_STATUS64, &info) < 0)
+                return -errno;
+
+        /* Since 6.13 the kernel silently drops DIRECT_IO when the block size or the offset does
+         * not fit the backing's direct I/O alignment (loop_update_dio()). */
+        if (plan->direct_io && !(info.lo_flags & LO_FLAGS_DIRECT_IO))
+                return -ERRNO_DIO_REFUSED;
+        if (!plan->direct_io && (info.lo_flags & LO_FLAGS_DIRECT_IO) &&
+            ioctl(fd, LOOP_SET_DIRECT_IO, 0UL) < 0)
+                return -errno;
+
+        if (info.lo_offset != c->offset || info.lo_sizelimit != c->size_limit ||
+            (c->read_only && !(info.lo_flags & LO_FLAGS_READ_ONLY)))
+                return -EIO;
+
+        if (c->partscan) {
+                info.lo_flags |= LO_FLAGS_PARTSCAN;
+                r = set_status_retry(fd, &info);
+                if (r < 0)
+                        return r;
+        }
+
+        r = device_get_diskseq(fd, root, name, &seq);
+        if (r < 0)
+                return r;
+
+        /* Read back while we still hold the device open: an AUTOCLEAR binding cannot go away
+         * under us before we have looked at it. */
+        r = loop_read_sysfs(root, name, &s);
+        if (r < 0)
+                return r;
+        if (!s.bound || s.diskseq != seq)
+                return -EIO;
+        r = loop_read_ids(root, &s);
+        if (r < 0)
+                return r;
+
+        guard.armed = false;
+        lock_fd = safe_close(lock_fd);
+
+        *ret = s;
+        s = (LoopStatus){};
+        return 0;
+}
+
+static void attach_backoff(unsigned attempt) {
+        uint32_t rnd = 0;
+        uint64_t spread;
+
+        if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t) sizeof(rnd))
+                rnd = (uint32_t) getpid() * 2654435761U + attempt;
+
+        spread = 1000U + (uint64_t) ATTACH_BACKOFF_SPREAD_USEC * attempt / ATTACH_TRIES;
+        sleep_usec(ATTACH_BACKOFF_MIN_USEC + rnd % spread);
+}
+
+static int attach_with_retries(const char *root, const LoopConfig *c, const AttachPlan *plan,
+                               LoopStatus *ret) {
+        _cleanup_close_ int ctl = -EBADF;
+        int r;
+
+        ctl = open_root(root, "/dev/loop-control", O_RDWR | O_CLOEXEC | O_NOCTTY);
+        if (ctl < 0)
+                return ctl;
+
+        for (unsigned attempt = 0; attempt < ATTACH_TRIES; attempt++) {
+                int nr;
+
+                /* Serialise with systemd and every other cooperating tool. */
+                while (flock(ctl, LOCK_EX) < 0)
+                        if (errno != EINTR)
+                                return -errno;
+
+                nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+                if (nr < 0)
+                        return -errno; /* ENOSPC: max_loop reached */
+
+                r = configure_device(root, nr, c, plan, ret);
+                (void) flock(ctl, LOCK_UN);
+                if (r >= 0)
+                        return 0;
+
+                /* EBUSY: somebody bound it first; ENXIO/ENODEV/ENOENT: it is being torn down or
+                 * was removed (LOOP_CTL_REMOVE) after GET_FREE; EAGAIN: somebody holds its lock. */
+                if (r != -EBUSY && r != -EAGAIN && r != -ENXIO && r != -ENODEV && r != -ENOENT)
+                        return r;
+
+                attach_backoff(attempt + 1);
+        }
+
+        return -EBUSY;
+}
+
+int loop_attach(const char *root, int backing_fd, const LoopConfig *config, LoopStatus *ret) {
+        _cleanup_close_ int dio_fd = -EBADF, buffered_fd = -EBADF;
+        LoopConfig c;
+        struct stat st;
+        uint64_t backing_size;
+        uint32_t dio_align = 0;
+        bool want_dio;
+        int fl, accmode, r;
+
+        assert(config);
+        assert(ret);
+
+        if (backing_fd < 0)
+                return -EBADF;
+
+        fl = fcntl(backing_fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        accmode = fl & O_ACCMODE;
+        /* Reopening an O_PATH fd through /proc would upgrade it to a real open the caller was
+         * never granted; a write-only fd cannot serve reads. */
+        if ((fl & O_PATH) || accmode == O_WRONLY)
+                return -EBADFD;
+        if (fstat(backing_fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return -EBADFD;
+
+        c = *config;
+        /* The fd's access mode bounds the device: the kernel would force this anyway. */
+        if (accmode == O_RDONLY)
+                c.read_only = true;
+
+        if (c.sector_size != 0 && !sector_size_valid(c.sector_size))
+                return -EINVAL;
+
+        r = loop_backing_size(backing_fd, &backing_size);
+        if (r < 0)
+                return r;
+        r = loop_validate_range(backing_size, c.offset, c.size_limit, c.sector_size, NULL, NULL);
+        if (r < 0)
+                return r;
+
+        want_dio = c.direct_io != DIRECT_IO_OFF;
+        if (want_dio) {
+                /* Never fcntl(F_SETFL, O_DIRECT) the caller's fd: the file description is shared
+                 * with the caller. */
+                dio_fd = fd_reopen(backing_fd, accmode | O_DIRECT);
+                if (dio_fd < 0) {
+                        /* EINVAL: the file system refuses O_DIRECT (tmpfs before 6.6, ...). */
+                        if (c.direct_io == DIRECT_IO_ON)
+                                return dio_fd == -EINVAL ? -EOPNOTSUPP : dio_fd;
+                        want_dio = false;
+                } else
+                        dio_align = backing_dio_alignment(root, dio_fd, &st);
+        }
+
+        /* auto: only ask for direct I/O when the kernel will grant it, so that the common
+         * fallback needs no second configure round. on: let the kernel be the judge. */
+        if (want_dio && c.direct_io == DIRECT_IO_AUTO) {
+                uint32_t ss = c.sector_size ?: (dio_align <= 4096 ? dio_align : 0);
+
+                if (ss == 0 || ss < dio_align || c.offset % dio_align != 0)
+                        want_dio = false;
+        }
+
+        for (;;) {
+                AttachPlan plan = {
+                        .direct_io = want_dio,
+                };
+
+                if (want_dio)
+                        plan.fd = dio_fd;
+                else if (fl & O_DIRECT) {
+                        /* The kernel turns direct I/O on for any O_DIRECT backing file. */
+                        if (buffered_fd < 0) {
+                                buffered_fd = fd_reopen(backing_fd, accmode);
+                                if (buffered_fd < 0)
+                                        return buffered_fd;
+                        }
+                        plan.fd = buffered_fd;
+                } else
+                        plan.fd = backing_fd;
+
+                /* Default sector size: a block device's own logical block size (so that on-disk
+                 * structures addressed in LBAs, like GPT, keep their meaning); for files the
+                 * direct I/O alignment when direct I/O is used, else 512. */
+                if (c.sector_size != 0)
+                        plan.sector_size = c.sector_size;
+                else if (S_ISBLK(st.st_mode)) {
+                        int ssz = 0;
+
+                        if (ioctl(backing_fd, BLKSSZGET, &ssz) < 0)
+                                return -errno;
+                        plan.sector_size = ssz > 0 ? (uint32_t) ssz : 512;
+                } else if (want_dio && dio_align >= 512 && dio_align <= 4096)
+                        plan.sector_size = dio_align;
+                else
+                        plan.sector_size = 512;
+
+                r = loop_validate_range(backing_size, c.offset, c.size_limit, plan.sector_size,
+                                        NULL, NULL);
+                if (r < 0)
+                        return r;
+
+                r = attach_with_retries(root, &c, &plan, ret);
+                if (r != -ERRNO_DIO_REFUSED)
+                        return r;
+
+                /* The device has been cleared again by the guard. */
+                if (c.direct_io == DIRECT_IO_ON)
+                        return -EOPNOTSUPP;
+                want_dio = false;
+        }
+}
+
+/* Opens <name> for an operation on the binding carrying diskseq. */
+static int open_binding(const char *root, const char *name, uint64_t diskseq, int flags) {
+        _cleanup_close_ int fd = -EBADF;
+        uint64_t seq;
+        unsigned nr;
+        int r;
+
+        r = loop_name_to_number(name, &nr);
+        if (r < 0)
+                return r;
+
+        fd = open_device(root, name, flags);
+        if ((fd == -EROFS || fd == -EACCES) && (flags & O_ACCMODE) == O_RDWR)
+                /* A read-only device may refuse a write open; the ioctls do not need one
+                 * (CAP_SYS_ADMIN), only udev's close-after-write re-probe is lost. */
+                fd = open_device(root, name, (flags & ~O_ACCMODE) | O_RDONLY);
+        if (fd == -ENOENT || fd == -ENODEV)
+                return -ESTALE;
+        if (fd < 0)
+                return fd;
+
+        r = device_get_diskseq(fd, root, name, &seq);
+        if (r < 0)
+                return r;
+        if (seq != diskseq)
+                return -ESTALE;
+
+        return TAKE_FD(fd);
+}
+
+/* 1 if the binding carrying diskseq is gone from <name>, 0 if it is still there. */
+static int binding_gone(const char *root, const char *name, uint64_t diskseq) {
+        _cleanup_(loop_status_donep) LoopStatus s = {};
+        int r;
+
+        r = loop_read_sysfs(root, name, &s);
+        if (r == -ENOENT)
+                return 1;
+        if (r < 0)
+                return r;
+        return !s.bound || s.diskseq != diskseq;
+}
+
+int loop_detach(const char *root, const char *name, uint64_t diskseq) {
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        r = binding_gone(root, name, diskseq);
+        if (r < 0)
+                return r;
+        if (r > 0)
+                return -ESTALE;
+
+        fd = open_binding(root, name, diskseq, O_RDWR | O_NONBLOCK);
+        if (fd == -ENXIO)
+                /* 6.11+: the device is in rundown, new opens fail until the teardown is done.
+                 * The teardown was already requested: report how far it got. */
+                return binding_gone(root, name, diskseq);
+        if (fd < 0)
+                return fd;
+
+        /* LOCK_EX waits for udev's LOCK_SH probe, but we serve everybody from one thread:
+         * bounded, and without the lock we go on, the kernel defers the clear if udev still
+         * has the device open. */
+        for (unsigned i = 0; i < DETACH_LOCK_TRIES; i++) {
+                if (flock(fd, LOCK_EX | LOCK_NB) >= 0 || errno != EWOULDBLOCK)
+                        break;
+                sleep_usec(DETACH_LOCK_WAIT_USEC);
+        }
+
+        /* Best effort: a partition that is open (mounted) cannot be deleted, the clear is then
+         * deferred by the kernel anyway. */
+        (void) device_remove_partitions(root, name, fd);
+        (void) fsync(fd);
+
+        if (ioctl(fd, LOOP_CLR_FD) < 0) {
+                /* ENXIO: not bound any more, somebody else cleared it meanwhile. */
+                if (errno != ENXIO)
+                        return -errno;
+        }
+
+        /* On 6.11+ LOOP_CLR_FD only sets AUTOCLEAR (and rundown if we are the only opener):
+         * the teardown runs in the release of the last opener, which may be this close. */
+        fd = safe_close(fd);
+
+        return binding_gone(root, name, diskseq);
+}
+
+int loop_set_capacity(const char *root, const char *name, uint64_t diskseq) {
+        _cleanup_close_ int fd = -EBADF;
+
+        fd = open_binding(root, name, diskseq, O_RDWR | O_NONBLOCK);
+        if (fd < 0)
+                return fd;
+
+        if (ioctl(fd, LOOP_SET_CAPACITY, 0UL) < 0)
+                return errno == ENXIO ? -ESTALE : -errno;
+        return 0;
+}
+
+int loop_set_autoclear(const char *root, const char *name, uint64_t diskseq, bool autoclear) {
+        _cleanup_close_ int fd = -EBADF;
+        struct loop_info64 info = {};
+        int r;
+
+        fd = open_binding(root, name, diskseq, O_RDWR | O_NONBLOCK);
+        if (fd < 0)
+                return fd;
+
+        if (ioctl(fd, LOOP_GET_STATUS64, &info) < 0)
+                return errno == ENXIO ? -ESTALE : -errno;
+
+        if (!!(info.lo_flags & LO_FLAGS_AUTOCLEAR) == autoclear)
+                return 0;
+
+        if (autoclear)
+                info.lo_flags |= LO_FLAGS_AUTOCLEAR;
+        else
+                info.lo_flags &= ~LO_FLAGS_AUTOCLEAR;
+
+        /* Note: with AUTOCLEAR set, our own close below may be the last one and tear the
+         * device down; that is exactly the kernel semantics the caller asked for. */
+        r = set_status_retry(fd, &info);
+        return r == -ENXIO ? -ESTALE : r;
+}
+
+int loop_udev_link_ready(const char *root, const char *name, uint64_t diskseq) {
+        _cleanup_free_ char *p = NULL;
+        char rel[sizeof("/dev/disk/by-diskseq/") + 20];
+        char target[PATH_MAX];
+        const char *base;
+        ssize_t n;
+
+        assert(name);
+
+        (void) snprintf(rel, sizeof(rel), "/dev/disk/by-diskseq/%" PRIu64, diskseq);
+        p = path_join_root(root, rel);
+        if (!p)
+                return -ENOMEM;
+
+        n = readlink(p, target, sizeof(target) - 1);
+        if (n < 0)
+                return errno == ENOENT ? 0 : -errno;
+        target[n] = '\0';
+
+        base = strrchr(target, '/');
+        base = base ? base + 1 : target;
+
+        /* diskseq is unique per boot, so a link to another name is not "ours yet": 0. */
+        return streq(base, name);
+}
