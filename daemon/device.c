@@ -180,52 +180,24 @@ unsigned device_drop_client_references(Device *d, const char *owner) {
         return n;
 }
 
-static int on_waiter_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        Waiter *w = userdata;
-        Device *d = w->device;
-        Manager *m = d->manager;
-
-        /* Unlink first: the handlers below may free the device. */
+void device_unlink_waiter(Device *d, Waiter *w) {
         for (Waiter **i = &d->waiters; *i; i = &(*i)->next)
                 if (*i == w) {
                         *i = w->next;
-                        break;
+                        w->next = NULL;
+                        return;
                 }
+}
 
-        if (w->kind == WAITER_ATTACH) {
-                (void) bus_reply_errnof(w->message, -ETIMEDOUT,
-                                        "udev did not finish processing %s in time; the device "
-                                        "was detached again.", d->node);
-                waiter_free(w);
-                /* Nothing may be left behind: drop the reference this attach took and tear
-                 * the device down if that was the last one. */
-                if (d->managed && d->n_references <= 1 && d->state == DEVICE_ATTACHED) {
-                        int r;
+static int on_waiter_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Waiter *w = userdata;
 
-                        device_drop_all_references(d);
-                        r = loop_detach(m->root, d->status.name, d->status.diskseq);
-                        if (r != 0)
-                                manager_remove_device(m, d, -ETIMEDOUT);
-                        else {
-                                d->state = DEVICE_DETACH_PENDING;
-                                manager_emit_device_changed(m, d, (char *[]) { "State", "References", NULL });
-                        }
-                } else if (d->n_references > 0) {
-                        device_drop_reference(d, d->references->uid);
-                        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
-                }
-                return 0;
-        }
-
-        (void) bus_reply_errnof(w->message, -ETIMEDOUT,
-                                "%s is still open; its teardown stays pending and completes when "
-                                "the last user closes it.", d->node);
-        waiter_free(w);
+        manager_waiter_timeout(w->device->manager, w);
         return 0;
 }
 
 int device_add_waiter(Device *d, WaiterKind kind, sd_bus_message *message, bool reused,
-                      uint64_t timeout_usec, Waiter **ret) {
+                      uid_t uid, uint64_t timeout_usec, Waiter **ret) {
         Waiter *w;
         int r;
 
@@ -235,6 +207,7 @@ int device_add_waiter(Device *d, WaiterKind kind, sd_bus_message *message, bool 
         w->device = d;
         w->kind = kind;
         w->reused = reused;
+        w->uid = uid;
         w->message = sd_bus_message_ref(message);
 
         r = sd_event_add_time_relative(d->manager->event, &w->timeout, CLOCK_MONOTONIC,

@@ -44,6 +44,7 @@ struct Waiter {
         WaiterKind kind;
         sd_bus_message *message;        /* the call to reply to */
         bool reused;                    /* WAITER_ATTACH: the reply's "reused" */
+        uid_t uid;                      /* WAITER_ATTACH: whose reference the attach took */
         sd_event_source *timeout;
         Waiter *next;
 };
@@ -85,7 +86,9 @@ void device_drop_all_references(Device *d);
 unsigned device_drop_client_references(Device *d, const char *owner);
 
 int device_add_waiter(Device *d, WaiterKind kind, sd_bus_message *message, bool reused,
-                      uint64_t timeout_usec, Waiter **ret);
+                      uid_t uid, uint64_t timeout_usec, Waiter **ret);
+/* Removes w from d's list without freeing it. */
+void device_unlink_waiter(Device *d, Waiter *w);
 Waiter *waiter_free(Waiter *w);
 
 /* Human-readable chain, top layer first (the Chain property and Resolve's "chain"). */

@@ -164,9 +164,11 @@ static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_er
         fd = open(path, (o.read_only == 1 ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY);
         if (fd < 0 && o.read_only == -1 && (errno == EROFS || errno == EACCES || errno == EPERM))
                 fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 && errno == ENOENT)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_FILE_NOT_FOUND,
+                                         "%s does not exist.", path);
         if (fd < 0)
-                return bus_error_set_errnof(error, errno == ENOENT ? -EINVAL : -errno,
-                                            "Cannot open %s: %m.", path);
+                return bus_error_set_errnof(error, -errno, "Cannot open %s: %m.", path);
 
         return attach_common(message, m, fd, &o, uid, error);
 }

@@ -129,6 +129,23 @@ static void complete_attach_waiters(Manager *m, Device *d) {
         }
 }
 
+/* Marks d as processed by udev once its by-diskseq link exists, and answers every Attach
+ * queued on it: whoever notices first (an event, or a later Attach) completes all waiters. */
+static bool device_check_udev_ready(Manager *m, Device *d) {
+        int r;
+
+        if (!d->udev_ready) {
+                r = loop_udev_link_ready(m->root, d->status.name, d->status.diskseq);
+                log_debug("udev: %s diskseq %" PRIu64 " link ready: %d", d->status.name,
+                          d->status.diskseq, r);
+                if (r <= 0)
+                        return false;
+                d->udev_ready = true;
+        }
+        complete_attach_waiters(m, d);
+        return true;
+}
+
 void manager_remove_device(Manager *m, Device *d, int attach_error) {
         /* InterfacesRemoved must go out while the object can still be found. */
         (void) sd_bus_emit_object_removed(m->bus, d->path);
@@ -243,6 +260,8 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
         Device *d;
         int r;
 
+        log_debug("udev: %s %s diskseq %" PRIu64, action, name, diskseq);
+
         r = manager_reconcile(m, name);
         if (r < 0)
                 log_warning_errno(r, "Failed to update %s after udev event: %m", name);
@@ -255,11 +274,7 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
 
         /* udev broadcast an event for this very binding after running its rules: the
          * by-diskseq link is made by them, check that it exists rather than assume. */
-        r = loop_udev_link_ready(m->root, name, diskseq);
-        if (r > 0) {
-                d->udev_ready = true;
-                complete_attach_waiters(m, d);
-        }
+        (void) device_check_udev_ready(m, d);
 }
 
 void manager_rescan(Manager *m) {
@@ -294,9 +309,8 @@ void manager_rescan(Manager *m) {
                         Device *d;
 
                         if (loop_name_to_number(*n, &number) >= 0 &&
-                            (d = manager_get_device_by_number(m, number)) &&
-                            loop_udev_link_ready(m->root, *n, d->status.diskseq) > 0)
-                                d->udev_ready = true;
+                            (d = manager_get_device_by_number(m, number)))
+                                (void) device_check_udev_ready(m, d);
                 }
         }
 }
@@ -330,11 +344,10 @@ int manager_check_aliases(Manager *m, const Identity *id, const AttachRequest *r
                         if (!e || !e->has_identity || !identity_equal_range(id, &e->identity) ||
                             e->status.read_only != req->read_only)
                                 continue;
-                        if (e->state == DEVICE_DETACH_PENDING)
-                                return bus_error_set_errnof(error, -EBUSY,
-                                        "%s exposes exactly these bytes but is being torn down; "
-                                        "retry once it is gone.", e->node);
-                        if (!reuse || (e->managed && !reuse->managed))
+                        /* A detach-pending device is a candidate too: manager_attach() revives
+                         * it, which beats waiting for it and binding afresh. */
+                        if (!reuse || (e->managed && !reuse->managed) ||
+                            (reuse->state == DEVICE_DETACH_PENDING && e->state == DEVICE_ATTACHED))
                                 reuse = e;
                 }
         if (reuse) {
@@ -371,6 +384,38 @@ int manager_check_aliases(Manager *m, const Identity *id, const AttachRequest *r
         return 0;
 }
 
+/* Cancels a pending teardown. On 6.11+ LOOP_CLR_FD on a device that others hold open only
+ * sets AUTOCLEAR (the rundown state is entered only with a single opener), so clearing
+ * AUTOCLEAR again keeps the binding. Returns 1 when revived, negative errno otherwise (-ENXIO:
+ * the kernel is already running the device down). */
+static int device_revive(Manager *m, Device *d) {
+        int r;
+
+        r = loop_set_autoclear(m->root, d->status.name, d->status.diskseq, false);
+        if (r < 0)
+                return r;
+
+        d->state = DEVICE_ATTACHED;
+        d->status.autoclear = false;
+        manager_emit_device_changed(m, d, (char *[]) { "State", "Autoclear", NULL });
+
+        /* Detach(wait=true) calls were waiting for a teardown that no longer happens. */
+        for (Waiter **i = &d->waiters; *i;) {
+                Waiter *w = *i;
+
+                if (w->kind != WAITER_DETACH) {
+                        i = &w->next;
+                        continue;
+                }
+                *i = w->next;
+                (void) sd_bus_reply_method_return(w->message, "s", LOOPMGR_STATE_ATTACHED);
+                waiter_free(w);
+        }
+
+        log_info("%s: pending teardown cancelled by an identical attach", d->node);
+        return 1;
+}
+
 static const Identity *lookup_identity(dev_t devnum, void *userdata) {
         Device *d = manager_get_device_by_devnum(userdata, devnum);
 
@@ -379,14 +424,10 @@ static const Identity *lookup_identity(dev_t devnum, void *userdata) {
 
 /* Replies now, or queues the reply until udev has processed the binding. */
 static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, bool reused,
-                                const AttachOptions *o) {
-        if (o->wait_udev && !d->udev_ready) {
-                if (loop_udev_link_ready(m->root, d->status.name, d->status.diskseq) > 0)
-                        d->udev_ready = true;
-                else
-                        return device_add_waiter(d, WAITER_ATTACH, message, reused,
-                                                 o->timeout_usec, NULL);
-        }
+                                uid_t uid, const AttachOptions *o) {
+        if (o->wait_udev && !device_check_udev_ready(m, d))
+                return device_add_waiter(d, WAITER_ATTACH, message, reused, uid,
+                                         o->timeout_usec, NULL);
         return manager_bus_reply_attach(message, d, reused);
 }
 
@@ -422,6 +463,13 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         r = manager_check_aliases(m, &id, req, &d, error);
         if (r < 0)
                 return r;
+        if (r > 0 && d->state == DEVICE_DETACH_PENDING) {
+                r = device_revive(m, d);
+                if (r < 0)
+                        return bus_error_set_errnof(error, -EBUSY,
+                                "%s exposes exactly these bytes but its teardown can no longer be "
+                                "cancelled (%s); retry once it is gone.", d->node, strerror(-r));
+        }
         if (r > 0) {
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
                 if (r < 0)
@@ -429,7 +477,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                 log_info("Reusing %s for uid %u (%u references)", d->node, (unsigned) req->uid,
                          d->n_references);
-                r = attach_reply_or_wait(m, message, d, true, o);
+                r = attach_reply_or_wait(m, message, d, true, req->uid, o);
                 if (r < 0) {
                         (void) device_drop_reference(d, req->uid);
                         manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
@@ -485,7 +533,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         log_info("Attached %s (diskseq %" PRIu64 ") for uid %u", d->node, d->status.diskseq,
                  (unsigned) req->uid);
 
-        r = attach_reply_or_wait(m, message, d, false, o);
+        r = attach_reply_or_wait(m, message, d, false, req->uid, o);
         if (r < 0) {
                 device_drop_all_references(d);
                 if (loop_detach(m->root, d->status.name, d->status.diskseq) != 0)
@@ -498,17 +546,21 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
 /* Requests the kernel teardown of a device nobody references. Returns 1 when gone (the object
  * was removed), 0 when pending. */
 static int device_teardown(Manager *m, Device *d) {
+        uint64_t diskseq = d->status.diskseq;
         int r;
 
-        r = loop_detach(m->root, d->status.name, d->status.diskseq);
-        if (r == -ESTALE || r == -ENOENT || r == -ENXIO) {
-                /* Already gone, or already in rundown: -ENXIO is the kernel refusing opens of
-                 * a device whose teardown has started. */
-                if (r != -ENXIO) {
-                        manager_remove_device(m, d, -ENXIO);
-                        return 1;
-                }
+        r = loop_detach(m->root, d->status.name, diskseq);
+        if (r == -ENXIO)
+                /* The kernel refuses opens of a device whose rundown has started: the teardown
+                 * is under way already. */
                 r = 0;
+        if (r == -ESTALE || r == -ENOENT) {
+                /* The device could not be opened as this binding. Don't take that on trust:
+                 * sysfs says whether the binding is really gone (reconcile removes it then). */
+                (void) manager_reconcile(m, d->status.name);
+                if (manager_get_device_by_diskseq(m, diskseq) != d)
+                        return 1;
+                return -EIO;
         }
         if (r < 0)
                 return r;
@@ -523,6 +575,42 @@ static int device_teardown(Manager *m, Device *d) {
         }
         log_info("%s is still open; teardown pending until it is closed", d->node);
         return 0;
+}
+
+void manager_waiter_timeout(Manager *m, Waiter *w) {
+        Device *d = w->device;
+        int r;
+
+        device_unlink_waiter(d, w);
+
+        if (w->kind == WAITER_DETACH) {
+                (void) bus_reply_errnof(w->message, -ETIMEDOUT,
+                                        "%s is still open; its teardown stays pending and "
+                                        "completes when the last user closes it.", d->node);
+                waiter_free(w);
+                return;
+        }
+
+        /* Attach: nothing may be left behind. Drop the reference this call took; if it was
+         * the last one, the device goes again. */
+        if (device_drop_reference(d, w->uid) > 0)
+                manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+
+        if (d->n_references > 0 || !d->managed || d->state != DEVICE_ATTACHED) {
+                (void) bus_reply_errnof(w->message, -ETIMEDOUT,
+                                        "udev did not finish processing %s in time; the reference "
+                                        "this call took was dropped.", d->node);
+                waiter_free(w);
+                return;
+        }
+
+        (void) bus_reply_errnof(w->message, -ETIMEDOUT,
+                                "udev did not finish processing %s in time; the device was "
+                                "detached again.", d->node);
+        waiter_free(w);
+        r = device_teardown(m, d);
+        if (r < 0)
+                log_warning_errno(r, "Failed to detach %s after the udev timeout: %m", d->node);
 }
 
 /* Detaches the loop devices stacked on d, deepest first: their backing holds d open, so d's
@@ -602,7 +690,7 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
         if (!o->wait)
                 return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_PENDING);
 
-        r = device_add_waiter(d, WAITER_DETACH, message, false, o->timeout_usec, NULL);
+        r = device_add_waiter(d, WAITER_DETACH, message, false, uid, o->timeout_usec, NULL);
         if (r < 0)
                 return bus_error_set_errnof(error, r, "Failed to wait for the teardown: %s.",
                                             strerror(-r));

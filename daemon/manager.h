@@ -82,3 +82,6 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
 void manager_remove_device(Manager *m, Device *d, int attach_error);
 
 void manager_emit_device_changed(Manager *m, Device *d, char **properties);
+
+/* A waiter's timer fired: answers it with Timeout and undoes what its call did. Takes w. */
+void manager_waiter_timeout(Manager *m, Waiter *w);
