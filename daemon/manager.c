@@ -48,6 +48,7 @@ Manager *manager_free(Manager *m) {
                 device_free(m->devices[i]);
         free(m->devices);
 
+        state_done(&m->restored);
         sd_bus_slot_unref(m->name_owner_slot);
         udev_watch_free(m->udev_watch);
         sd_bus_flush_close_unref(m->bus);
@@ -86,6 +87,39 @@ Device *manager_get_device_by_path(Manager *m, const char *path) {
         return manager_get_device_by_diskseq(m, diskseq);
 }
 
+int manager_save_state(Manager *m) {
+        _cleanup_(state_done) State s = {};
+        int r;
+
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *d = m->devices[i];
+                StateDevice *sd;
+
+                if (!d || !d->managed)
+                        continue;
+                r = state_add_device(&s, d->status.name, d->status.diskseq,
+                                     d->state == DEVICE_DETACH_PENDING, d->owner_uid, &sd);
+                if (r < 0)
+                        return r;
+                /* The list is newest first; record oldest first so a reload keeps the order. */
+                for (size_t k = d->n_references; k > 0; k--) {
+                        Reference *ref = d->references;
+
+                        for (size_t j = 1; j < k; j++)
+                                ref = ref->next;
+                        r = state_device_add_ref(sd, ref->uid, ref->lifetime, ref->owner);
+                        if (r < 0)
+                                return r;
+                }
+        }
+
+        r = state_save(m->state_dir, &s);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to write the state file in %s: %m",
+                                         m->state_dir);
+        return 0;
+}
+
 static int manager_add_device(Manager *m, Device *d) {
         unsigned n = d->status.number;
 
@@ -102,6 +136,18 @@ static int manager_add_device(Manager *m, Device *d) {
         assert(!m->devices[n]);
         m->devices[n] = d;
         m->n_devices++;
+
+        /* The ownership record is written before anybody can see the device, so a crash
+         * right after this point cannot lose the reference. */
+        if (d->managed) {
+                int r = manager_save_state(m);
+
+                if (r < 0) {
+                        m->devices[n] = NULL;
+                        m->n_devices--;
+                        return r;
+                }
+        }
 
         (void) sd_bus_emit_object_added(m->bus, d->path);
         log_debug("%s (diskseq %" PRIu64 ") %s", d->node, d->status.diskseq,
@@ -153,6 +199,8 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
         if (m->devices[d->status.number] == d) {
                 m->devices[d->status.number] = NULL;
                 m->n_devices--;
+                if (d->managed)
+                        (void) manager_save_state(m);
         }
 
         while (d->waiters) {
@@ -204,6 +252,24 @@ static void device_update_status(Manager *m, Device *d, LoopStatus *st) {
         }
 }
 
+/* Gives a binding found at start-up back what the ownership record says about it. */
+static int device_restore(Device *d, const StateDevice *sd) {
+        int r;
+
+        if (!sd)
+                return 0;
+        d->managed = true;
+        d->state = sd->pending ? DEVICE_DETACH_PENDING : DEVICE_ATTACHED;
+        for (size_t i = 0; i < sd->n_refs; i++) {
+                r = device_add_reference(d, sd->refs[i].uid, sd->refs[i].lifetime,
+                                         sd->refs[i].owner);
+                if (r < 0)
+                        return r;
+        }
+        d->owner_uid = sd->owner_uid;
+        return 0;
+}
+
 int manager_reconcile(Manager *m, const char *name) {
         _cleanup_(loop_status_done) LoopStatus st = {};
         unsigned number;
@@ -247,6 +313,11 @@ int manager_reconcile(Manager *m, const char *name) {
         r = device_new(m, &st, false, &d);
         if (r < 0)
                 return r;
+        r = device_restore(d, state_find(&m->restored, name, st.diskseq));
+        if (r < 0) {
+                device_free(d);
+                return r;
+        }
         r = manager_add_device(m, d);
         if (r < 0) {
                 device_free(d);
@@ -398,6 +469,7 @@ static int device_revive(Manager *m, Device *d) {
         d->state = DEVICE_ATTACHED;
         d->status.autoclear = false;
         manager_emit_device_changed(m, d, (char *[]) { "State", "Autoclear", NULL });
+        /* The caller adds its reference and records the state right after. */
 
         /* Detach(wait=true) calls were waiting for a teardown that no longer happens. */
         for (Waiter **i = &d->waiters; *i;) {
@@ -474,6 +546,13 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
                 if (r < 0)
                         return bus_error_set_errnof(error, r, "Out of memory.");
+                r = manager_save_state(m);
+                if (r < 0) {
+                        (void) device_drop_reference(d, req->uid);
+                        return bus_error_set_errnof(error, r,
+                                "Cannot record the new reference in the state directory: %s.",
+                                strerror(-r));
+                }
                 manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                 log_info("Reusing %s for uid %u (%u references)", d->node, (unsigned) req->uid,
                          d->n_references);
@@ -571,6 +650,8 @@ static int device_teardown(Manager *m, Device *d) {
 
         if (d->state != DEVICE_DETACH_PENDING) {
                 d->state = DEVICE_DETACH_PENDING;
+                if (d->managed)
+                        (void) manager_save_state(m);
                 manager_emit_device_changed(m, d, (char *[]) { "State", NULL });
         }
         log_info("%s is still open; teardown pending until it is closed", d->node);
@@ -593,8 +674,11 @@ void manager_waiter_timeout(Manager *m, Waiter *w) {
 
         /* Attach: nothing may be left behind. Drop the reference this call took; if it was
          * the last one, the device goes again. */
-        if (device_drop_reference(d, w->uid) > 0)
+        if (device_drop_reference(d, w->uid) > 0) {
+                if (d->managed)
+                        (void) manager_save_state(m);
                 manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+        }
 
         if (d->n_references > 0 || !d->managed || d->state != DEVICE_ATTACHED) {
                 (void) bus_reply_errnof(w->message, -ETIMEDOUT,
@@ -672,8 +756,11 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
                 else
                         (void) device_drop_reference(d, uid);
 
-                if (d->n_references != before)
+                if (d->n_references != before) {
+                        if (d->managed)
+                                (void) manager_save_state(m);
                         manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+                }
 
                 if (d->n_references > 0)
                         return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_ATTACHED);
@@ -712,6 +799,8 @@ static int on_name_owner_changed(sd_bus_message *message, void *userdata, sd_bus
 
                 if (!d || device_drop_client_references(d, name) == 0)
                         continue;
+                if (d->managed)
+                        (void) manager_save_state(m);
                 manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                 log_info("%s: dropped references of vanished client %s", d->node, name);
                 if (d->n_references == 0 && d->managed && d->state == DEVICE_ATTACHED) {
@@ -786,6 +875,62 @@ int manager_find_device(Manager *m, const char *spec, Device **ret) {
         return 0;
 }
 
+static bool bus_name_has_owner(Manager *m, const char *name) {
+        sd_bus_message *reply = NULL;
+        int r, has = 1;
+
+        r = sd_bus_call_method(m->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                               "org.freedesktop.DBus", "NameHasOwner", NULL, &reply, "s", name);
+        if (r >= 0 && sd_bus_message_read(reply, "b", &has) < 0)
+                has = 1;
+        sd_bus_message_unref(reply);
+        /* When in doubt keep the reference: dropping it could tear down a device in use. */
+        return r < 0 || has;
+}
+
+/* After the restored devices were matched with the kernel: drop client references whose
+ * holder disappeared while we were not running, finish what a previous run left half done,
+ * and write the record as it now stands. */
+static void manager_resume(Manager *m) {
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *d = m->devices[i];
+                bool dropped = false;
+                int r;
+
+                if (!d || !d->managed)
+                        continue;
+
+                /* Dropping frees the holder's references (and its name): copy the name and
+                 * start over from the head after each drop. */
+                for (Reference *ref = d->references; ref;) {
+                        _cleanup_free_ char *owner = NULL;
+
+                        if (ref->lifetime != LIFETIME_CLIENT || !ref->owner ||
+                            bus_name_has_owner(m, ref->owner)) {
+                                ref = ref->next;
+                                continue;
+                        }
+                        owner = strdup(ref->owner);
+                        if (!owner)
+                                break;
+                        dropped = device_drop_client_references(d, owner) > 0 || dropped;
+                        ref = d->references;
+                }
+                if (dropped)
+                        log_info("%s: dropped references of clients that went away", d->node);
+
+                if (d->n_references == 0 || d->state == DEVICE_DETACH_PENDING) {
+                        d->state = DEVICE_ATTACHED;
+                        r = device_teardown(m, d);
+                        if (r < 0)
+                                log_warning_errno(r, "Failed to resume the teardown of %s: %m",
+                                                  m->devices[i] ? m->devices[i]->node : "a device");
+                }
+        }
+
+        (void) manager_save_state(m);
+}
+
 int manager_start(Manager *m) {
         int r;
 
@@ -811,11 +956,28 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return log_error_errno(r, "Failed to watch bus clients: %m");
 
+        r = state_load(m->state_dir, &m->restored);
+        if (r == -EBADMSG) {
+                _cleanup_free_ char *from = NULL, *to = NULL;
+
+                /* Never trust a damaged record: keep it for inspection and rebuild from the
+                 * kernel (the bindings it named are adopted as unmanaged). */
+                log_warning("The state file in %s is corrupt or truncated; rebuilding it from "
+                            "the kernel, its devices are adopted as unmanaged.", m->state_dir);
+                if (asprintf(&from, "%s/" STATE_FILE_NAME, m->state_dir) >= 0 &&
+                    asprintf(&to, "%s/" STATE_FILE_NAME ".corrupt", m->state_dir) >= 0)
+                        (void) rename(from, to);
+        } else if (r < 0 && r != -ENOENT)
+                log_warning_errno(r, "Failed to read the state file in %s, starting afresh: %m",
+                                  m->state_dir);
+
         /* Watch before enumerating, so that nothing happens unseen in between. */
         r = udev_watch_new(m->event, m, &m->udev_watch);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the udev monitor: %m");
         manager_rescan(m);
+        state_done(&m->restored);
+        manager_resume(m);
 
         r = sd_bus_request_name(m->bus, LOOPMGR_BUS_NAME, 0);
         if (r < 0)

@@ -15,6 +15,7 @@
 
 #include "device.h"
 #include "options.h"
+#include "state.h"
 
 typedef struct UdevWatch UdevWatch;
 
@@ -30,6 +31,8 @@ typedef struct Manager {
         Device **devices;       /* indexed by loop number */
         size_t n_slots;
         size_t n_devices;
+
+        State restored;         /* the ownership record read at start-up, until reconciled */
 } Manager;
 
 /* What Attach asks for, once the bus layer has validated the fd and the options. */
@@ -82,6 +85,9 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
 void manager_remove_device(Manager *m, Device *d, int attach_error);
 
 void manager_emit_device_changed(Manager *m, Device *d, char **properties);
+
+/* Writes the ownership record (managed devices, their references, pending teardowns). */
+int manager_save_state(Manager *m);
 
 /* A waiter's timer fired: answers it with Timeout and undoes what its call did. Takes w. */
 void manager_waiter_timeout(Manager *m, Waiter *w);
