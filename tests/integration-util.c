@@ -1,0 +1,1217 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* cmocka wants these first. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "integration-util.h"
+#include "loopmgr-bus.h"
+
+#define PROPERTIES_INTERFACE     "org.freedesktop.DBus.Properties"
+#define OBJECT_MANAGER_INTERFACE "org.freedesktop.DBus.ObjectManager"
+
+/* Bus calls that may wait for udev get the daemon's default udev timeout plus slack. */
+#define CALL_TIMEOUT_USEC (30 * USEC_PER_SEC)
+
+uint64_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000ULL;
+}
+
+void sleep_usec(uint64_t usec) {
+        struct timespec ts = {
+                .tv_sec = (time_t) (usec / USEC_PER_SEC),
+                .tv_nsec = (long) (usec % USEC_PER_SEC) * 1000L,
+        };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+static int grow(void **array, size_t *n, size_t element_size) {
+        void *p = realloc(*array, (*n + 1) * element_size);
+        if (!p)
+                return -ENOMEM;
+        *array = p;
+        return 0;
+}
+
+static int strv_push(char ***l, size_t *n, char *s) {
+        char **p = realloc(*l, (*n + 2) * sizeof(char *));
+        if (!p)
+                return -ENOMEM;
+        p[(*n)++] = s;
+        p[*n] = NULL;
+        *l = p;
+        return 0;
+}
+
+/* --- Bookkeeping --- */
+
+int env_track_device(Env *e, const char *name, uint64_t diskseq) {
+        for (size_t i = 0; i < e->n_tracked; i++)
+                if (streq(e->tracked[i].name, name) && e->tracked[i].diskseq == diskseq)
+                        return 0;
+
+        char *n = strdup(name);
+        if (!n)
+                return -ENOMEM;
+        if (grow((void **) &e->tracked, &e->n_tracked, sizeof(TrackedDevice)) < 0) {
+                free(n);
+                return -ENOMEM;
+        }
+        e->tracked[e->n_tracked++] = (TrackedDevice){.name = n, .diskseq = diskseq};
+        return 0;
+}
+
+int env_hold(Env *e, const char *path, int flags) {
+        if (grow((void **) &e->held_fds, &e->n_held, sizeof(int)) < 0)
+                return -ENOMEM;
+        int fd = open(path, flags | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        e->held_fds[e->n_held++] = fd;
+        return fd;
+}
+
+void env_release(Env *e, int fd) {
+        for (size_t i = 0; i < e->n_held; i++)
+                if (e->held_fds[i] == fd) {
+                        safe_close(fd);
+                        e->held_fds[i] = e->held_fds[--e->n_held];
+                        return;
+                }
+        assert_true(!"env_release() of an fd that is not held");
+}
+
+int env_new_bus(Env *e, sd_bus **ret) {
+        sd_bus *bus = NULL;
+        int r;
+
+        if (grow((void **) &e->extra_buses, &e->n_extra_buses, sizeof(sd_bus *)) < 0)
+                return -ENOMEM;
+        r = sd_bus_open_system(&bus);
+        if (r < 0)
+                return r;
+        (void) sd_bus_error_add_map(loopmgr_error_map);
+        e->extra_buses[e->n_extra_buses++] = bus;
+        *ret = bus;
+        return 0;
+}
+
+void env_close_bus(Env *e, sd_bus *bus) {
+        for (size_t i = 0; i < e->n_extra_buses; i++)
+                if (e->extra_buses[i] == bus) {
+                        e->extra_buses[i] = e->extra_buses[--e->n_extra_buses];
+                        sd_bus_flush_close_unref(bus);
+                        return;
+                }
+        assert_true(!"env_close_bus() of a bus that is not ours");
+}
+
+static void udev_reload(void) {
+        char *argv[] = {(char *) "udevadm", (char *) "control", (char *) "--reload", NULL};
+        (void) run_command(argv, NULL, NULL, NULL);
+}
+
+int env_add_udev_rule(Env *e, const char *text) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+
+        if (e->udev_rule)
+                return -EBUSY;
+        if (mkdir("/run/udev/rules.d", 0755) < 0 && errno != EEXIST)
+                return -errno;
+        if (asprintf(&path, "/run/udev/rules.d/00-loopmgr-test-%d.rules", (int) getpid()) < 0)
+                return -ENOMEM;
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+                return -errno;
+        e->udev_rule = TAKE_PTR(path);
+        size_t n = strlen(text);
+        if (write(fd, text, n) != (ssize_t) n)
+                return errno > 0 ? -errno : -EIO;
+        udev_reload();
+        return 0;
+}
+
+static void catcher_free(Catcher *c) {
+        if (!c)
+                return;
+        sd_bus_slot_unref(c->slot);
+        free(c->property);
+        for (size_t i = 0; i < c->count; i++) {
+                free(c->paths[i]);
+                free(c->nodes[i]);
+        }
+        free(c->paths);
+        free(c->nodes);
+        free(c);
+}
+
+static char *device_object_path(uint64_t diskseq) {
+        char *p;
+        if (asprintf(&p, LOOPMGR_DEVICE_PATH_PREFIX "/%" PRIu64, diskseq) < 0)
+                return NULL;
+        return p;
+}
+
+/* Last resort: losetup -d, but only while the device still carries our diskseq. */
+static void force_detach(const TrackedDevice *t) {
+        if (loop_binding_present(t->name, t->diskseq) <= 0)
+                return;
+        _cleanup_free_ char *node = NULL;
+        if (asprintf(&node, "/dev/%s", t->name) < 0)
+                return;
+        char *argv[] = {(char *) "losetup", (char *) "-d", node, NULL};
+        (void) run_command(argv, NULL, NULL, NULL);
+}
+
+int env_cleanup_test(Env *e) {
+        int left = 0;
+
+        for (size_t i = 0; i < e->n_held; i++)
+                safe_close(e->held_fds[i]);
+        e->n_held = 0;
+
+        for (size_t i = 0; i < e->n_catchers; i++)
+                catcher_free(e->catchers[i]);
+        e->n_catchers = 0;
+
+        for (size_t i = 0; i < e->n_extra_buses; i++)
+                sd_bus_flush_close_unref(e->extra_buses[i]);
+        e->n_extra_buses = 0;
+
+        if (e->udev_rule) {
+                (void) unlink(e->udev_rule);
+                udev_reload();
+                free(e->udev_rule);
+                e->udev_rule = NULL;
+        }
+
+        /* Newest first: a device stacked on an older one must go before it. */
+        for (size_t i = e->n_tracked; i-- > 0;) {
+                TrackedDevice *t = &e->tracked[i];
+
+                if (loop_binding_present(t->name, t->diskseq) > 0) {
+                        left++;
+                        print_message("cleanup: %s (diskseq %" PRIu64 ") still attached, "
+                                      "detaching it\n",
+                                      t->name, t->diskseq);
+
+                        _cleanup_free_ char *object = device_object_path(t->diskseq);
+                        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+                        _cleanup_free_ char *state = NULL;
+                        if (object && e->bus)
+                                (void) call_detach(
+                                        e, object, &error, &state, 3,
+                                        OPT_B(LOOPMGR_OPT_ALL_REFERENCES, true),
+                                        OPT_B(LOOPMGR_OPT_WAIT, true),
+                                        OPT_T(LOOPMGR_OPT_TIMEOUT_USEC, 3 * USEC_PER_SEC));
+                        if (!wait_binding_gone(t->name, t->diskseq, 2 * USEC_PER_SEC)) {
+                                force_detach(t);
+                                if (!wait_binding_gone(t->name, t->diskseq, 5 * USEC_PER_SEC))
+                                        print_error("cleanup: %s (diskseq %" PRIu64 ") could "
+                                                    "not be detached\n",
+                                                    t->name, t->diskseq);
+                        }
+                }
+                free(t->name);
+        }
+        e->n_tracked = 0;
+
+        return left;
+}
+
+int env_make_image(Env *e, const char *dir, uint64_t size, char **ret_path) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+
+        if (asprintf(&path, "%s/img-%u.img", dir, ++e->file_counter) < 0)
+                return -ENOMEM;
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        /* A recognisable first sector, the rest sparse. */
+        char sector[512];
+        memset(sector, 0, sizeof(sector));
+        snprintf(sector, sizeof(sector), "loopmgr test image %u", e->file_counter);
+        if (size >= sizeof(sector) && pwrite(fd, sector, sizeof(sector), 0) != sizeof(sector))
+                return -errno;
+        if (ftruncate(fd, (off_t) size) < 0)
+                return -errno;
+        *ret_path = TAKE_PTR(path);
+        return 0;
+}
+
+/* --- Calls --- */
+
+void attached_done(Attached *a) {
+        free(a->object);
+        free(a->node);
+        *a = (Attached){};
+}
+
+static int append_options(sd_bus_message *m, unsigned n, va_list *ap) {
+        int r;
+
+        r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < n; i++) {
+                const char *key = va_arg(*ap, const char *);
+                const char *sig = va_arg(*ap, const char *);
+
+                r = sd_bus_message_open_container(m, 'e', "sv");
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_append_basic(m, 's', key);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_open_container(m, 'v', sig);
+                if (r < 0)
+                        return r;
+                switch (sig[0]) {
+                case 't': {
+                        uint64_t v = va_arg(*ap, uint64_t);
+                        r = sd_bus_message_append_basic(m, 't', &v);
+                        break;
+                }
+                case 'u': {
+                        uint32_t v = va_arg(*ap, unsigned);
+                        r = sd_bus_message_append_basic(m, 'u', &v);
+                        break;
+                }
+                case 'b': {
+                        int v = va_arg(*ap, int);
+                        r = sd_bus_message_append_basic(m, 'b', &v);
+                        break;
+                }
+                case 'i': {
+                        int32_t v = va_arg(*ap, int);
+                        r = sd_bus_message_append_basic(m, 'i', &v);
+                        break;
+                }
+                case 's':
+                        r = sd_bus_message_append_basic(m, 's', va_arg(*ap, const char *));
+                        break;
+                default:
+                        return -EINVAL;
+                }
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_close_container(m);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_close_container(m);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(m);
+}
+
+static int read_attach_reply(Env *e, sd_bus_message *reply, Attached *ret) {
+        const char *object, *node;
+        uint64_t diskseq;
+        int reused, r;
+
+        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        if (r < 0)
+                return r;
+        Attached a = {.object = strdup(object),
+                      .node = strdup(node),
+                      .diskseq = diskseq,
+                      .reused = reused};
+        if (!a.object || !a.node) {
+                attached_done(&a);
+                return -ENOMEM;
+        }
+        /* Track before anything can fail, so that the teardown removes it. */
+        if (strncmp(node, "/dev/", 5) == 0)
+                (void) env_track_device(e, node + 5, diskseq);
+        *ret = a;
+        return 0;
+}
+
+static int vcall_attach(Env *e, sd_bus *bus, const char *method, const char *sig, const void *arg,
+                        sd_bus_error *error, Attached *ret, unsigned n, va_list *ap) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(bus ?: e->bus, &m, LOOPMGR_BUS_NAME,
+                                           LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, method);
+        if (r < 0)
+                return r;
+        if (sig[0] == 'h')
+                r = sd_bus_message_append_basic(m, 'h', arg);
+        else
+                r = sd_bus_message_append_basic(m, 's', arg);
+        if (r < 0)
+                return r;
+        r = append_options(m, n, ap);
+        if (r < 0)
+                return r;
+        r = sd_bus_call(bus ?: e->bus, m, CALL_TIMEOUT_USEC, error, &reply);
+        if (r < 0)
+                return r;
+        return read_attach_reply(e, reply, ret);
+}
+
+int call_attach(Env *e, sd_bus *bus, int fd, sd_bus_error *error, Attached *ret, unsigned n_options,
+                ...) {
+        va_list ap;
+        va_start(ap, n_options);
+        int r = vcall_attach(e, bus, "Attach", "h", &fd, error, ret, n_options, &ap);
+        va_end(ap);
+        return r;
+}
+
+int attach_file(Env *e, const char *path, int open_flags, sd_bus_error *error, Attached *ret,
+                unsigned n_options, ...) {
+        _cleanup_close_ int fd = open(path, open_flags | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        va_list ap;
+        va_start(ap, n_options);
+        int r = vcall_attach(e, NULL, "Attach", "h", &fd, error, ret, n_options, &ap);
+        va_end(ap);
+        return r;
+}
+
+int call_attach_path(Env *e, const char *path, sd_bus_error *error, Attached *ret,
+                     unsigned n_options, ...) {
+        va_list ap;
+        va_start(ap, n_options);
+        int r = vcall_attach(e, NULL, "AttachPath", "s", path, error, ret, n_options, &ap);
+        va_end(ap);
+        return r;
+}
+
+static int vcall_detach(Env *e, const char *path, const char *interface, const char *object,
+                        sd_bus_error *error, char **ret_state, unsigned n, va_list *ap) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        const char *state;
+        int r;
+
+        r = sd_bus_message_new_method_call(e->bus, &m, LOOPMGR_BUS_NAME, path, interface, "Detach");
+        if (r < 0)
+                return r;
+        if (object) {
+                r = sd_bus_message_append_basic(m, 'o', object);
+                if (r < 0)
+                        return r;
+        }
+        r = append_options(m, n, ap);
+        if (r < 0)
+                return r;
+        r = sd_bus_call(e->bus, m, CALL_TIMEOUT_USEC, error, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "s", &state);
+        if (r < 0)
+                return r;
+        char *s = strdup(state);
+        if (!s)
+                return -ENOMEM;
+        *ret_state = s;
+        return 0;
+}
+
+int call_detach(Env *e, const char *object, sd_bus_error *error, char **ret_state,
+                unsigned n_options, ...) {
+        va_list ap;
+        va_start(ap, n_options);
+        int r = vcall_detach(e, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, object, error,
+                             ret_state, n_options, &ap);
+        va_end(ap);
+        return r;
+}
+
+int call_device_detach(Env *e, const char *object, sd_bus_error *error, char **ret_state,
+                       unsigned n_options, ...) {
+        va_list ap;
+        va_start(ap, n_options);
+        int r = vcall_detach(e, object, LOOPMGR_DEVICE_INTERFACE, NULL, error, ret_state, n_options,
+                             &ap);
+        va_end(ap);
+        return r;
+}
+
+int call_get_device(Env *e, const char *what, sd_bus_error *error, char **ret_object) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *object;
+        int r;
+
+        r = sd_bus_call_method(e->bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                               LOOPMGR_MANAGER_INTERFACE, "GetDevice", error, &reply, "s", what);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "o", &object);
+        if (r < 0)
+                return r;
+        char *s = strdup(object);
+        if (!s)
+                return -ENOMEM;
+        *ret_object = s;
+        return 0;
+}
+
+int call_set_autoclear(Env *e, const char *object, bool value, sd_bus_error *error) {
+        return sd_bus_call_method(e->bus, LOOPMGR_BUS_NAME, object, LOOPMGR_DEVICE_INTERFACE,
+                                  "SetAutoclear", error, NULL, "ba{sv}", (int) value, 0);
+}
+
+int call_set_capacity(Env *e, const char *object, sd_bus_error *error) {
+        return sd_bus_call_method(e->bus, LOOPMGR_BUS_NAME, object, LOOPMGR_DEVICE_INTERFACE,
+                                  "SetCapacity", error, NULL, "a{sv}", 0);
+}
+
+int get_version(Env *e, sd_bus_error *error, char **ret) {
+        return sd_bus_get_property_string(e->bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                          LOOPMGR_MANAGER_INTERFACE, "Version", error, ret);
+}
+
+/* --- Properties --- */
+
+typedef struct PropInfo {
+        const char *name;
+        const char *signature;
+        size_t offset;
+} PropInfo;
+
+#define PROP(n, s, f)                                                                              \
+        { n, s, offsetof(DeviceProps, f) }
+static const PropInfo prop_table[] = {
+        PROP("Node", "s", node),
+        PROP("Name", "s", name),
+        PROP("DiskSeq", "t", diskseq),
+        PROP("Major", "u", major),
+        PROP("Minor", "u", minor),
+        PROP("BackingFile", "s", backing_file),
+        PROP("BackingDevice", "t", backing_device),
+        PROP("BackingInode", "t", backing_inode),
+        PROP("Offset", "t", offset),
+        PROP("SizeLimit", "t", size_limit),
+        PROP("Size", "t", size),
+        PROP("ReadOnly", "b", read_only),
+        PROP("Autoclear", "b", autoclear),
+        PROP("PartScan", "b", partscan),
+        PROP("DirectIO", "b", direct_io),
+        PROP("SectorSize", "u", sector_size),
+        PROP("Managed", "b", managed),
+        PROP("OwnerUID", "u", owner_uid),
+        PROP("References", "u", references),
+        PROP("State", "s", state),
+        PROP("Openers", "a(ss)", opener_kinds),
+        PROP("Chain", "as", chain),
+};
+/* DEVICE_PROPS_ALL is one bit per entry; keep them in step. */
+_Static_assert(ELEMENTSOF(prop_table) == 22, "prop_table and DeviceProps out of step");
+
+void device_props_done(DeviceProps *p) {
+        free(p->node);
+        free(p->name);
+        free(p->backing_file);
+        free(p->state);
+        strv_free(p->opener_kinds);
+        strv_free(p->opener_descriptions);
+        strv_free(p->chain);
+        free(p->type_errors);
+        *p = (DeviceProps){};
+}
+
+static int note_type_error(DeviceProps *p, const char *name, const char *got, const char *want) {
+        char *s;
+        if (asprintf(&s, "%s%s%s: got '%s', want '%s'", p->type_errors ?: "",
+                     p->type_errors ? "; " : "", name, got, want) < 0)
+                return -ENOMEM;
+        free(p->type_errors);
+        p->type_errors = s;
+        return 0;
+}
+
+static int read_prop_value(sd_bus_message *m, const PropInfo *info, DeviceProps *p) {
+        uint8_t *field = (uint8_t *) p + info->offset;
+        int r;
+
+        if (streq(info->signature, "s")) {
+                const char *s;
+                r = sd_bus_message_read_basic(m, 's', &s);
+                if (r < 0)
+                        return r;
+                char *d = strdup(s);
+                if (!d)
+                        return -ENOMEM;
+                free(*(char **) field);
+                *(char **) field = d;
+        } else if (streq(info->signature, "t")) {
+                r = sd_bus_message_read_basic(m, 't', field);
+        } else if (streq(info->signature, "u")) {
+                r = sd_bus_message_read_basic(m, 'u', field);
+        } else if (streq(info->signature, "b")) {
+                int b;
+                r = sd_bus_message_read_basic(m, 'b', &b);
+                if (r >= 0)
+                        *(bool *) field = b;
+        } else if (streq(info->signature, "as")) {
+                strv_free(p->chain);
+                p->chain = NULL;
+                p->n_chain = 0;
+                r = sd_bus_message_enter_container(m, 'a', "s");
+                if (r < 0)
+                        return r;
+                const char *s;
+                while ((r = sd_bus_message_read_basic(m, 's', &s)) > 0) {
+                        char *d = strdup(s);
+                        if (!d || strv_push(&p->chain, &p->n_chain, d) < 0) {
+                                free(d);
+                                return -ENOMEM;
+                        }
+                }
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(m);
+        } else { /* a(ss) */
+                size_t nk = 0, nd = 0;
+                strv_free(p->opener_kinds);
+                strv_free(p->opener_descriptions);
+                p->opener_kinds = p->opener_descriptions = NULL;
+                r = sd_bus_message_enter_container(m, 'a', "(ss)");
+                if (r < 0)
+                        return r;
+                const char *k, *d;
+                while ((r = sd_bus_message_read(m, "(ss)", &k, &d)) > 0) {
+                        char *kk = strdup(k), *dd = strdup(d);
+                        if (!kk || !dd || strv_push(&p->opener_kinds, &nk, kk) < 0) {
+                                free(kk);
+                                free(dd);
+                                return -ENOMEM;
+                        }
+                        if (strv_push(&p->opener_descriptions, &nd, dd) < 0) {
+                                free(dd);
+                                return -ENOMEM;
+                        }
+                }
+                if (r < 0)
+                        return r;
+                p->n_openers = nk;
+                r = sd_bus_message_exit_container(m);
+        }
+        return r < 0 ? r : 0;
+}
+
+int device_props_read(sd_bus_message *m, DeviceProps *ret) {
+        DeviceProps p = {};
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *name, *contents;
+                const PropInfo *info = NULL;
+                size_t idx = 0;
+                char type;
+
+                r = sd_bus_message_read_basic(m, 's', &name);
+                if (r < 0)
+                        goto fail;
+                for (idx = 0; idx < ELEMENTSOF(prop_table); idx++)
+                        if (streq(prop_table[idx].name, name)) {
+                                info = &prop_table[idx];
+                                break;
+                        }
+                r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r < 0)
+                        goto fail;
+                if (!info) {
+                        r = sd_bus_message_skip(m, "v");
+                } else if (!streq(contents, info->signature)) {
+                        r = note_type_error(&p, name, contents, info->signature);
+                        if (r >= 0)
+                                r = sd_bus_message_skip(m, "v");
+                } else {
+                        r = sd_bus_message_enter_container(m, 'v', contents);
+                        if (r >= 0)
+                                r = read_prop_value(m, info, &p);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                        if (r >= 0)
+                                p.present |= UINT32_C(1) << idx;
+                }
+                if (r < 0)
+                        goto fail;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        goto fail;
+        }
+        if (r < 0)
+                goto fail;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                goto fail;
+        *ret = p;
+        return 0;
+fail:
+        device_props_done(&p);
+        return r;
+}
+
+int device_props_get(Env *e, const char *object, sd_bus_error *error, DeviceProps *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_call_method(e->bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll",
+                               error, &reply, "s", LOOPMGR_DEVICE_INTERFACE);
+        if (r < 0)
+                return r;
+        return device_props_read(reply, ret);
+}
+
+void daemon_devices_free(DaemonDevice *l, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                free(l[i].object);
+                device_props_done(&l[i].props);
+        }
+        free(l);
+}
+
+int daemon_devices_list(Env *e, DaemonDevice **ret, size_t *ret_n) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        DaemonDevice *l = NULL;
+        size_t n = 0;
+        int r;
+
+        r = sd_bus_call_method(e->bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                               OBJECT_MANAGER_INTERFACE, "GetManagedObjects", &error, &reply, "");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(reply, 'a', "{oa{sa{sv}}}");
+        if (r < 0)
+                goto fail;
+        while ((r = sd_bus_message_enter_container(reply, 'e', "oa{sa{sv}}")) > 0) {
+                const char *object;
+                DeviceProps props = {};
+                bool is_device = false;
+
+                r = sd_bus_message_read_basic(reply, 'o', &object);
+                if (r < 0)
+                        goto fail;
+                r = sd_bus_message_enter_container(reply, 'a', "{sa{sv}}");
+                if (r < 0)
+                        goto fail;
+                while ((r = sd_bus_message_enter_container(reply, 'e', "sa{sv}")) > 0) {
+                        const char *iface;
+                        r = sd_bus_message_read_basic(reply, 's', &iface);
+                        if (r < 0)
+                                goto fail;
+                        if (streq(iface, LOOPMGR_DEVICE_INTERFACE) && !is_device) {
+                                r = device_props_read(reply, &props);
+                                is_device = r >= 0;
+                        } else
+                                r = sd_bus_message_skip(reply, "a{sv}");
+                        if (r < 0)
+                                goto fail;
+                        r = sd_bus_message_exit_container(reply);
+                        if (r < 0) {
+                                device_props_done(&props);
+                                goto fail;
+                        }
+                }
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(reply);
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(reply);
+                if (r < 0) {
+                        device_props_done(&props);
+                        goto fail;
+                }
+                if (!is_device)
+                        continue;
+                char *o = strdup(object);
+                if (!o || grow((void **) &l, &n, sizeof(DaemonDevice)) < 0) {
+                        free(o);
+                        device_props_done(&props);
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                l[n++] = (DaemonDevice){.object = o, .props = props};
+        }
+        if (r < 0)
+                goto fail;
+        *ret = l;
+        *ret_n = n;
+        return 0;
+fail:
+        daemon_devices_free(l, n);
+        return r;
+}
+
+/* --- Signals --- */
+
+static int catcher_record(Catcher *c, const char *path, const char *node) {
+        char **p = realloc(c->paths, (c->count + 1) * sizeof(char *));
+        if (!p)
+                return -ENOMEM;
+        c->paths = p;
+        char **n = realloc(c->nodes, (c->count + 1) * sizeof(char *));
+        if (!n)
+                return -ENOMEM;
+        c->nodes = n;
+        c->paths[c->count] = strdup(path);
+        c->nodes[c->count] = node ? strdup(node) : NULL;
+        c->count++;
+        return 0;
+}
+
+static int catcher_handler(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Catcher *c = userdata;
+        _cleanup_free_ char *node = NULL;
+        const char *path;
+        bool hit = false;
+        int r;
+
+        /* A signal we cannot parse is simply not recorded: the waiting test then fails with
+         * a timeout that names what it waited for. */
+        if (c->kind == CATCH_PROPERTIES_CHANGED) {
+                const char *iface, *name;
+                path = sd_bus_message_get_path(m);
+                if (!path)
+                        return 0;
+                r = sd_bus_message_read(m, "s", &iface);
+                if (r < 0 || !streq(iface, LOOPMGR_DEVICE_INTERFACE))
+                        return 0;
+                r = sd_bus_message_enter_container(m, 'a', "{sv}");
+                if (r < 0)
+                        return 0;
+                while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                        if (sd_bus_message_read_basic(m, 's', &name) < 0)
+                                return 0;
+                        if (streq(name, c->property))
+                                hit = true;
+                        if (sd_bus_message_skip(m, "v") < 0 || sd_bus_message_exit_container(m) < 0)
+                                return 0;
+                }
+                if (r < 0 || sd_bus_message_exit_container(m) < 0)
+                        return 0;
+                r = sd_bus_message_enter_container(m, 'a', "s");
+                if (r < 0)
+                        return 0;
+                while ((r = sd_bus_message_read_basic(m, 's', &name)) > 0)
+                        if (streq(name, c->property))
+                                hit = true;
+        } else {
+                r = sd_bus_message_read_basic(m, 'o', &path);
+                if (r < 0)
+                        return 0;
+                if (c->kind == CATCH_INTERFACES_REMOVED) {
+                        const char *iface;
+                        r = sd_bus_message_enter_container(m, 'a', "s");
+                        if (r < 0)
+                                return 0;
+                        while ((r = sd_bus_message_read_basic(m, 's', &iface)) > 0)
+                                if (streq(iface, LOOPMGR_DEVICE_INTERFACE))
+                                        hit = true;
+                } else {
+                        r = sd_bus_message_enter_container(m, 'a', "{sa{sv}}");
+                        if (r < 0)
+                                return 0;
+                        while ((r = sd_bus_message_enter_container(m, 'e', "sa{sv}")) > 0) {
+                                const char *iface;
+                                if (sd_bus_message_read_basic(m, 's', &iface) < 0)
+                                        return 0;
+                                if (streq(iface, LOOPMGR_DEVICE_INTERFACE)) {
+                                        _cleanup_props_ DeviceProps p = {};
+                                        if (device_props_read(m, &p) < 0)
+                                                return 0;
+                                        hit = true;
+                                        free(node);
+                                        node = TAKE_PTR(p.node);
+                                } else if (sd_bus_message_skip(m, "a{sv}") < 0)
+                                        return 0;
+                                if (sd_bus_message_exit_container(m) < 0)
+                                        return 0;
+                        }
+                }
+        }
+
+        if (hit)
+                (void) catcher_record(c, path, node);
+        return 0;
+}
+
+static Catcher *catcher_new(Env *e, CatchKind kind, const char *path, const char *property) {
+        Catcher *c = calloc(1, sizeof(Catcher));
+        int r;
+
+        assert_non_null(c);
+        assert_int_equal(grow((void **) &e->catchers, &e->n_catchers, sizeof(Catcher *)), 0);
+        e->catchers[e->n_catchers++] = c;
+        c->kind = kind;
+        c->property = property ? strdup(property) : NULL;
+
+        const char *member = kind == CATCH_INTERFACES_ADDED     ? "InterfacesAdded"
+                             : kind == CATCH_INTERFACES_REMOVED ? "InterfacesRemoved"
+                                                                : "PropertiesChanged";
+        /* Synchronous AddMatch: once this returns, the bus routes the signals to us. */
+        r = sd_bus_match_signal(e->bus, &c->slot, LOOPMGR_BUS_NAME,
+                                kind == CATCH_PROPERTIES_CHANGED ? path : LOOPMGR_MANAGER_PATH,
+                                kind == CATCH_PROPERTIES_CHANGED ? PROPERTIES_INTERFACE
+                                                                 : OBJECT_MANAGER_INTERFACE,
+                                member, catcher_handler, c);
+        if (r < 0)
+                fail_msg("AddMatch for %s failed: %s", member, strerror(-r));
+        return c;
+}
+
+Catcher *catch_interfaces_added(Env *e) {
+        return catcher_new(e, CATCH_INTERFACES_ADDED, NULL, NULL);
+}
+
+Catcher *catch_interfaces_removed(Env *e) {
+        return catcher_new(e, CATCH_INTERFACES_REMOVED, NULL, NULL);
+}
+
+Catcher *catch_properties_changed(Env *e, const char *path, const char *property) {
+        return catcher_new(e, CATCH_PROPERTIES_CHANGED, path, property);
+}
+
+static int catcher_find(const Catcher *c, const char *path, const char *node) {
+        for (size_t i = 0; i < c->count; i++)
+                if ((!path || streq_ptr(c->paths[i], path)) &&
+                    (!node || streq_ptr(c->nodes[i], node)))
+                        return (int) i;
+        return -ENOENT;
+}
+
+int catcher_wait(Env *e, Catcher *c, const char *path, const char *node, uint64_t timeout_usec) {
+        uint64_t deadline = now_usec() + timeout_usec;
+
+        for (;;) {
+                int i = catcher_find(c, path, node);
+                if (i >= 0)
+                        return i;
+                int r = sd_bus_process(e->bus, NULL);
+                if (r < 0)
+                        fail_msg("sd_bus_process() failed: %s", strerror(-r));
+                if (r > 0)
+                        continue;
+                uint64_t n = now_usec();
+                if (n >= deadline)
+                        return -ETIMEDOUT;
+                r = sd_bus_wait(e->bus, deadline - n);
+                if (r < 0 && r != -EINTR)
+                        fail_msg("sd_bus_wait() failed: %s", strerror(-r));
+        }
+}
+
+void bus_drain(Env *e) {
+        while (sd_bus_process(e->bus, NULL) > 0)
+                ;
+}
+
+/* --- sysfs --- */
+
+int sysfs_read(const char *name, const char *attr, char **ret) {
+        _cleanup_free_ char *path = NULL;
+        char buf[4096];
+
+        if (asprintf(&path, "/sys/block/%s/%s", name, attr) < 0)
+                return -ENOMEM;
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        if (n < 0)
+                return -errno;
+        buf[n] = 0;
+        buf[strcspn(buf, "\n")] = 0;
+        char *s = strdup(buf);
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}
+
+int sysfs_read_u64(const char *name, const char *attr, uint64_t *ret) {
+        _cleanup_free_ char *s = NULL;
+        int r = sysfs_read(name, attr, &s);
+        if (r < 0)
+                return r;
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno != 0 || end == s || *end != 0)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+int loop_binding_present(const char *name, uint64_t diskseq) {
+        uint64_t seq;
+        int r = sysfs_read_u64(name, "diskseq", &seq);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        if (seq != diskseq)
+                return 0;
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/sys/block/%s/loop", name) < 0)
+                return -ENOMEM;
+        return access(path, F_OK) == 0;
+}
+
+bool wait_binding_gone(const char *name, uint64_t diskseq, uint64_t timeout_usec) {
+        uint64_t deadline = now_usec() + timeout_usec;
+        for (;;) {
+                if (loop_binding_present(name, diskseq) == 0)
+                        return true;
+                if (now_usec() >= deadline)
+                        return false;
+                sleep_usec(20 * USEC_PER_MSEC);
+        }
+}
+
+/* --- processes --- */
+
+int run_command(char *const *argv, const char *stdin_data, char **ret_stdout, char **ret_stderr) {
+        int in[2] = {-EBADF, -EBADF}, out[2] = {-EBADF, -EBADF}, err[2] = {-EBADF, -EBADF};
+        char *bufs[2] = {};
+        size_t sizes[2] = {};
+        int r = 0;
+
+        if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+                r = -errno;
+                goto finish;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+                r = -errno;
+                goto finish;
+        }
+        if (pid == 0) {
+                if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+                        _exit(127);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        in[0] = safe_close(in[0]);
+        out[1] = safe_close(out[1]);
+        err[1] = safe_close(err[1]);
+
+        size_t in_left = stdin_data ? strlen(stdin_data) : 0;
+        const char *in_pos = stdin_data;
+        if (in_left == 0)
+                in[1] = safe_close(in[1]);
+        (void) fcntl(in[1], F_SETFL, O_NONBLOCK);
+
+        while (out[0] >= 0 || err[0] >= 0 || in[1] >= 0) {
+                struct pollfd p[3] = {
+                        {.fd = out[0], .events = POLLIN},
+                        {.fd = err[0], .events = POLLIN},
+                        {.fd = in[1], .events = POLLOUT},
+                };
+                if (poll(p, 3, 60 * 1000) <= 0) {
+                        (void) kill(pid, SIGKILL);
+                        r = -ETIMEDOUT;
+                        break;
+                }
+                for (int i = 0; i < 2; i++) {
+                        int *fd = i == 0 ? &out[0] : &err[0];
+                        if (*fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                                continue;
+                        char *nb = realloc(bufs[i], sizes[i] + 4096 + 1);
+                        if (!nb) {
+                                r = -ENOMEM;
+                                *fd = safe_close(*fd);
+                                continue;
+                        }
+                        bufs[i] = nb;
+                        ssize_t n = read(*fd, bufs[i] + sizes[i], 4096);
+                        if (n <= 0)
+                                *fd = safe_close(*fd);
+                        else
+                                sizes[i] += (size_t) n;
+                        bufs[i][sizes[i]] = 0;
+                }
+                if (in[1] >= 0 && (p[2].revents & (POLLOUT | POLLERR | POLLHUP))) {
+                        ssize_t n = write(in[1], in_pos, in_left);
+                        if (n <= 0)
+                                in_left = 0;
+                        else {
+                                in_pos += n;
+                                in_left -= (size_t) n;
+                        }
+                        if (in_left == 0)
+                                in[1] = safe_close(in[1]);
+                }
+        }
+
+        int status;
+        while (waitpid(pid, &status, 0) < 0)
+                if (errno != EINTR) {
+                        r = -errno;
+                        goto finish;
+                }
+        if (r >= 0)
+                r = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+
+finish:
+        safe_close(in[0]);
+        safe_close(in[1]);
+        safe_close(out[0]);
+        safe_close(out[1]);
+        safe_close(err[0]);
+        safe_close(err[1]);
+        if (r >= 0 && ret_stdout)
+                *ret_stdout = bufs[0] ?: strdup("");
+        else
+                free(bufs[0]);
+        if (r >= 0 && ret_stderr)
+                *ret_stderr = bufs[1] ?: strdup("");
+        else
+                free(bufs[1]);
+        return r;
+}
+
+/* --- losetup --- */
+
+void losetup_entries_free(LosetupEntry *l, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                free(l[i].node);
+                free(l[i].back_file);
+        }
+        free(l);
+}
+
+int losetup_list(LosetupEntry **ret, size_t *ret_n) {
+        _cleanup_free_ char *json = NULL, *tsv = NULL;
+        char *losetup[] = {(char *) "losetup",
+                           (char *) "--json",
+                           (char *) "--list",
+                           (char *) "--output",
+                           (char *) "NAME,BACK-FILE,OFFSET,SIZELIMIT",
+                           NULL};
+        /* Numbers or strings depending on the util-linux version: tostring covers both. */
+        char *jq[] = {(char *) "jq", (char *) "-r",
+                      (char *) ".loopdevices[]? | [.name, (.[\"back-file\"] // \"\"), "
+                               "(.offset // 0 | tostring), (.sizelimit // 0 | tostring)] "
+                               "| @tsv",
+                      NULL};
+        LosetupEntry *l = NULL;
+        size_t n = 0;
+        int r;
+
+        r = run_command(losetup, NULL, &json, NULL);
+        if (r < 0)
+                return r;
+        if (r != 0)
+                return -EIO;
+        if (json[strspn(json, " \t\n")] != 0) { /* no devices: no output at all */
+                r = run_command(jq, json, &tsv, NULL);
+                if (r < 0)
+                        return r;
+                if (r != 0)
+                        return -EBADMSG;
+        }
+
+        for (char *line = tsv ? strtok(tsv, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+                char *f[4] = {};
+                char *p = line;
+                for (int i = 0; i < 4; i++) {
+                        f[i] = p;
+                        p = p ? strchr(p, '\t') : NULL;
+                        if (p)
+                                *p++ = 0;
+                }
+                if (!f[3]) {
+                        losetup_entries_free(l, n);
+                        return -EBADMSG;
+                }
+                if (grow((void **) &l, &n, sizeof(LosetupEntry)) < 0) {
+                        losetup_entries_free(l, n);
+                        return -ENOMEM;
+                }
+                l[n] = (LosetupEntry){
+                        .node = strdup(f[0]),
+                        .back_file = strdup(f[1]),
+                        .offset = strtoull(f[2], NULL, 10),
+                        .size_limit = strtoull(f[3], NULL, 10),
+                };
+                n++;
+                if (!l[n - 1].node || !l[n - 1].back_file) {
+                        losetup_entries_free(l, n);
+                        return -ENOMEM;
+                }
+        }
+        *ret = l;
+        *ret_n = n;
+        return 0;
+}
+
+int losetup_count_backed_by(const char *path, bool prefix, size_t *ret) {
+        LosetupEntry *l;
+        size_t n, count = 0, len = strlen(path);
+        int r;
+
+        r = losetup_list(&l, &n);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const char *b = l[i].back_file;
+                if (prefix ? strncmp(b, path, len) == 0 && b[len] == '/' : streq(b, path))
+                        count++;
+                /* A deleted backing file is shown with this suffix. */
+                else if (!prefix && strncmp(b, path, len) == 0 && streq(b + len, " (deleted)"))
+                        count++;
+        }
+        losetup_entries_free(l, n);
+        *ret = count;
+        return 0;
+}
+
+/* --- assertions --- */
+
+void assert_bus_ok_impl(int r, const sd_bus_error *error, const char *what, const char *file,
+                        int line) {
+        if (r >= 0)
+                return;
+        print_error("%s:%d: %s failed: %s (%s)\n", file, line, what,
+                    error && error->name ? error->name : strerror(-r),
+                    error && error->message ? error->message : "no message");
+        _fail(file, line);
+}
+
+void assert_bus_error_impl(int r, const sd_bus_error *error, const char *name, const char *file,
+                           int line) {
+        if (r >= 0) {
+                print_error("%s:%d: expected error %s, but the call succeeded\n", file, line, name);
+                _fail(file, line);
+        }
+        if (!sd_bus_error_has_name(error, name)) {
+                print_error("%s:%d: expected error %s, got %s: %s (r=%s)\n", file, line, name,
+                            error->name ?: "(none)", error->message ?: "(no message)",
+                            strerror(-r));
+                _fail(file, line);
+        }
+        if (!error->message || strlen(error->message) == 0) {
+                print_error("%s:%d: error %s carries no message\n", file, line, name);
+                _fail(file, line);
+        }
+}

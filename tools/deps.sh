@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# tools/deps.sh: install the Debian packages loopmgr needs to build, test and run.
+# Idempotent and quick when everything is there: it asks dpkg first and runs apt-get (with
+# one `apt-get update`) only for what is missing. Needs root when something is missing.
+
+set -euo pipefail
+
+packages=(
+    # build
+    meson ninja-build pkg-config gcc libc6-dev
+    libsystemd-dev libudev-dev libmount-dev libblkid-dev libcmocka-dev
+    # runtime of the test environment (tests/env.sh) and the daemon
+    dbus dbus-daemon dbus-bin systemd udev polkitd
+    # tools the tests and the demo call: losetup (mount), addpart/flock/setpriv (util-linux),
+    # mkfs.ext4 (e2fsprogs), pgrep (procps), jq
+    util-linux mount e2fsprogs procps jq
+    # checks in tools/test.sh and meson test: clang-format, xmllint
+    clang-format libxml2-utils
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
+    [[ $status == ii* ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+    echo "deps: all ${#packages[@]} packages are installed"
+    exit 0
+fi
+
+if ((EUID != 0)); then
+    echo "deps: missing packages: ${missing[*]}; run tools/deps.sh as root" >&2
+    exit 1
+fi
+
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt_opts=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
+    -o Dpkg::Use-Pty=0)
+# One update, then the install. If the install fails with the lists we had (an old list can
+# name versions that are gone), the update is what fixes it, so always do it first.
+apt-get update -q </dev/null
+apt-get install "${apt_opts[@]}" --no-install-recommends "${missing[@]}" </dev/null
+echo "deps: done"

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# tools/test.sh [MESON-TEST-ARGS...]: build and test everything, as CI does.
+#
+#   1. tools/deps.sh (installs missing Debian packages)
+#   2. build-dev/: -Dbuildtype=debug -Db_sanitize=address,undefined -Dwerror=true, ninja
+#   3. code style: clang-format (.clang-format) and .editorconfig whitespace rules
+#   4. bash tests/env.sh start for the instance /run/loopmgr-ci (own private bus and polkitd, so
+#      a demo environment of tools/setup.sh and its loopmgrd are left alone)
+#   5. meson test -C build-dev --print-errorlogs [MESON-TEST-ARGS...] (all suites by default:
+#      packaging, unit, kernel, integration; e.g. `tools/test.sh --suite unit` for one)
+#   6. stops what step 4 started (also on failure or Ctrl-C), prints a summary line and exits
+#      non-zero if any step failed.
+#
+# Knobs (environment):
+#   LOOPMGR_FORMAT_CHECK=warn|strict|off   style check: report only (default), fail, or skip
+#   LOOPMGR_BUILD_DIR=build-dev            build directory
+#   LOOPMGR_TEST_ENV=/run/loopmgr-ci       tests/env.sh instance (state directory)
+#   LOOPMGR_TEST_FILTER=GLOB               cmocka filter, passed through to the tests
+
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+BUILD=${LOOPMGR_BUILD_DIR:-build-dev}
+FORMAT_CHECK=${LOOPMGR_FORMAT_CHECK:-warn}
+export LOOPMGR_TEST_ENV=${LOOPMGR_TEST_ENV:-/run/loopmgr-ci}
+MESON_OPTS=(-Dbuildtype=debug "-Db_sanitize=address,undefined" -Dwerror=true -Dtests=true)
+
+failed_steps=()
+env_started=0
+t0=$SECONDS
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+cleanup() {
+    if ((env_started)); then
+        step "stopping the test environment ($LOOPMGR_TEST_ENV)"
+        bash tests/env.sh stop || echo "test.sh: warning: tests/env.sh stop failed" >&2
+        env_started=0
+    fi
+}
+# Bash runs a trap only once its foreground child returns, so meson test runs in the
+# background and a signal is passed on to it at once.
+child=0
+on_signal() {
+    if ((child)); then
+        kill -TERM "$child" 2>/dev/null
+        wait "$child" 2>/dev/null
+    fi
+    exit "$1"
+}
+trap cleanup EXIT
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+
+# summary PASSED FAILED SKIPPED: the last line, in the one format every CI reader understands.
+summary() {
+    echo
+    if ((${#failed_steps[@]})); then
+        echo "test.sh: FAILED: ${failed_steps[*]} ($((SECONDS - t0)) s)"
+    else
+        echo "test.sh: all steps passed ($((SECONDS - t0)) s)"
+    fi
+    echo "summary: $1 passed, $2 failed, $3 skipped"
+}
+
+# ---- 1. dependencies -----------------------------------------------------------------------
+
+step "dependencies"
+if ! bash tools/deps.sh; then
+    failed_steps+=(deps)
+    summary 0 1 0
+    exit 1
+fi
+
+# ---- 2. build --------------------------------------------------------------------------------
+
+step "configure $BUILD (${MESON_OPTS[*]})"
+configured=0
+if [[ -f $BUILD/meson-private/coredata.dat ]]; then
+    # `meson configure` only regenerates when an option changed, so this costs nothing when
+    # the directory is already set up; a directory from another meson version needs --wipe.
+    if meson configure "$BUILD" "${MESON_OPTS[@]}"; then
+        configured=1
+    elif meson setup --wipe "$BUILD" "${MESON_OPTS[@]}"; then
+        configured=1
+    fi
+else
+    meson setup "$BUILD" "${MESON_OPTS[@]}" && configured=1
+fi
+
+built=0
+if ((configured)); then
+    step "build"
+    ninja -C "$BUILD" && built=1
+fi
+((built)) || failed_steps+=(build)
+
+# ---- 3. style --------------------------------------------------------------------------------
+
+# Reports files that clang-format would change and .editorconfig violations (tabs in C,
+# trailing whitespace, missing final newline). `warn` prints them and carries on; `strict`
+# (what CI should use once the tree is formatted) fails the run.
+style_check() {
+    local files=() f bad_format=() bad_ws=()
+    while IFS= read -r -d '' f; do
+        files+=("$f")
+    done < <(find daemon client include tests -type f \( -name '*.c' -o -name '*.h' \) -print0 | sort -z)
+    ((${#files[@]})) || return 0
+    if command -v clang-format >/dev/null; then
+        for f in "${files[@]}"; do
+            clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || bad_format+=("$f")
+        done
+    else
+        echo "style: clang-format is not installed, skipping the format check"
+    fi
+    for f in "${files[@]}"; do
+        if grep -qP '\t|[ \t]+$' "$f" || [[ -s $f && $(tail -c 1 "$f" | od -An -tx1) != *0a* ]]; then
+            bad_ws+=("$f")
+        fi
+    done
+    echo "style: ${#files[@]} files checked; ${#bad_format[@]} differ from .clang-format, ${#bad_ws[@]} break .editorconfig"
+    if ((${#bad_format[@]})); then
+        echo "style: not clang-formatted (see: clang-format --dry-run FILE; fix: clang-format -i FILE):"
+        printf '    %s\n' "${bad_format[@]}"
+    fi
+    if ((${#bad_ws[@]})); then
+        printf '%s\n' "style: tabs, trailing whitespace or no final newline (see: grep -nP '\t| \$' FILE):"
+        printf '    %s\n' "${bad_ws[@]}"
+    fi
+    ((${#bad_format[@]} + ${#bad_ws[@]} == 0))
+}
+
+case $FORMAT_CHECK in
+off) ;;
+warn)
+    step "style (report only; LOOPMGR_FORMAT_CHECK=strict makes it fail the run)"
+    style_check || true
+    ;;
+strict)
+    step "style (strict)"
+    style_check || failed_steps+=(style)
+    ;;
+*)
+    echo "test.sh: LOOPMGR_FORMAT_CHECK must be warn, strict or off, not '$FORMAT_CHECK'" >&2
+    failed_steps+=(style)
+    ;;
+esac
+
+if ((!built)); then
+    summary 0 1 0
+    exit 1
+fi
+
+# ---- 4. environment --------------------------------------------------------------------------
+
+step "test environment ($LOOPMGR_TEST_ENV)"
+env_ok=0
+if bash tests/env.sh status >/dev/null 2>&1; then
+    # Someone brought this instance up by hand (to iterate on meson test): use it, leave it.
+    echo "test.sh: reusing the running environment $LOOPMGR_TEST_ENV (it stays up afterwards)"
+    env_vars=$(bash tests/env.sh env) && env_ok=1
+else
+    env_started=1
+    env_vars=$(bash tests/env.sh start) && env_ok=1
+fi
+if ((env_ok)); then
+    eval "$env_vars"
+else
+    # Without the bus the integration tests would merely skip: that must not look green.
+    failed_steps+=(environment)
+fi
+
+# ---- 5. tests --------------------------------------------------------------------------------
+
+step "meson test -C $BUILD --print-errorlogs $*"
+meson test -C "$BUILD" --print-errorlogs "$@" </dev/null &
+child=$!
+wait "$child" || failed_steps+=(tests)
+child=0
+
+# Count test cases, not test binaries: cmocka prints "[  PASSED  ] N test(s)." (and FAILED,
+# SKIPPED) per group, and " N FAILED TEST(S)" for failures plus errors (failed setup or
+# teardown), which "[  FAILED  ]" leaves out. A binary without such lines (a script, a crash before cmocka ran)
+# counts as one case with meson's verdict, and a binary that failed although cmocka counted
+# no failure (sanitizer report at exit, failed group setup) adds one failure.
+passed=0 failed=0 skipped=0
+testlog=$BUILD/meson-logs/testlog.json
+if [[ -s $testlog ]] && command -v jq >/dev/null; then
+    read -r passed failed skipped < <(jq -rs '
+        def count(re): [((.stdout // "") + "\n" + (.stderr // "")) | scan(re) | .[0] | tonumber] | add // 0;
+        map(
+            (count("\\[  PASSED  \\] ([0-9]+) test")) as $p |
+            ([count("\\[  FAILED  \\] ([0-9]+) test"), count("([0-9]+) FAILED TEST\\(S\\)")] | max) as $f |
+            (count("\\[  SKIPPED \\] ([0-9]+) test")) as $s |
+            if ($p + $f + $s) == 0 then
+                if .result == "OK" or .result == "EXPECTEDFAIL" then [1, 0, 0]
+                elif .result == "SKIP" then [0, 0, 1]
+                else [0, 1, 0] end
+            elif (.result != "OK" and .result != "SKIP" and .result != "EXPECTEDFAIL" and $f == 0) then
+                [$p, 1, $s]
+            else [$p, $f, $s] end)
+        | transpose | map(add // 0) | "\(.[0] // 0) \(.[1] // 0) \(.[2] // 0)"' "$testlog") ||
+        { passed=0 failed=1 skipped=0; }
+else
+    failed=1
+    echo "test.sh: no $testlog: meson test did not run"
+fi
+
+cleanup
+summary "$passed" "$failed" "$skipped"
+((${#failed_steps[@]} == 0 && failed == 0))
