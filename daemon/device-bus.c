@@ -39,6 +39,12 @@ DEFINE_GETTER(managed, "b", (int) d->managed);
 DEFINE_GETTER(owner_uid, "u", (uint32_t) d->owner_uid);
 DEFINE_GETTER(references, "u", d->n_references);
 DEFINE_GETTER(state, "s", device_state_to_string(d->state));
+DEFINE_GETTER(base_kind, "s",
+              !d->has_identity ? "" : d->identity.kind == BASE_FILE ? "file" : "block");
+DEFINE_GETTER(base_device, "t", d->has_identity ? (uint64_t) d->identity.base_device : 0);
+DEFINE_GETTER(base_inode, "t", d->has_identity ? d->identity.base_inode : 0);
+DEFINE_GETTER(base_offset, "t", d->has_identity ? d->identity.offset : 0);
+DEFINE_GETTER(base_size, "t", d->has_identity ? d->identity.size : 0);
 
 static int property_get_openers(sd_bus *bus, const char *path, const char *interface,
                                 const char *property, sd_bus_message *reply, void *userdata,
@@ -186,7 +192,13 @@ static const sd_bus_vtable device_vtable[] = {
         PROP("State", "s", state),
         /* Computed on every read; change signals for it come with opener tracking. */
         SD_BUS_PROPERTY("Openers", "a(ss)", property_get_openers, 0, 0),
-        PROP_CONST("Chain", "as", chain),
+        PROP("Chain", "as", chain),
+        /* Not in SPEC §5: the canonical range, so clients need not parse Chain. */
+        PROP("BaseKind", "s", base_kind),
+        PROP("BaseDevice", "t", base_device),
+        PROP("BaseInode", "t", base_inode),
+        PROP("BaseOffset", "t", base_offset),
+        PROP("BaseSize", "t", base_size),
         SD_BUS_METHOD_WITH_ARGS("Detach", SD_BUS_ARGS("a{sv}", options),
                                 SD_BUS_RESULT("s", state), method_detach,
                                 SD_BUS_VTABLE_UNPRIVILEGED),

@@ -18,18 +18,32 @@ const char *device_state_to_string(DeviceState s) {
         return s == DEVICE_DETACH_PENDING ? LOOPMGR_STATE_DETACH_PENDING : LOOPMGR_STATE_ATTACHED;
 }
 
-static const Identity *lookup_loop_identity(dev_t devnum, void *userdata) {
+int device_loop_info_lookup(dev_t devnum, void *userdata, LoopLayerInfo *ret) {
         Manager *m = userdata;
         Device *d = manager_get_device_by_devnum(m, devnum);
 
-        return d && d->has_identity ? &d->identity : NULL;
+        if (!d || !d->status.bound || d->status.size == 0)
+                return 0;
+        if (d->backing_is_block)
+                ret->backing = (Backing) { .is_block = true, .device = d->status.backing_rdevice };
+        else if (d->status.backing_device != 0 || d->status.backing_inode != 0)
+                ret->backing = (Backing) { .device = d->status.backing_device,
+                                           .inode = d->status.backing_inode };
+        else
+                return 0;       /* ids unknown: let the canonicaliser ask the kernel */
+        ret->offset = d->status.offset;
+        ret->size = d->status.size;
+        ret->backing_file = d->status.backing_file;
+        return 1;
 }
 
 void device_update_identity(Device *d) {
+        Layer top;
         Backing b;
         int r;
 
         d->has_identity = false;
+        chain_done(&d->chain);
         if (!d->status.bound || d->status.size == 0)
                 return;
 
@@ -42,12 +56,17 @@ void device_update_identity(Device *d) {
         else
                 return;         /* ids unknown (device in rundown): no identity */
 
-        r = identity_compute(&b, d->status.offset, d->status.size, lookup_loop_identity,
-                             d->manager, &d->identity);
+        top = (Layer) { .kind = LAYER_LOOP, .devnum = d->status.devnum,
+                        .path = d->status.backing_file };
+        snprintf(top.name, sizeof(top.name), "%s", d->status.name);
+
+        r = chain_resolve(d->manager->root, &top, &b, d->status.offset, d->status.size,
+                          device_loop_info_lookup, d->manager, &d->chain);
         if (r < 0) {
-                log_debug_errno(r, "Cannot compute identity of %s: %m", d->status.name);
+                log_debug_errno(r, "Cannot resolve the chain of %s: %m", d->status.name);
                 return;
         }
+        d->identity = d->chain.identity;
         d->has_identity = true;
 }
 
@@ -105,6 +124,7 @@ Device *device_free(Device *d) {
                 waiter_free(w);
         }
         device_drop_all_references(d);
+        chain_done(&d->chain);
         loop_status_done(&d->status);
         free(d->path);
         free(d->node);
@@ -248,49 +268,21 @@ static int strv_push_printf(char ***l, size_t *n, const char *format, ...) {
 }
 
 int device_chain(Device *d, char ***ret) {
-        _cleanup_strv_free_ char **l = NULL;
-        size_t n = 0;
-        int r;
+        char **l;
 
-        /* Walk down through the loop devices we know, then name the base. */
-        for (Device *i = d; i;) {
-                Device *lower = NULL;
+        if (d->has_identity)
+                return chain_format(&d->chain, ret);
 
-                if (i->status.bound && i->backing_is_block &&
-                    major(i->status.backing_rdevice) == LOOP_MAJOR_NUMBER)
-                        lower = manager_get_device_by_devnum(i->manager, i->status.backing_rdevice);
-
-                r = strv_push_printf(&l, &n, "%s: bytes %" PRIu64 "+%" PRIu64 " of %s",
-                                     i->status.name, i->status.offset, i->status.size,
-                                     i->status.backing_file ?: "(unknown backing)");
-                if (r < 0)
-                        return r;
-                if (!lower) {
-                        if (i->backing_is_block)
-                                r = strv_push_printf(&l, &n, "block device %u:%u",
-                                                     major(i->status.backing_rdevice),
-                                                     minor(i->status.backing_rdevice));
-                        else if (i->status.backing_inode != 0)
-                                r = strv_push_printf(&l, &n, "file %s (device %u:%u, inode %" PRIu64 ")",
-                                                     i->status.backing_file ?: "?",
-                                                     major(i->status.backing_device),
-                                                     minor(i->status.backing_device),
-                                                     i->status.backing_inode);
-                        if (r < 0)
-                                return r;
-                        break;
-                }
-                if (n > 2 * IDENTITY_MAX_DEPTH)
-                        break;
-                i = lower;
+        /* No identity (the ids could not be read, e.g. during rundown): say what we know. */
+        l = calloc(2, sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        if (asprintf(&l[0], "%s: backing %s (not identified)", d->status.name,
+                     d->status.backing_file ?: "unknown") < 0) {
+                free(l);
+                return -ENOMEM;
         }
-
-        if (!l) {
-                l = calloc(1, sizeof(char *));
-                if (!l)
-                        return -ENOMEM;
-        }
-        *ret = TAKE_PTR(l);
+        *ret = l;
         return 0;
 }
 
@@ -329,8 +321,8 @@ int device_openers(Device *d, char ***ret_pairs) {
         int r;
 
         /* Mounts visible in our namespace (the device itself or any of its partitions). */
-        tb = mnt_new_table();
-        if (tb && mnt_table_parse_mtab(tb, NULL) >= 0) {
+        tb = manager_mount_table(d->manager);
+        if (tb) {
                 struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
                 struct libmnt_fs *fs;
 

@@ -56,7 +56,8 @@ struct Device {
         char *node;             /* /dev/loopN */
 
         bool has_identity;      /* false when the backing could not be identified */
-        Identity identity;
+        Identity identity;      /* == chain.identity; the key of the manager's range index */
+        Chain chain;            /* every layer down to the base, this device first */
         bool backing_is_block;
 
         bool managed;
@@ -74,8 +75,11 @@ Device *device_free(Device *d);
 
 const char *device_state_to_string(DeviceState s);
 
-/* (Re)computes d->identity from d->status through the manager's registry. */
+/* (Re)computes d->chain and d->identity from d->status through the manager's registry. The
+ * caller keeps the manager's range index in step (manager_update_identity()). */
 void device_update_identity(Device *d);
+/* The registry's answer to the canonicaliser: what bound loop device devnum is backed by. */
+int device_loop_info_lookup(dev_t devnum, void *userdata, LoopLayerInfo *ret);
 
 int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *owner);
 bool device_has_reference_of(Device *d, uid_t uid);

@@ -12,6 +12,7 @@
 #include "loopmgr-bus.h"
 #include "manager-bus.h"
 #include "manager.h"
+#include "range-index.h"
 
 int manager_bus_reply_attach(sd_bus_message *message, Device *d, bool reused) {
         return sd_bus_reply_method_return(message, "ostb", d->path, d->node, d->status.diskseq,
@@ -224,24 +225,56 @@ static int method_get_device(sd_bus_message *message, void *userdata, sd_bus_err
         return sd_bus_reply_method_return(message, "o", d->path);
 }
 
-static const Identity *resolve_lookup(dev_t devnum, void *userdata) {
-        Device *d = manager_get_device_by_devnum(userdata, devnum);
+/* Appends {key: variant of array of `type` ('s' or 'o')} to an open a{sv}. */
+static int append_entry_array(sd_bus_message *m, const char *key, char type, char **items) {
+        char sig[3] = { 'a', type, 0 };
+        int r;
 
-        return d && d->has_identity ? &d->identity : NULL;
+        r = sd_bus_message_open_container(m, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", key);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'v', sig);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', sig + 1);
+        for (char **i = items; r >= 0 && i && *i; i++)
+                r = sd_bus_message_append_basic(m, type, *i);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+typedef struct PathList {
+        char **paths;
+        size_t n;
+} PathList;
+
+static int collect_path(void *item, void *userdata) {
+        PathList *l = userdata;
+        char **n = realloc(l->paths, (l->n + 2) * sizeof(char *));
+
+        if (!n)
+                return -ENOMEM;
+        l->paths = n;
+        /* Borrowed: the devices outlive the reply being built. */
+        l->paths[l->n++] = ((Device *) item)->path;
+        l->paths[l->n] = NULL;
+        return 0;
 }
 
 static int method_resolve(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_strv_free_ char **lower_chain = NULL;
-        _cleanup_free_ char *top = NULL, *target = NULL, *proc = NULL;
+        _cleanup_strv_free_ char **lines = NULL;
+        _cleanup_(chain_done) Chain chain = {};
+        PathList aliases = {};
         Manager *m = userdata;
         AttachRequest req = {};
         AttachOptions o;
-        Backing backing;
-        Identity id;
-        Device *lower = NULL;
-        char buf[PATH_MAX];
-        ssize_t k;
+        const Identity *id;
         int fd, r;
 
         r = sd_bus_message_read(message, "h", &fd);
@@ -255,109 +288,42 @@ static int method_resolve(sd_bus_message *message, void *userdata, sd_bus_error 
         if (r < 0)
                 return r;
 
-        if (S_ISBLK(req.st.st_mode)) {
-                backing = (Backing) { .is_block = true, .device = req.st.st_rdev };
-                lower = manager_get_device_by_devnum(m, req.st.st_rdev);
-        } else
-                backing = (Backing) { .device = req.st.st_dev, .inode = req.st.st_ino };
-
-        r = identity_compute(&backing, o.offset, req.size, resolve_lookup, m, &id);
+        r = manager_resolve_request(m, &req, &chain);
+        if (r == -ELOOP)
+                return bus_error_set_errnof(error, -ELOOP,
+                        "The backing chain loops back on itself or is deeper than %d layers.",
+                        CHAIN_MAX_DEPTH);
         if (r < 0)
-                return bus_error_set_errnof(error, r == -ELOOP ? -ELOOP : -EINVAL,
-                        "Cannot place the range on its backing: %s.", strerror(-r));
+                return bus_error_set_errnof(error, r == -ENOMEM ? r : -EINVAL,
+                        "Cannot map the range onto its backing: %s.", strerror(-r));
+        id = &chain.identity;
 
-        if (asprintf(&proc, "/proc/self/fd/%d", fd) < 0)
-                return -ENOMEM;
-        k = readlink(proc, buf, sizeof(buf) - 1);
-        buf[k > 0 ? k : 0] = 0;
-        if (asprintf(&top, "request: bytes %" PRIu64 "+%" PRIu64 " of %s", o.offset, req.size,
-                     k > 0 ? buf : "(unknown)") < 0)
-                return -ENOMEM;
+        r = chain_format(&chain, &lines);
+        if (r < 0)
+                return r;
+        r = range_index_foreach_intersecting(m->index, id, collect_path, &aliases);
+        if (r < 0) {
+                free(aliases.paths);
+                return r;
+        }
 
         r = sd_bus_message_new_method_return(message, &reply);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_open_container(reply, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}",
-                                  "base-kind", "s", id.kind == BASE_FILE ? "file" : "block",
-                                  "base-device", "t", (uint64_t) id.base_device,
-                                  "base-inode", "t", id.base_inode,
-                                  "offset", "t", id.offset,
-                                  "size", "t", id.size);
-        if (r < 0)
-                return r;
-
-        /* chain: this request, then the known device below it, then the base. */
-        r = sd_bus_message_open_container(reply, 'e', "sv");
         if (r >= 0)
-                r = sd_bus_message_append(reply, "s", "chain");
+                r = sd_bus_message_open_container(reply, 'a', "{sv}");
         if (r >= 0)
-                r = sd_bus_message_open_container(reply, 'v', "as");
+                r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}",
+                                          "base-kind", "s", id->kind == BASE_FILE ? "file" : "block",
+                                          "base-device", "t", (uint64_t) id->base_device,
+                                          "base-inode", "t", id->base_inode,
+                                          "offset", "t", id->offset,
+                                          "size", "t", id->size);
         if (r >= 0)
-                r = sd_bus_message_open_container(reply, 'a', "s");
+                r = append_entry_array(reply, "chain", 's', lines);
         if (r >= 0)
-                r = sd_bus_message_append(reply, "s", top);
-        if (r < 0)
-                return r;
-        if (lower) {
-                r = device_chain(lower, &lower_chain);
-                if (r < 0)
-                        return r;
-                for (char **i = lower_chain; *i; i++) {
-                        r = sd_bus_message_append(reply, "s", *i);
-                        if (r < 0)
-                                return r;
-                }
-        } else {
-                if (id.kind == BASE_FILE)
-                        r = asprintf(&target, "file %s (device %u:%u, inode %" PRIu64 ")",
-                                     k > 0 ? buf : "?", major(id.base_device), minor(id.base_device),
-                                     id.base_inode);
-                else
-                        r = asprintf(&target, "block device %u:%u", major(id.base_device),
-                                     minor(id.base_device));
-                if (r < 0)
-                        return -ENOMEM;
-                r = sd_bus_message_append(reply, "s", target);
-                if (r < 0)
-                        return r;
-        }
-        r = sd_bus_message_close_container(reply);
+                r = append_entry_array(reply, "aliases", 'o', aliases.paths);
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
-        if (r >= 0)
-                r = sd_bus_message_close_container(reply);
-        if (r < 0)
-                return r;
-
-        /* aliases: every known device whose range meets this one. */
-        r = sd_bus_message_open_container(reply, 'e', "sv");
-        if (r >= 0)
-                r = sd_bus_message_append(reply, "s", "aliases");
-        if (r >= 0)
-                r = sd_bus_message_open_container(reply, 'v', "ao");
-        if (r >= 0)
-                r = sd_bus_message_open_container(reply, 'a', "o");
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < m->n_slots; i++) {
-                Device *e = m->devices[i];
-
-                if (!e || !e->has_identity || !identity_intersect(&id, &e->identity))
-                        continue;
-                r = sd_bus_message_append(reply, "o", e->path);
-                if (r < 0)
-                        return r;
-        }
-        r = sd_bus_message_close_container(reply);
-        if (r >= 0)
-                r = sd_bus_message_close_container(reply);
-        if (r >= 0)
-                r = sd_bus_message_close_container(reply);
-        if (r >= 0)
-                r = sd_bus_message_close_container(reply);
+        free(aliases.paths);
         if (r < 0)
                 return r;
 

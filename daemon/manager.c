@@ -3,16 +3,19 @@
 #include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/sysmacros.h>
 #include <systemd/sd-daemon.h>
 
+#include "block-use.h"
 #include "bus-util.h"
 #include "device-bus.h"
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager-bus.h"
 #include "manager.h"
+#include "range-index.h"
 #include "udev-watch.h"
 
 int manager_new(sd_event *event, const char *root, const char *state_dir, Manager **ret) {
@@ -29,6 +32,8 @@ int manager_new(sd_event *event, const char *root, const char *state_dir, Manage
         }
         m->state_dir = strdup(state_dir ?: "/run/loopmgr");
         if (!m->state_dir)
+                goto oom;
+        if (range_index_new(&m->index) < 0)
                 goto oom;
 
         *ret = m;
@@ -47,6 +52,7 @@ Manager *manager_free(Manager *m) {
         for (size_t i = 0; i < m->n_slots; i++)
                 device_free(m->devices[i]);
         free(m->devices);
+        range_index_free(m->index);
 
         state_done(&m->restored);
         sd_bus_slot_unref(m->name_owner_slot);
@@ -134,6 +140,12 @@ static int manager_add_device(Manager *m, Device *d) {
                 m->n_slots = k;
         }
         assert(!m->devices[n]);
+        if (d->has_identity) {
+                int r = range_index_add(m->index, &d->identity, d);
+
+                if (r < 0)
+                        return r;
+        }
         m->devices[n] = d;
         m->n_devices++;
 
@@ -145,6 +157,8 @@ static int manager_add_device(Manager *m, Device *d) {
                 if (r < 0) {
                         m->devices[n] = NULL;
                         m->n_devices--;
+                        if (d->has_identity)
+                                (void) range_index_remove(m->index, &d->identity, d);
                         return r;
                 }
         }
@@ -199,6 +213,8 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
         if (m->devices[d->status.number] == d) {
                 m->devices[d->status.number] = NULL;
                 m->n_devices--;
+                if (d->has_identity)
+                        (void) range_index_remove(m->index, &d->identity, d);
                 if (d->managed)
                         (void) manager_save_state(m);
         }
@@ -220,9 +236,20 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
         device_free(d);
 }
 
+void manager_update_identity(Manager *m, Device *d) {
+        if (d->has_identity && m->devices[d->status.number] == d)
+                (void) range_index_remove(m->index, &d->identity, d);
+        device_update_identity(d);
+        if (d->has_identity && m->devices[d->status.number] == d &&
+            range_index_add(m->index, &d->identity, d) < 0) {
+                log_warning("Out of memory indexing %s; it is treated as unidentified.", d->node);
+                d->has_identity = false;
+        }
+}
+
 /* Copies what sysfs says into d and collects the names of changed properties. */
 static void device_update_status(Manager *m, Device *d, LoopStatus *st) {
-        char *changed[16];
+        char *changed[20];
         size_t n = 0;
 
 #define CHECK(field, prop)                              \
@@ -247,7 +274,11 @@ static void device_update_status(Manager *m, Device *d, LoopStatus *st) {
         changed[n] = NULL;
 
         if (n > 0) {
-                device_update_identity(d);
+                manager_update_identity(m, d);
+                changed[n++] = (char *) "BaseOffset";
+                changed[n++] = (char *) "BaseSize";
+                changed[n++] = (char *) "Chain";
+                changed[n] = NULL;
                 manager_emit_device_changed(m, d, changed);
         }
 }
@@ -386,73 +417,188 @@ void manager_rescan(Manager *m) {
         }
 }
 
-/* Whether `lower` is in the chain below a request backed by block device `backing`. */
-static bool in_chain(Manager *m, dev_t backing, Device *lower) {
-        for (unsigned depth = 0; depth <= IDENTITY_MAX_DEPTH; depth++) {
-                Device *d = manager_get_device_by_devnum(m, backing);
+typedef struct AliasScan {
+        const Chain *chain;
+        const AttachRequest *req;
+        Device *reuse;
+        Device *conflict;       /* first intersecting device not in the chain (rule 3) */
+        Device *exclusive;      /* first intersecting device, for sharing=exclusive */
+} AliasScan;
 
-                if (!d)
-                        return false;
-                if (d == lower)
-                        return true;
-                if (!d->backing_is_block)
-                        return false;
-                backing = d->status.backing_rdevice;
+static int alias_scan_one(void *item, void *userdata) {
+        AliasScan *a = userdata;
+        Device *e = item;
+        const Identity *id = &a->chain->identity;
+
+        if (!a->exclusive)
+                a->exclusive = e;
+
+        /* Rule 1 candidate: same bytes, same read-only mode. Prefer attached over pending
+         * (manager_attach() revives a pending one), then managed, then the lowest number. */
+        if (identity_equal_range(id, &e->identity) && e->status.read_only == a->req->read_only) {
+                if (!a->reuse ||
+                    (a->reuse->state == DEVICE_DETACH_PENDING && e->state == DEVICE_ATTACHED) ||
+                    (a->reuse->state == e->state && e->managed && !a->reuse->managed))
+                        a->reuse = e;
+                return 0;
         }
-        return false;
+
+        /* Rule 2: a device in the request's own chain is what it stacks on. Whether that
+         * device is idle is checked on the chain as a whole (check_chain_busy()). */
+        if (chain_contains(a->chain, e->status.devnum))
+                return 0;
+
+        if (!a->conflict)
+                a->conflict = e;
+        return 0;
 }
 
-int manager_check_aliases(Manager *m, const Identity *id, const AttachRequest *req,
+struct libmnt_table *manager_mount_table(Manager *m) {
+        _cleanup_free_ char *path = path_join_root(m->root, "/proc/self/mountinfo");
+        struct libmnt_table *t;
+
+        if (!path)
+                return NULL;
+        t = mnt_new_table();
+        if (t && mnt_table_parse_file(t, path) < 0) {
+                mnt_unref_table(t);
+                t = NULL;
+        }
+        return t;
+}
+
+typedef struct BusyScan {
+        Manager *m;
+        struct libmnt_table *mounts;
+        bool read_only;
+        sd_bus_error *error;
+} BusyScan;
+
+static int check_one_busy(dev_t devnum, const char *name, void *userdata) {
+        BusyScan *b = userdata;
+        BlockUse use = {};
+        int r;
+
+        r = block_use_probe(b->m->root, devnum, name, b->mounts, &use);
+        if (r < 0)
+                return bus_error_set_errnof(b->error, r, "Cannot tell whether /dev/%s is in use: %s.",
+                                            name, strerror(-r));
+        if (use.in_use && !(b->read_only && use.read_only)) {
+                r = bus_error_set_errnof(b->error, -EBUSY,
+                        "/dev/%s is %s; a loop device over it would expose the bytes of a file "
+                        "system in use%s.", name, use.description ?: "in use",
+                        use.read_only ? " (read-only use: a read-only attach is allowed)" : "");
+                block_use_done(&use);
+                return r;
+        }
+        block_use_done(&use);
+        return 0;
+}
+
+/* Rule 2's other half: every block device the request passes through must be idle (not
+ * mounted, not held), in any namespace, unless both the use and the new device are read-only.
+ * The partitions of those devices that meet the covered range are checked too: looping a
+ * whole disk would alias a mounted partition of it. */
+static int check_chain_busy(Manager *m, const Chain *chain, bool read_only, sd_bus_error *error) {
+        struct libmnt_table *mounts = NULL;
+        BusyScan b = { .m = m, .read_only = read_only, .error = error };
+        int r = 0;
+
+        if (chain->n_layers < 2 || (chain->n_layers == 2 && chain->layers[1].kind == LAYER_BASE_FILE))
+                return 0;       /* a plain file: no block device on the way */
+
+        mounts = manager_mount_table(m);
+        b.mounts = mounts;
+
+        for (size_t i = 1; i < chain->n_layers && r == 0; i++) {
+                const Layer *l = &chain->layers[i];
+
+                if (l->devnum == 0 || !l->name[0])
+                        continue;
+                r = check_one_busy(l->devnum, l->name, &b);
+                if (r == 0 && l->kind != LAYER_PARTITION)
+                        r = block_foreach_partition_in_range(m->root, l->name,
+                                                             chain->layers[i - 1].offset,
+                                                             chain->layers[i - 1].size,
+                                                             check_one_busy, &b);
+        }
+
+        mnt_unref_table(mounts);
+        if (r < 0 && !sd_bus_error_is_set(error))
+                return bus_error_set_errnof(error, r, "Cannot check the devices below: %s.",
+                                            strerror(-r));
+        return r;
+}
+
+int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *req,
                           Device **ret_reuse, sd_bus_error *error) {
-        Device *reuse = NULL;
+        const Identity *id = &chain->identity;
+        AliasScan a = { .chain = chain, .req = req };
+        Device *e;
+        int r;
 
-        /* Rule 1 first: an identical device is handed back, which creates no alias. Prefer a
-         * managed device, then the lowest number, for a stable answer. */
-        if (req->options->sharing == SHARING_SHARED)
-                for (size_t i = 0; i < m->n_slots; i++) {
-                        Device *e = m->devices[i];
+        r = range_index_foreach_intersecting(m->index, id, alias_scan_one, &a);
+        if (r < 0)
+                return bus_error_set_errnof(error, r, "Cannot search existing devices: %s.",
+                                            strerror(-r));
 
-                        if (!e || !e->has_identity || !identity_equal_range(id, &e->identity) ||
-                            e->status.read_only != req->read_only)
-                                continue;
-                        /* A detach-pending device is a candidate too: manager_attach() revives
-                         * it, which beats waiting for it and binding afresh. */
-                        if (!reuse || (e->managed && !reuse->managed) ||
-                            (reuse->state == DEVICE_DETACH_PENDING && e->state == DEVICE_ATTACHED))
-                                reuse = e;
-                }
-        if (reuse) {
-                *ret_reuse = reuse;
+        /* Rule 1 first: handing back an identical device creates no new device, so no alias. */
+        if (req->options->sharing == SHARING_SHARED && a.reuse) {
+                *ret_reuse = a.reuse;
                 return 1;
         }
 
-        for (size_t i = 0; i < m->n_slots; i++) {
-                Device *e = m->devices[i];
+        if (req->options->sharing == SHARING_EXCLUSIVE && a.exclusive) {
+                e = a.exclusive;
+                return bus_error_set_errnof(error, -EBUSY,
+                        "%s already exposes bytes %" PRIu64 "-%" PRIu64 " of the same backing, and "
+                        "sharing=exclusive was asked for.",
+                        e->node, e->identity.offset, e->identity.offset + e->identity.size);
+        }
 
-                if (!e || !e->has_identity || !identity_intersect(id, &e->identity))
-                        continue;
-
-                if (req->options->sharing == SHARING_EXCLUSIVE)
-                        return bus_error_set_errnof(error, -EBUSY,
-                                "%s already exposes bytes %" PRIu64 "-%" PRIu64 " of the same "
-                                "backing, and sharing=exclusive was asked for.",
-                                e->node, e->identity.offset,
-                                e->identity.offset + e->identity.size);
-
-                /* Rule 2: stacking on a device in our own chain (loop over loop). */
-                if (S_ISBLK(req->st.st_mode) && in_chain(m, req->st.st_rdev, e))
-                        continue;
-
+        /* Rule 3: anything else over these bytes, outside the request's chain. */
+        e = a.conflict ?: (a.reuse && !chain_contains(chain, a.reuse->status.devnum) ? a.reuse : NULL);
+        if (e)
                 return bus_error_set_errnof(error, -EADDRINUSE,
                         "%s already exposes bytes %" PRIu64 "-%" PRIu64 " of the same backing, "
                         "which overlaps the requested bytes %" PRIu64 "-%" PRIu64 "%s; a second "
                         "device over the same data would corrupt it.",
                         e->node, e->identity.offset, e->identity.offset + e->identity.size,
                         id->offset, id->offset + id->size,
-                        identity_equal_range(id, &e->identity) ? " (with a different read-only mode)" : "");
+                        identity_equal_range(id, &e->identity) ?
+                                (e->status.read_only != req->read_only ?
+                                         " (with a different read-only mode)" : "") : "");
+
+        /* Rule 2: what we stack on must be idle. */
+        r = check_chain_busy(m, chain, req->read_only, error);
+        if (r < 0)
+                return r;
+        return 0;
+}
+
+int manager_resolve_request(Manager *m, const AttachRequest *req, Chain *ret) {
+        _cleanup_free_ char *proc = NULL;
+        Layer top = { .kind = LAYER_REQUEST };
+        char path[PATH_MAX];
+        Backing backing;
+        ssize_t k;
+
+        if (S_ISBLK(req->st.st_mode))
+                backing = (Backing) { .is_block = true, .device = req->st.st_rdev };
+        else
+                backing = (Backing) { .device = req->st.st_dev, .inode = req->st.st_ino };
+
+        /* The path is for display only: identity comes from the fd. */
+        if (asprintf(&proc, "/proc/self/fd/%d", req->fd) < 0)
+                return -ENOMEM;
+        k = readlink(proc, path, sizeof(path) - 1);
+        if (k > 0) {
+                path[k] = 0;
+                top.path = path;
         }
 
-        return 0;
+        return chain_resolve(m->root, &top, &backing, req->options->offset, req->size,
+                             device_loop_info_lookup, m, ret);
 }
 
 /* Cancels a pending teardown. On 6.11+ LOOP_CLR_FD on a device that others hold open only
@@ -488,12 +634,6 @@ static int device_revive(Manager *m, Device *d) {
         return 1;
 }
 
-static const Identity *lookup_identity(dev_t devnum, void *userdata) {
-        Device *d = manager_get_device_by_devnum(userdata, devnum);
-
-        return d && d->has_identity ? &d->identity : NULL;
-}
-
 /* Replies now, or queues the reply until udev has processed the binding. */
 static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, bool reused,
                                 uid_t uid, const AttachOptions *o) {
@@ -507,32 +647,36 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                    sd_bus_error *error) {
         const AttachOptions *o = req->options;
         _cleanup_(loop_status_done) LoopStatus st = {};
-        Backing backing;
-        Identity id;
+        _cleanup_(chain_done) Chain chain = {};
         Device *d = NULL, *old;
         LoopConfig config;
         int r;
 
-        if (S_ISBLK(req->st.st_mode))
-                backing = (Backing) { .is_block = true, .device = req->st.st_rdev };
-        else
-                backing = (Backing) { .device = req->st.st_dev, .inode = req->st.st_ino };
-
-        if (S_ISBLK(req->st.st_mode) && manager_get_device_by_devnum(m, req->st.st_rdev) &&
-            manager_get_device_by_devnum(m, req->st.st_rdev)->state == DEVICE_DETACH_PENDING)
-                return bus_error_set_errnof(error, -EBUSY,
-                        "The backing loop device is being torn down.");
-
-        r = identity_compute(&backing, o->offset, req->size, lookup_identity, m, &id);
+        r = manager_resolve_request(m, req, &chain);
         if (r == -ELOOP)
                 return bus_error_set_errnof(error, -ELOOP,
-                        "The backing is already %d loop devices deep; refusing to stack further.",
-                        IDENTITY_MAX_DEPTH);
+                        "The backing chain loops back on itself or is deeper than %d layers; "
+                        "a loop device cannot be its own backing.", CHAIN_MAX_DEPTH);
+        if (r == -ENXIO)
+                return bus_error_set_errnof(error, -EINVAL,
+                        "A loop device in the backing chain is not bound to anything.");
         if (r < 0)
-                return bus_error_set_errnof(error, r,
-                        "Cannot place the requested range on its backing: %s.", strerror(-r));
+                return bus_error_set_errnof(error, r == -ENOMEM ? r : -EINVAL,
+                        "Cannot map the requested range onto its backing: %s.", strerror(-r));
 
-        r = manager_check_aliases(m, &id, req, &d, error);
+        /* Stacking on a device we are tearing down would keep it open forever. */
+        for (size_t i = 1; i < chain.n_layers; i++) {
+                Device *lower;
+
+                if (chain.layers[i].kind != LAYER_LOOP)
+                        continue;
+                lower = manager_get_device_by_devnum(m, chain.layers[i].devnum);
+                if (lower && lower->state == DEVICE_DETACH_PENDING)
+                        return bus_error_set_errnof(error, -EBUSY,
+                                "%s, below the requested device, is being torn down.", lower->node);
+        }
+
+        r = manager_check_aliases(m, &chain, req, &d, error);
         if (r < 0)
                 return r;
         if (r > 0 && d->state == DEVICE_DETACH_PENDING) {
@@ -703,7 +847,7 @@ static int detach_stacked(Manager *m, Device *d, unsigned depth) {
         dev_t devnum = d->status.devnum;
         int r;
 
-        if (depth > IDENTITY_MAX_DEPTH)
+        if (depth > CHAIN_MAX_DEPTH)
                 return -ELOOP;
 
         for (size_t i = 0; i < m->n_slots; i++) {

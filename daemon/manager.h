@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <libmount.h>
 #include <sys/stat.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -18,6 +19,7 @@
 #include "state.h"
 
 typedef struct UdevWatch UdevWatch;
+typedef struct RangeIndex RangeIndex;
 
 typedef struct Manager {
         sd_event *event;
@@ -31,6 +33,7 @@ typedef struct Manager {
         Device **devices;       /* indexed by loop number */
         size_t n_slots;
         size_t n_devices;
+        RangeIndex *index;      /* devices with an identity, by base object and range */
 
         State restored;         /* the ownership record read at start-up, until reconciled */
 } Manager;
@@ -68,11 +71,22 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
 
-/* Finds the existing device this request must reuse (alias rule 1), or refuses it as an
- * alias. Returns 1 with *ret_reuse set, 0 when a new device may be made, or a negative errno
- * (-EADDRINUSE overlap, -EBUSY exclusive or tearing down) with a message in *error. */
-int manager_check_aliases(Manager *m, const Identity *id, const AttachRequest *req,
+/* Applies the alias rule (SPEC §4) to a request whose chain is `chain`: finds the existing
+ * device it must reuse (rule 1), or refuses it. Returns 1 with *ret_reuse set, 0 when a new
+ * device may be made, or a negative errno with a message in *error: -EADDRINUSE (rule 3,
+ * Overlap), -EBUSY (exclusive, or a block device in the chain is mounted or held). */
+int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *req,
                           Device **ret_reuse, sd_bus_error *error);
+
+/* The mount table of the daemon's namespace (under the root), or NULL if unreadable. */
+struct libmnt_table *manager_mount_table(Manager *m);
+
+/* Recomputes d's chain and identity and keeps the range index in step. */
+void manager_update_identity(Manager *m, Device *d);
+
+/* Resolves the chain of a prospective binding (Attach, Resolve); the top layer describes the
+ * request. */
+int manager_resolve_request(Manager *m, const AttachRequest *req, Chain *ret);
 
 /* The Attach core: reuse or bind, register, and reply now or once udev is done. Returns 1 if
  * the reply was sent or queued, or a negative errno with *error set. */

@@ -19,6 +19,7 @@
 
 #include "loopmgr-bus.h"
 #include "manager.h"
+#include "range-index.h"
 
 typedef struct Fixture {
         char root[64];
@@ -190,12 +191,24 @@ static Device *with_identity(Fixture *f, unsigned nr, uint64_t inode, uint64_t o
         Device *d = manager_get_device_by_number(f->manager, nr);
 
         assert_non_null(d);
+        if (d->has_identity)
+                assert_int_equal(range_index_remove(f->manager->index, &d->identity, d), 0);
         d->managed = managed;
         d->has_identity = true;
         d->identity = (Identity) { .kind = BASE_FILE, .base_device = makedev(254, 0),
                                    .base_inode = inode, .offset = offset, .size = size,
                                    .depth = 1 };
+        assert_int_equal(range_index_add(f->manager->index, &d->identity, d), 0);
         return d;
+}
+
+/* A one-layer request chain over a file, or a two-layer one stacked on loop device `lower`. */
+static void request_chain(Chain *c, Layer layers[2], const Identity *id, dev_t lower) {
+        layers[0] = (Layer) { .kind = LAYER_REQUEST, .offset = id->offset, .size = id->size };
+        layers[1] = (Layer) { .kind = lower ? LAYER_LOOP : LAYER_BASE_FILE, .devnum = lower };
+        if (lower)
+                snprintf(layers[1].name, sizeof(layers[1].name), "loop%u", minor(lower));
+        *c = (Chain) { .layers = layers, .n_layers = 2, .identity = *id };
 }
 
 static void test_alias_rule(void **state) {
@@ -206,6 +219,8 @@ static void test_alias_rule(void **state) {
         Identity id = { .kind = BASE_FILE, .base_device = makedev(254, 0), .base_inode = 100,
                         .offset = 0, .size = 1 << 20, .depth = 1 };
         Device *foreign, *managed, *reuse = NULL;
+        Layer layers[2];
+        Chain c;
 
         attach_options_init(&o);
         fake_loop(f->root, 0, 30, "/x", 0, 1 << 20);
@@ -217,12 +232,13 @@ static void test_alias_rule(void **state) {
         (void) with_identity(f, 2, 100, 2 << 20, 4096, true);  /* disjoint, same file */
 
         /* Rule 1: identical and shared: reuse, the managed device first. */
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), 1);
+        request_chain(&c, layers, &id, 0);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), 1);
         assert_ptr_equal(reuse, managed);
 
         /* Other read-only mode: not identical, so an overlap. */
         req.read_only = true;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), -EADDRINUSE);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EADDRINUSE);
         assert_true(sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP));
         assert_non_null(strstr(error.message, "read-only"));
         sd_bus_error_free(&error);
@@ -231,7 +247,8 @@ static void test_alias_rule(void **state) {
         /* A sub-range: overlap naming a device and both ranges. */
         id.offset = 512;
         id.size = 4096;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), -EADDRINUSE);
+        request_chain(&c, layers, &id, 0);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EADDRINUSE);
         assert_true(sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP));
         assert_non_null(strstr(error.message, "/dev/loop0"));
         assert_non_null(strstr(error.message, "512-4608"));
@@ -240,8 +257,9 @@ static void test_alias_rule(void **state) {
         /* Exclusive: any intersection is Busy, identical included. */
         id.offset = 0;
         id.size = 1 << 20;
+        request_chain(&c, layers, &id, 0);
         o.sharing = SHARING_EXCLUSIVE;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), -EBUSY);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EBUSY);
         assert_true(sd_bus_error_has_name(&error, LOOPMGR_ERROR_BUSY));
         sd_bus_error_free(&error);
         o.sharing = SHARING_SHARED;
@@ -249,33 +267,39 @@ static void test_alias_rule(void **state) {
         /* Disjoint range of the same file, and another file: a new device may be made. */
         id.offset = 4 << 20;
         id.size = 4096;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), 0);
+        request_chain(&c, layers, &id, 0);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), 0);
         id.offset = 0;
         id.base_inode = 101;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), 0);
+        request_chain(&c, layers, &id, 0);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), 0);
 
-        /* Stacking on a device of the request's own chain is allowed (loop over loop). */
+        /* Stacking on a device of the request's own chain is allowed (loop over loop); the
+         * other device over the same bytes is not in the chain, so it is an overlap... */
         id = foreign->identity;
         id.offset += 512;
         id.size = 4096;
         id.depth = 2;
-        req.st.st_mode = S_IFBLK;
-        req.st.st_rdev = foreign->status.devnum;
-        managed->has_identity = false;  /* leave only the lower device in the way */
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), 0);
+        request_chain(&c, layers, &id, foreign->status.devnum);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EADDRINUSE);
+        assert_non_null(strstr(error.message, "/dev/loop1"));
+        sd_bus_error_free(&error);
+        /* ...and once it is gone, only the lower device is in the way. */
+        assert_int_equal(range_index_remove(f->manager->index, &managed->identity, managed), 0);
+        managed->has_identity = false;
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), 0);
 
         /* An identical device that is being torn down is a candidate (manager_attach revives
          * it), but an attached twin is preferred over it. */
-        req.st.st_mode = S_IFREG;
         id = foreign->identity;
+        request_chain(&c, layers, &id, 0);
         foreign->state = DEVICE_DETACH_PENDING;
         reuse = NULL;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), 1);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), 1);
         assert_ptr_equal(reuse, foreign);
-        managed->has_identity = true;
-        managed->managed = false;
+        (void) with_identity(f, 1, 100, 0, 1 << 20, false);
         reuse = NULL;
-        assert_int_equal(manager_check_aliases(f->manager, &id, &req, &reuse, &error), 1);
+        assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), 1);
         assert_ptr_equal(reuse, managed);
 }
 
