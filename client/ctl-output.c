@@ -398,11 +398,13 @@ static int format_value_inline(sd_bus_message *m, FILE *f) {
 
 static bool name_is_size(const char *name) {
         return streq(name, "Size") || streq(name, "Offset") || streq(name, "SizeLimit") ||
-               streq(name, "size") || streq(name, "offset");
+               streq(name, "BaseOffset") || streq(name, "BaseSize") || streq(name, "size") ||
+               streq(name, "offset");
 }
 
 static bool name_is_devnum(const char *name) {
-        return streq(name, "BackingDevice") || streq(name, "base-device");
+        return streq(name, "BackingDevice") || streq(name, "BaseDevice") ||
+               streq(name, "base-device");
 }
 
 static int strv_push(char ***l, char *s) {

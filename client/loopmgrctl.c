@@ -16,14 +16,17 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <linux/major.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "ctl-mount.h"
 #include "ctl-output.h"
 #include "ctl-util.h"
 #include "loopmgr-bus.h"
@@ -67,14 +70,25 @@ typedef enum OptionFlag {
         OPT_ALL_REFERENCES = 1 << 12,
         OPT_JSON = 1 << 13,
         OPT_NO_LEGEND = 1 << 14,
-        _OPT_COUNT = 15,
+        OPT_OPTIONS = 1 << 15,
+        OPT_TYPES = 1 << 16,
+        OPT_VERBOSE = 1 << 17,
+        _OPT_COUNT = 18,
 } OptionFlag;
 
 static const char *const option_flag_names[_OPT_COUNT] = {
         "--offset",      "--size-limit", "--read-only",      "--partscan", "--direct-io",
         "--sector-size", "--exclusive",  "--lifetime",       "--no-wait",  "--timeout",
         "--wait",        "--recursive",  "--all-references", "--json",     "--no-legend",
+        "--options",     "--types",      "--verbose",
 };
+
+/* -o is --offset for every command but mount, where it is mount(8)'s -o: the values are kept
+ * in command-line order until the command is known. */
+typedef struct OArg {
+        const char *value;
+        bool options; /* given as --options, which is never an offset */
+} OArg;
 
 static unsigned arg_given;
 static uint64_t arg_offset;
@@ -92,6 +106,11 @@ static bool arg_recursive;
 static bool arg_all_references;
 static bool arg_json;
 static bool arg_no_legend;
+static char *arg_mount_options; /* the -o/--options of mount, joined with commas */
+static const char *arg_fstype;
+static bool arg_verbose;
+static OArg *arg_o;
+static size_t arg_n_o;
 static bool arg_interactive; /* derived from stdin being a terminal, not a flag */
 
 /* ---- messages and exit statuses ---------------------------------------------------------- */
@@ -312,13 +331,18 @@ static void help(void) {
                "  status DEV|FILE        Show every property of one loop device\n"
                "  resolve PATH           Show what PATH maps to and which devices alias it\n"
                "  monitor                Print device events until interrupted\n"
+               "  mount IMAGE DIR        Attach IMAGE (sharing an identical device) and mount\n"
+               "                         it on DIR, like mount -o loop without aliases\n"
+               "  umount DIR             Unmount DIR and drop one reference on its device\n"
                "\n"
                "Options:\n"
                "  -h --help              Show this help\n"
                "     --version           Show the version\n"
-               "  -o --offset=BYTES      Start within the backing object (attach)\n"
-               "     --size-limit=BYTES  Length of the device, 0 = to the end (attach)\n"
-               "  -r --read-only         Attach read-only (attach)\n"
+               "  -o --offset=BYTES      Start within the backing object (attach, resolve;\n"
+               "                         mount: --offset only)\n"
+               "     --size-limit=BYTES  Length of the device, 0 = to the end (attach,\n"
+               "                         resolve, mount)\n"
+               "  -r --read-only         Attach read-only (attach, mount)\n"
                "  -P --partscan          Let the kernel scan for partitions (attach)\n"
                "     --direct-io=MODE    auto, on or off (attach)\n"
                "  -b --sector-size=SIZE  512, 1024, 2048 or 4096 (attach)\n"
@@ -333,6 +357,9 @@ static void help(void) {
                "     --all-references    Drop every reference, not only ours (detach)\n"
                "     --json              Print JSON (one object per line for monitor)\n"
                "     --no-legend         Do not print column headers (list)\n"
+               "  -o --options=OPTS      Mount options, as for mount -o (mount)\n"
+               "  -t --types=FSTYPE      File system type; default: probe it (mount)\n"
+               "  -v --verbose           Print the device (mount) or the detach state (umount)\n"
                "\n"
                "BYTES takes the suffixes K, M, G and T (powers of 1024). Exit status: 0 ok,\n"
                "1 failure, 2 usage, 3 overlap/busy/cycle, 4 not authorised, 5 not found,\n"
@@ -356,6 +383,8 @@ static int verb_list(sd_bus *bus, char **args);
 static int verb_status(sd_bus *bus, char **args);
 static int verb_resolve(sd_bus *bus, char **args);
 static int verb_monitor(sd_bus *bus, char **args);
+static int verb_mount(sd_bus *bus, char **args);
+static int verb_umount(sd_bus *bus, char **args);
 
 static const Verb verbs[] = {
         {"attach", 1, "FILE|DEV",
@@ -367,15 +396,66 @@ static const Verb verbs[] = {
          OPT_WAIT | OPT_RECURSIVE | OPT_ALL_REFERENCES | OPT_TIMEOUT | OPT_JSON, verb_detach},
         {"list", 0, NULL, OPT_JSON | OPT_NO_LEGEND, verb_list},
         {"status", 1, "DEV|FILE", OPT_JSON, verb_status},
-        {"resolve", 1, "PATH", OPT_JSON, verb_resolve},
+        {"resolve", 1, "PATH", OPT_OFFSET | OPT_SIZE_LIMIT | OPT_JSON, verb_resolve},
         {"monitor", 0, NULL, OPT_JSON, verb_monitor},
+        {"mount", 2, "IMAGE DIR",
+         OPT_OPTIONS | OPT_TYPES | OPT_VERBOSE | OPT_OFFSET | OPT_SIZE_LIMIT | OPT_READ_ONLY |
+                 OPT_DIRECT_IO | OPT_SECTOR_SIZE | OPT_TIMEOUT,
+         verb_mount},
+        {"umount", 1, "DIR", OPT_VERBOSE, verb_umount},
 };
+
+static int push_o(const char *value, bool options) {
+        OArg *a = reallocarray(arg_o, arg_n_o + 1, sizeof(OArg));
+
+        if (!a)
+                return -ENOMEM;
+        arg_o = a;
+        arg_o[arg_n_o++] = (OArg){.value = value, .options = options};
+        return 0;
+}
+
+/* Gives the -o values their meaning once the command is known. Returns 0 or an exit status. */
+static int apply_o(const Verb *verb) {
+        int r;
+
+        for (size_t i = 0; i < arg_n_o; i++) {
+                const char *v = arg_o[i].value;
+
+                if (streq(verb->name, "mount")) {
+                        char *joined;
+
+                        if (!v[0])
+                                continue;
+                        if (!arg_mount_options)
+                                joined = strdup(v);
+                        else if (asprintf(&joined, "%s,%s", arg_mount_options, v) < 0)
+                                joined = NULL;
+                        if (!joined)
+                                return log_oom();
+                        free(arg_mount_options);
+                        arg_mount_options = joined;
+                        arg_given |= OPT_OPTIONS;
+                } else if (arg_o[i].options)
+                        arg_given |= OPT_OPTIONS;
+                else if (!(verb->allowed & OPT_OFFSET))
+                        return log_usage("-o cannot be used with %s.", verb->name);
+                else {
+                        r = parse_size_arg("-o", v, &arg_offset);
+                        if (r != 0)
+                                return r;
+                        arg_given |= OPT_OFFSET;
+                }
+        }
+        return 0;
+}
 
 /* Returns 0 to go on with *ret_verb and *ret_args, -1 when --help/--version were handled,
  * or a positive exit status after a usage error. */
 static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret_args) {
         enum {
                 ARG_VERSION = 0x100,
+                ARG_OFFSET,
                 ARG_SIZE_LIMIT,
                 ARG_DIRECT_IO,
                 ARG_EXCLUSIVE,
@@ -387,12 +467,13 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 ARG_ALL_REFERENCES,
                 ARG_JSON,
                 ARG_NO_LEGEND,
+                ARG_OPTIONS,
         };
         /* clang-format off */
         static const struct option options[] = {
                 { "help",           no_argument,       NULL, 'h'                },
                 { "version",        no_argument,       NULL, ARG_VERSION        },
-                { "offset",         required_argument, NULL, 'o'                },
+                { "offset",         required_argument, NULL, ARG_OFFSET         },
                 { "size-limit",     required_argument, NULL, ARG_SIZE_LIMIT     },
                 { "read-only",      no_argument,       NULL, 'r'                },
                 { "partscan",       no_argument,       NULL, 'P'                },
@@ -407,6 +488,9 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 { "all-references", no_argument,       NULL, ARG_ALL_REFERENCES },
                 { "json",           no_argument,       NULL, ARG_JSON           },
                 { "no-legend",      no_argument,       NULL, ARG_NO_LEGEND      },
+                { "options",        required_argument, NULL, ARG_OPTIONS        },
+                { "types",          required_argument, NULL, 't'                },
+                { "verbose",        no_argument,       NULL, 'v'                },
                 {}
         };
         /* clang-format on */
@@ -420,7 +504,7 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
         /* No '+' in front: GNU getopt permutes, so options may follow the verb. The ':'
          * makes getopt quiet; we word the errors ourselves. */
         opterr = 0;
-        while ((c = getopt_long(argc, argv, ":ho:rPb:", options, NULL)) >= 0)
+        while ((c = getopt_long(argc, argv, ":ho:rPb:t:v", options, NULL)) >= 0)
                 switch (c) {
                 case 'h':
                         help();
@@ -430,11 +514,34 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                         printf("loopmgrctl %s\n", LOOPMGR_VERSION);
                         return -1;
 
-                case 'o':
+                case ARG_OFFSET:
                         r = parse_size_arg("--offset", optarg, &arg_offset);
                         if (r != 0)
                                 return r;
                         arg_given |= OPT_OFFSET;
+                        break;
+
+                case 'o':
+                        /* The offset, or mount options: that depends on the command. */
+                        if (push_o(optarg, false) < 0)
+                                return log_oom();
+                        break;
+
+                case ARG_OPTIONS:
+                        if (push_o(optarg, true) < 0)
+                                return log_oom();
+                        break;
+
+                case 't':
+                        if (!optarg[0])
+                                return log_usage("--types needs a file system type.");
+                        arg_fstype = optarg;
+                        arg_given |= OPT_TYPES;
+                        break;
+
+                case 'v':
+                        arg_verbose = true;
+                        arg_given |= OPT_VERBOSE;
                         break;
 
                 case ARG_SIZE_LIMIT:
@@ -559,6 +666,10 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 }
         if (!verb)
                 return log_usage("Unknown command '%s'.", verb_name);
+
+        r = apply_o(verb);
+        if (r != 0)
+                return r;
 
         n_args = (size_t) (argc - optind);
         if (n_args < verb->n_args)
@@ -727,8 +838,22 @@ typedef struct DeviceInfo {
         int read_only;
         int direct_io;
         int managed;
-        char *json; /* the whole property set as a JSON object, for --json */
+        /* The canonical identity; daemons before 0.2 do not send it. */
+        char *base_kind;
+        uint64_t base_device;
+        uint64_t base_inode;
+        uint64_t base_offset;
+        uint64_t base_size;
+        unsigned present; /* PRESENT_* bits of the properties above that were sent */
+        char *json;       /* the whole property set as a JSON object, for --json */
 } DeviceInfo;
+
+enum {
+        PRESENT_BASE_DEVICE = 1 << 0,
+        PRESENT_BASE_INODE = 1 << 1,
+        PRESENT_BASE_OFFSET = 1 << 2,
+        PRESENT_BASE_SIZE = 1 << 3,
+};
 
 static void device_info_done(DeviceInfo *d) {
         free(d->object);
@@ -736,8 +861,45 @@ static void device_info_done(DeviceInfo *d) {
         free(d->node);
         free(d->backing_file);
         free(d->state);
+        free(d->base_kind);
         free(d->json);
         *d = (DeviceInfo){};
+}
+
+#define FORMAT_BASE_MAX 96
+
+/* "file 254:0 ino 403312", "block 8:0"; "-" for a daemon that does not say. */
+static const char *format_base(const char *kind, uint64_t device, uint64_t inode, bool has_inode,
+                               char buf[static FORMAT_BASE_MAX]) {
+        if (!kind || !kind[0])
+                return "-";
+        if (streq(kind, "file") && has_inode)
+                snprintf(buf, FORMAT_BASE_MAX, "file %u:%u ino %" PRIu64, major((dev_t) device),
+                         minor((dev_t) device), inode);
+        else
+                snprintf(buf, FORMAT_BASE_MAX, "%s %u:%u", kind, major((dev_t) device),
+                         minor((dev_t) device));
+        return buf;
+}
+
+/* "OFFSET+LENGTH" in exact bytes. */
+static const char *format_range(uint64_t offset, uint64_t size, char buf[static 48]) {
+        snprintf(buf, 48, "%" PRIu64 "+%" PRIu64, offset, size);
+        return buf;
+}
+
+static const char *device_info_base(const DeviceInfo *d, char buf[static FORMAT_BASE_MAX]) {
+        if (!(d->present & PRESENT_BASE_DEVICE))
+                return "-";
+        return format_base(d->base_kind, d->base_device, d->base_inode,
+                           d->present & PRESENT_BASE_INODE, buf);
+}
+
+static const char *device_info_range(const DeviceInfo *d, char buf[static 48]) {
+        if ((d->present & (PRESENT_BASE_OFFSET | PRESENT_BASE_SIZE)) !=
+            (PRESENT_BASE_OFFSET | PRESENT_BASE_SIZE))
+                return "-";
+        return format_range(d->base_offset, d->base_size, buf);
 }
 
 /* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
@@ -749,6 +911,7 @@ static int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                 const char *name;
                 char type;
                 size_t offset;
+                unsigned present;
         } map[] = {
                 { "Name",        's', offsetof(DeviceInfo, name)         },
                 { "Node",        's', offsetof(DeviceInfo, node)         },
@@ -764,6 +927,11 @@ static int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                 { "ReadOnly",    'b', offsetof(DeviceInfo, read_only)    },
                 { "DirectIO",    'b', offsetof(DeviceInfo, direct_io)    },
                 { "Managed",     'b', offsetof(DeviceInfo, managed)      },
+                { "BaseKind",    's', offsetof(DeviceInfo, base_kind)    },
+                { "BaseDevice",  't', offsetof(DeviceInfo, base_device),  PRESENT_BASE_DEVICE },
+                { "BaseInode",   't', offsetof(DeviceInfo, base_inode),   PRESENT_BASE_INODE  },
+                { "BaseOffset",  't', offsetof(DeviceInfo, base_offset),  PRESENT_BASE_OFFSET },
+                { "BaseSize",    't', offsetof(DeviceInfo, base_size),    PRESENT_BASE_SIZE   },
         };
         /* clang-format on */
         int r;
@@ -811,6 +979,7 @@ static int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                         r = sd_bus_message_exit_container(m);
                         if (r < 0)
                                 return r;
+                        d->present |= map[i].present;
                         done = true;
                 }
                 if (!done) {
@@ -1062,9 +1231,28 @@ static int attach_append_options(sd_bus_message *m, bool read_only) {
         return r;
 }
 
+/* Manager.Attach of fd with the attach options given on the command line. Returns what
+ * sd_bus_call() returns; error is set when the daemon answered with one. */
+static int call_attach(sd_bus *bus, int fd, bool read_only, sd_bus_error *error,
+                       sd_bus_message **ret_reply) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                           LOOPMGR_MANAGER_INTERFACE, "Attach");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "h", fd);
+        if (r >= 0)
+                r = attach_append_options(m, read_only);
+        if (r < 0)
+                return r;
+
+        return sd_bus_call(bus, m, call_timeout_usec(), error, ret_reply);
+}
+
 static int verb_attach(sd_bus *bus, char **args) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot_removed = NULL, *slot_owner = NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         _cleanup_close_ int fd = -EBADF;
@@ -1109,16 +1297,7 @@ static int verb_attach(sd_bus *bus, char **args) {
                                         strerror(-r));
         }
 
-        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
-                                           LOOPMGR_MANAGER_INTERFACE, "Attach");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "h", fd);
-        if (r >= 0)
-                r = attach_append_options(m, arg_read_only || fallback_read_only);
-        if (r < 0)
-                return log_create_error(r);
-
-        r = sd_bus_call(bus, m, call_timeout_usec(), &error, &reply);
+        r = call_attach(bus, fd, arg_read_only || fallback_read_only, &error, &reply);
         if (r < 0)
                 return log_bus_error(&error, r, "Attach");
 
@@ -1157,16 +1336,13 @@ static int verb_attach(sd_bus *bus, char **args) {
 
 /* ---- detach ------------------------------------------------------------------------------ */
 
-static int verb_detach(sd_bus *bus, char **args) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_free_ char *object = NULL;
-        const char *state;
+/* Manager.Detach of object with the detach options given on the command line; mount and
+ * umount allow none of them, so there it drops exactly one reference of the caller. Returns
+ * what sd_bus_call() returns. */
+static int call_detach(sd_bus *bus, const char *object, sd_bus_error *error,
+                       sd_bus_message **ret_reply) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
-
-        r = resolve_device(bus, args[0], &object);
-        if (r != 0)
-                return r;
 
         r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
                                            LOOPMGR_MANAGER_INTERFACE, "Detach");
@@ -1180,15 +1356,29 @@ static int verb_detach(sd_bus *bus, char **args) {
                 r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_RECURSIVE, "b", 1);
         if (r >= 0 && arg_all_references)
                 r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_ALL_REFERENCES, "b", 1);
-        if (r >= 0 && arg_timeout_usec > 0)
+        if (r >= 0 && arg_wait && arg_timeout_usec > 0)
                 r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_TIMEOUT_USEC, "t",
                                           arg_timeout_usec);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r < 0)
-                return log_create_error(r);
+                return r;
 
-        r = sd_bus_call(bus, m, call_timeout_usec(), &error, &reply);
+        return sd_bus_call(bus, m, call_timeout_usec(), error, ret_reply);
+}
+
+static int verb_detach(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_free_ char *object = NULL;
+        const char *state;
+        int r;
+
+        r = resolve_device(bus, args[0], &object);
+        if (r != 0)
+                return r;
+
+        r = call_detach(bus, object, &error, &reply);
         if (r < 0)
                 return log_bus_error(&error, r, "Detach");
 
@@ -1212,13 +1402,14 @@ static int verb_detach(sd_bus *bus, char **args) {
 
 static int verb_list(sd_bus *bus, char **args) {
         static const char *const headers[] = {
-                "NAME",   "SIZE",    "OFFSET", "SIZELIMIT", "RO",    "DIO",
-                "SECTOR", "MANAGED", "OWNER",  "REFS",      "STATE", "BACKING-FILE",
+                "NAME",    "SIZE",  "OFFSET", "SIZELIMIT", "RO",   "DIO",   "SECTOR",
+                "MANAGED", "OWNER", "REFS",   "STATE",     "BASE", "RANGE", "BACKING-FILE",
         };
         static const TableAlign align[] = {
                 TABLE_ALIGN_LEFT,  TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT,
                 TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT,
                 TABLE_ALIGN_LEFT,  TABLE_ALIGN_RIGHT, TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,
+                TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,
         };
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -1253,7 +1444,8 @@ static int verb_list(sd_bus *bus, char **args) {
 
         for (size_t i = 0; i < list.n; i++) {
                 const DeviceInfo *d = list.items + i;
-                char size[FORMAT_SIZE_MAX], offset[32], limit[32], sector[16], owner[64], refs[16];
+                char size[FORMAT_SIZE_MAX], offset[32], limit[32], sector[16], owner[64], refs[16],
+                        base[FORMAT_BASE_MAX], range[48];
                 const char *cells[ELEMENTSOF(headers)];
 
                 /* Offsets and limits in exact bytes, as losetup prints them: a rounded "1M"
@@ -1284,7 +1476,9 @@ static int verb_list(sd_bus *bus, char **args) {
                 cells[8] = owner;
                 cells[9] = refs;
                 cells[10] = d->state ?: "-";
-                cells[11] = d->backing_file && d->backing_file[0] ? d->backing_file : "-";
+                cells[11] = device_info_base(d, base);
+                cells[12] = device_info_range(d, range);
+                cells[13] = d->backing_file && d->backing_file[0] ? d->backing_file : "-";
 
                 r = table_add_row(table, cells);
                 if (r < 0)
@@ -1381,70 +1575,8 @@ static int field_list_print(const FieldList *l) {
         return 0;
 }
 
-/* Resolve's "aliases" lists device objects: show each with its node, which is what users
- * know devices by. */
-static int format_aliases(sd_bus *bus, sd_bus_message *m, char ***ret_lines) {
-        _cleanup_strv_free_ char **lines = NULL;
-        size_t n = 0;
-        int r;
-
-        r = sd_bus_message_enter_container(m, 'v', "ao");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_enter_container(m, 'a', "o");
-        if (r < 0)
-                return r;
-
-        for (;;) {
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-                _cleanup_free_ char *node = NULL;
-                const char *object;
-                char **l, *line;
-
-                r = sd_bus_message_read_basic(m, 'o', &object);
-                if (r < 0)
-                        return r;
-                if (r == 0)
-                        break;
-
-                if (sd_bus_get_property_string(bus, LOOPMGR_BUS_NAME, object,
-                                               LOOPMGR_DEVICE_INTERFACE, "Node", &error,
-                                               &node) >= 0)
-                        r = asprintf(&line, "%s (%s)", node, object);
-                else
-                        r = asprintf(&line, "%s", object);
-                if (r < 0)
-                        return -ENOMEM;
-
-                l = reallocarray(lines, n + 2, sizeof(char *));
-                if (!l) {
-                        free(line);
-                        return -ENOMEM;
-                }
-                lines = l;
-                lines[n++] = line;
-                lines[n] = NULL;
-        }
-
-        r = sd_bus_message_exit_container(m);
-        if (r >= 0)
-                r = sd_bus_message_exit_container(m);
-        if (r < 0)
-                return r;
-
-        if (!lines) {
-                lines = calloc(1, sizeof(char *));
-                if (!lines)
-                        return -ENOMEM;
-        }
-        *ret_lines = TAKE_PTR(lines);
-        return 0;
-}
-
-/* Reads an a{sv} into formatted fields, in the order the daemon sent them. "aliases" (a list
- * of device objects in Resolve's answer) is shown with each device's node when bus is given,
- * since that is what users know devices by. */
-static int field_list_read(sd_bus_message *m, sd_bus *bus, FieldList *l) {
+/* Reads an a{sv} into formatted fields, in the order the daemon sent them. */
+static int field_list_read(sd_bus_message *m, FieldList *l) {
         int r;
 
         r = sd_bus_message_enter_container(m, 'a', "{sv}");
@@ -1452,19 +1584,11 @@ static int field_list_read(sd_bus_message *m, sd_bus *bus, FieldList *l) {
                 return r;
 
         while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                const char *key, *contents;
+                const char *key;
                 char **lines = NULL;
-                char type;
 
                 r = sd_bus_message_read(m, "s", &key);
                 if (r >= 0)
-                        r = sd_bus_message_peek_type(m, &type, &contents);
-                if (r < 0)
-                        return r;
-
-                if (bus && streq(key, "aliases") && streq_ptr(contents, "ao"))
-                        r = format_aliases(bus, m, &lines);
-                else
                         r = format_property(key, m, &lines);
                 if (r < 0)
                         return r;
@@ -1513,7 +1637,7 @@ static int verb_status(sd_bus *bus, char **args) {
         r = field_list_add_one(&fields, "Object", object);
         if (r < 0)
                 return log_oom();
-        r = field_list_read(reply, NULL, &fields);
+        r = field_list_read(reply, &fields);
         if (r == -ENOMEM)
                 return log_oom();
         if (r < 0)
@@ -1527,10 +1651,224 @@ static int verb_status(sd_bus *bus, char **args) {
 
 /* ---- resolve ----------------------------------------------------------------------------- */
 
+/* Resolve's answer (SPEC §3). Keys this client does not know are kept, formatted, in extra. */
+typedef struct ResolveInfo {
+        char *base_kind;
+        uint64_t base_device;
+        uint64_t base_inode;
+        uint64_t offset;
+        uint64_t size;
+        unsigned present; /* RESOLVE_HAS_* */
+        char **chain;
+        char **aliases; /* device object paths */
+        FieldList extra;
+} ResolveInfo;
+
+enum {
+        RESOLVE_HAS_DEVICE = 1 << 0,
+        RESOLVE_HAS_INODE = 1 << 1,
+        RESOLVE_HAS_OFFSET = 1 << 2,
+        RESOLVE_HAS_SIZE = 1 << 3,
+};
+
+static void resolve_info_done(ResolveInfo *i) {
+        free(i->base_kind);
+        strv_free(i->chain);
+        strv_free(i->aliases);
+        field_list_done(&i->extra);
+        *i = (ResolveInfo){};
+}
+
+static int read_variant_strv(sd_bus_message *m, const char *contents, char ***field) {
+        char **l = NULL;
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'v', contents);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read_strv(m, &l);
+        if (r < 0)
+                return r;
+        strv_free(*field);
+        *field = l;
+        return sd_bus_message_exit_container(m);
+}
+
+static int resolve_info_read(sd_bus_message *m, ResolveInfo *info) {
+        /* clang-format off */
+        static const struct {
+                const char *key;
+                size_t offset;
+                unsigned present;
+        } numbers[] = {
+                { "base-device", offsetof(ResolveInfo, base_device), RESOLVE_HAS_DEVICE },
+                { "base-inode",  offsetof(ResolveInfo, base_inode),  RESOLVE_HAS_INODE  },
+                { "offset",      offsetof(ResolveInfo, offset),      RESOLVE_HAS_OFFSET },
+                { "size",        offsetof(ResolveInfo, size),        RESOLVE_HAS_SIZE   },
+        };
+        /* clang-format on */
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *key, *contents, *s;
+                bool done = false;
+                char type;
+
+                r = sd_bus_message_read(m, "s", &key);
+                if (r >= 0)
+                        r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r < 0)
+                        return r;
+
+                if (streq(key, "base-kind") && streq(contents, "s")) {
+                        r = sd_bus_message_read(m, "v", "s", &s);
+                        if (r < 0)
+                                return r;
+                        free(info->base_kind);
+                        info->base_kind = strdup(s);
+                        if (!info->base_kind)
+                                return -ENOMEM;
+                        done = true;
+                } else if (streq(key, "chain") && streq(contents, "as")) {
+                        r = read_variant_strv(m, contents, &info->chain);
+                        done = true;
+                } else if (streq(key, "aliases") && streq(contents, "ao")) {
+                        r = read_variant_strv(m, contents, &info->aliases);
+                        done = true;
+                } else if (streq(contents, "t"))
+                        for (size_t i = 0; i < ELEMENTSOF(numbers) && !done; i++) {
+                                if (!streq(key, numbers[i].key))
+                                        continue;
+                                r = sd_bus_message_read(m, "v", "t",
+                                                        (uint8_t *) info + numbers[i].offset);
+                                info->present |= numbers[i].present;
+                                done = true;
+                        }
+                if (r < 0)
+                        return r;
+
+                if (!done) {
+                        char **lines = NULL;
+
+                        r = format_property(key, m, &lines);
+                        if (r < 0)
+                                return r;
+                        r = field_list_add(&info->extra, key, lines);
+                        if (r < 0)
+                                return r;
+                }
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+
+        return sd_bus_message_exit_container(m);
+}
+
+/* One line for an aliasing device: its node and what it exposes, from its properties. A
+ * device that went away in the meantime is shown by its object path. */
+static int format_alias(sd_bus *bus, const char *object, char **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        char range[48];
+        int r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll",
+                               &error, &reply, "s", LOOPMGR_DEVICE_INTERFACE);
+        if (r >= 0)
+                r = device_info_read(reply, &d);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0 || !d.node) {
+                *ret = strdup(object);
+                return *ret ? 0 : -ENOMEM;
+        }
+
+        /* The range on the base when the daemon tells it, else the device's own window on
+         * its backing. */
+        if (strcmp(device_info_range(&d, range), "-") != 0)
+                r = asprintf(ret, "%s: bytes %s of the base, %s, %" PRIu32 " reference%s, %s",
+                             d.node, range, d.read_only ? "read-only" : "read-write", d.references,
+                             d.references == 1 ? "" : "s", strempty(d.state));
+        else
+                r = asprintf(ret,
+                             "%s: offset %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu32
+                             " reference%s, %s",
+                             d.node, d.offset, d.size, d.read_only ? "read-only" : "read-write",
+                             d.references, d.references == 1 ? "" : "s", strempty(d.state));
+        return r < 0 ? -ENOMEM : 0;
+}
+
+static int resolve_print(sd_bus *bus, ResolveInfo *info) {
+        _cleanup_(field_list_done) FieldList fields = {};
+        _cleanup_strv_free_ char **aliases = NULL;
+        char base[FORMAT_BASE_MAX], range[48], sz[FORMAT_SIZE_MAX], *line;
+        size_t n = strv_length(info->aliases);
+        int r;
+
+        aliases = calloc(n + 1, sizeof(char *));
+        if (!aliases)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                r = format_alias(bus, info->aliases[i], &aliases[i]);
+                if (r < 0)
+                        return r;
+        }
+
+        if (info->chain) {
+                r = field_list_add(&fields, "chain", TAKE_PTR(info->chain));
+                if (r < 0)
+                        return r;
+        }
+
+        r = field_list_add_one(&fields, "base",
+                               (info->present & RESOLVE_HAS_DEVICE)
+                                       ? format_base(info->base_kind, info->base_device,
+                                                     info->base_inode,
+                                                     info->present & RESOLVE_HAS_INODE, base)
+                                       : "-");
+        if (r < 0)
+                return r;
+
+        if ((info->present & (RESOLVE_HAS_OFFSET | RESOLVE_HAS_SIZE)) ==
+            (RESOLVE_HAS_OFFSET | RESOLVE_HAS_SIZE)) {
+                if (asprintf(&line, "%s (%s)", format_range(info->offset, info->size, range),
+                             format_size(info->size, sz)) < 0)
+                        return -ENOMEM;
+                r = field_list_add_one(&fields, "range", line);
+                free(line);
+        } else
+                r = field_list_add_one(&fields, "range", "-");
+        if (r < 0)
+                return r;
+
+        r = field_list_add(&fields, "aliases", TAKE_PTR(aliases));
+        if (r < 0)
+                return r;
+
+        /* Whatever a newer daemon adds, after what we know. */
+        for (size_t i = 0; i < info->extra.n; i++) {
+                r = field_list_add(&fields, info->extra.items[i].name,
+                                   TAKE_PTR(info->extra.items[i].lines));
+                if (r < 0)
+                        return r;
+        }
+
+        return field_list_print(&fields);
+}
+
 static int verb_resolve(sd_bus *bus, char **args) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(field_list_done) FieldList fields = {};
+        _cleanup_(resolve_info_done) ResolveInfo info = {};
         _cleanup_close_ int fd = -EBADF;
         const char *path = args[0];
         int r;
@@ -1543,7 +1881,15 @@ static int verb_resolve(sd_bus *bus, char **args) {
         r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
                                            LOOPMGR_MANAGER_INTERFACE, "Resolve");
         if (r >= 0)
-                r = sd_bus_message_append(m, "ha{sv}", fd, 0);
+                r = sd_bus_message_append(m, "h", fd);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0 && (arg_given & OPT_OFFSET))
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_OFFSET, "t", arg_offset);
+        if (r >= 0 && (arg_given & OPT_SIZE_LIMIT))
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_SIZE_LIMIT, "t", arg_size_limit);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
         if (r < 0)
                 return log_create_error(r);
 
@@ -1559,13 +1905,13 @@ static int verb_resolve(sd_bus *bus, char **args) {
                 return flush_stdout();
         }
 
-        r = field_list_read(reply, bus, &fields);
+        r = resolve_info_read(reply, &info);
         if (r == -ENOMEM)
                 return log_oom();
         if (r < 0)
                 return log_parse_error(r);
 
-        r = field_list_print(&fields);
+        r = resolve_print(bus, &info);
         if (r < 0)
                 return log_oom();
         return flush_stdout();
@@ -2005,9 +2351,272 @@ static int verb_monitor(sd_bus *bus, char **args) {
         return 0;
 }
 
+/* ---- mount, umount ----------------------------------------------------------------------- */
+
+static int require_root(const char *verb) {
+        if (geteuid() == 0)
+                return 0;
+        return log_fail(EXIT_NOT_AUTHORISED,
+                        "%s needs root: in this version loopmgrd accepts changes only from root, "
+                        "and mount(2) and umount(2) need privileges anyway.",
+                        verb);
+}
+
+/* Drops the one reference an Attach of ours took. Never all references: when the device was
+ * reused, the references of whoever attached it first must keep it (libmount detaches such a
+ * device when the mount fails, util-linux PR #4646; we must not). */
+static void drop_reference(sd_bus *bus, const char *object, const char *node) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = call_detach(bus, object, &error, &reply);
+        if (r < 0) {
+                (void) log_bus_error(&error, r, "Detach");
+                log_fail(0, "Our reference on %s may remain: 'loopmgrctl detach %s' drops it.",
+                         node, node);
+        }
+}
+
+/*
+ * A read-only mount of an image that is attached writable already. A second, read-only device
+ * over the same bytes would be an alias, which loopmgrd refuses (Overlap); mount(8) mounts
+ * read-only on the writable device it finds, and so do we. Only an identical writable device
+ * is taken: if the Attach does not reuse one, the new device is given back. Returns 0 with
+ * the Attach reply (read position at the start), or a negative errno when this does not help.
+ */
+static int attach_share_writable(sd_bus *bus, const char *image, sd_bus_message **ret_reply) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *object, *node;
+        uint64_t diskseq;
+        int reused, r;
+
+        r = open_backing(image, O_RDWR, &fd);
+        if (r < 0)
+                return r;
+
+        r = call_attach(bus, fd, /* read_only= */ false, &error, &reply);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        if (r < 0)
+                return r;
+        if (!reused) {
+                /* The overlapping device went away in between: this one is new, and writable
+                 * where a read-only device was asked for. */
+                drop_reference(bus, object, node);
+                return -EADDRINUSE;
+        }
+
+        r = sd_bus_message_rewind(reply, true);
+        if (r < 0)
+                return r;
+        *ret_reply = TAKE_PTR(reply);
+        return 0;
+}
+
+static int verb_mount(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(mount_options_done) MountOptions mo = {};
+        _cleanup_free_ char *bad = NULL, *message = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *image = args[0], *dir = args[1], *object, *node;
+        bool fallback_read_only = false;
+        uint64_t diskseq;
+        struct stat st;
+        int reused, r;
+
+        r = mount_options_parse(arg_mount_options, &mo, &bad);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0 && bad)
+                return log_usage("The mount option '%s' cannot be used: loopmgrd sets up the loop "
+                                 "device itself. Give offset= and sizelimit= a value, and no "
+                                 "loop=DEVICE or encryption=.",
+                                 bad);
+        if (r < 0)
+                return log_usage("Cannot parse the mount options '%s'.", arg_mount_options);
+
+        if (mo.offset) {
+                if (arg_given & OPT_OFFSET)
+                        return log_usage("The offset is given twice (--offset and offset=).");
+                r = parse_size_arg("offset=", mo.offset, &arg_offset);
+                if (r != 0)
+                        return r;
+                arg_given |= OPT_OFFSET;
+        }
+        if (mo.size_limit) {
+                if (arg_given & OPT_SIZE_LIMIT)
+                        return log_usage("The size limit is given twice (--size-limit and "
+                                         "sizelimit=).");
+                r = parse_size_arg("sizelimit=", mo.size_limit, &arg_size_limit);
+                if (r != 0)
+                        return r;
+                arg_given |= OPT_SIZE_LIMIT;
+        }
+        if (arg_read_only && !mo.read_only) {
+                r = mount_options_force_read_only(&mo);
+                if (r < 0)
+                        return log_oom();
+        }
+
+        r = require_root("mount");
+        if (r != 0)
+                return r;
+
+        /* Before attaching anything: the commonest mistake should not create a device only to
+         * remove it again. */
+        if (stat(dir, &st) < 0) {
+                if (errno != ENOENT || !mount_options_has(&mo, "X-mount.mkdir"))
+                        return log_fail(exit_status_from_local_errno(errno),
+                                        "Cannot mount on %s: %s", dir, strerror(errno));
+        } else if (!S_ISDIR(st.st_mode))
+                return log_fail(EXIT_FAILURE, "Cannot mount on %s: not a directory.", dir);
+
+        r = open_backing(image, mo.read_only ? O_RDONLY : O_RDWR, &fd);
+        if (!mo.read_only && (r == -EACCES || r == -EROFS || r == -EPERM)) {
+                /* As attach and mount(8) do: a file we may only read is mounted read-only. */
+                r = open_backing(image, O_RDONLY, &fd);
+                fallback_read_only = r >= 0;
+        }
+        if (r < 0)
+                return log_fail(exit_status_from_local_errno(-r), "Failed to open %s: %s", image,
+                                strerror(-r));
+
+        if (fstat(fd, &st) < 0)
+                return log_fail(EXIT_FAILURE, "Failed to stat %s: %s", image, strerror(errno));
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return log_fail(EXIT_FAILURE, "%s is neither a regular file nor a block device.",
+                                image);
+
+        if (fallback_read_only) {
+                r = mount_options_force_read_only(&mo);
+                if (r < 0)
+                        return log_oom();
+                log_fail(0, "%s is not writable, mounting it read-only.", image);
+        }
+
+        r = call_attach(bus, fd, mo.read_only, &error, &reply);
+        if (r < 0 && mo.read_only && !fallback_read_only &&
+            sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP) &&
+            attach_share_writable(bus, image, &reply) >= 0)
+                r = 0;
+        if (r < 0)
+                return log_bus_error(&error, r, "Attach");
+
+        /* The daemon holds its own duplicate now; ours would only count as an opener. */
+        fd = safe_close(fd);
+
+        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        if (r < 0)
+                return log_parse_error(r);
+
+        r = ctl_mount(node, dir, arg_fstype, mo.options, &message);
+        if (r < 0) {
+                log_fail(0, "Failed to mount %s (%s) on %s: %s", image, node, dir,
+                         message ?: strerror(-r));
+                /* Only our own reference: see drop_reference(). */
+                drop_reference(bus, object, node);
+                return EXIT_FAILURE;
+        }
+        if (message)
+                log_fail(0, "%s is mounted on %s, but: %s", node, dir, message);
+
+        if (!arg_verbose)
+                return 0;
+        printf("%s\n", node);
+        r = flush_stdout();
+        if (r != 0)
+                return r;
+        if (reused)
+                log_fail(0, "%s already showed these bytes and is now shared.", node);
+        return 0;
+}
+
+static int verb_umount(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *props = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        _cleanup_free_ char *target = NULL, *source = NULL, *object = NULL, *message = NULL;
+        const char *dir = args[0], *state;
+        struct stat st;
+        int r;
+
+        r = require_root("umount");
+        if (r != 0)
+                return r;
+
+        r = ctl_find_mount(dir, &target, &source);
+        if (r == -ENOENT)
+                return log_fail(EXIT_FAILURE, "%s is not a mount point.", dir);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to read the mount table: %s", strerror(-r));
+
+        /* Only file systems on loop devices: anything else is umount(8)'s business and must
+         * never lead to a Detach. */
+        if (!source || stat(source, &st) < 0 || !S_ISBLK(st.st_mode) ||
+            major(st.st_rdev) != LOOP_MAJOR)
+                return log_fail(EXIT_FAILURE,
+                                "%s is mounted from %s, which is not a loop device; use umount(8).",
+                                target, source ?: "something that is not a device");
+
+        r = resolve_device(bus, source, &object);
+        if (r != 0)
+                return r;
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll",
+                               &error, &props, "s", LOOPMGR_DEVICE_INTERFACE);
+        if (r < 0)
+                return log_bus_error(&error, r, "GetAll");
+        r = device_info_read(props, &d);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_parse_error(r);
+
+        r = ctl_umount(target, &message);
+        if (r < 0)
+                /* Still mounted: the reference stays with the mount. */
+                return log_fail(EXIT_FAILURE, "Failed to unmount %s: %s", target,
+                                message ?: strerror(-r));
+        if (message)
+                log_fail(0, "%s is unmounted, but: %s", target, message);
+
+        if (!d.managed) {
+                /* Detaching as root without a reference would tear down a device someone
+                 * else set up; it is theirs to remove. */
+                log_fail(0, "%s was not attached through loopmgrd and is left as it is.", source);
+                return 0;
+        }
+        if (streq_ptr(d.state, LOOPMGR_STATE_DETACH_PENDING)) {
+                /* Already asked to go: our unmount lets the kernel finish. */
+                state = LOOPMGR_STATE_PENDING;
+        } else {
+                r = call_detach(bus, object, &error, &reply);
+                if (r < 0) {
+                        log_fail(0, "%s is unmounted, but dropping the reference on %s failed.",
+                                 target, source);
+                        return log_bus_error(&error, r, "Detach");
+                }
+                r = sd_bus_message_read(reply, "s", &state);
+                if (r < 0)
+                        return log_parse_error(r);
+        }
+
+        if (!arg_verbose)
+                return 0;
+        printf("%s\n", state);
+        return flush_stdout();
+}
+
 /* ---- main -------------------------------------------------------------------------------- */
 
-int main(int argc, char *argv[]) {
+static int run(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         const Verb *verb = NULL;
         char **args = NULL;
@@ -2039,4 +2648,12 @@ int main(int argc, char *argv[]) {
                                 strerror(-r));
 
         return verb->run(bus, args);
+}
+
+int main(int argc, char *argv[]) {
+        int r = run(argc, argv);
+
+        free(arg_o);
+        free(arg_mount_options);
+        return r;
 }
