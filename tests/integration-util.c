@@ -2,12 +2,17 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -181,6 +186,253 @@ static void force_detach(const TrackedDevice *t) {
         (void) run_command(argv, NULL, NULL, NULL);
 }
 
+/* --- Mounts and partitions --- */
+
+int env_track_mount(Env *e, const char *target) {
+        char *t = strdup(target);
+        if (!t)
+                return -ENOMEM;
+        if (grow((void **) &e->mounts, &e->n_mounts, sizeof(char *)) < 0) {
+                free(t);
+                return -ENOMEM;
+        }
+        e->mounts[e->n_mounts++] = t;
+        return 0;
+}
+
+void env_forget_mount(Env *e, const char *target) {
+        /* Newest entry first, and keep the order: the cleanup unmounts newest first. */
+        for (size_t i = e->n_mounts; i-- > 0;)
+                if (streq(e->mounts[i], target)) {
+                        free(e->mounts[i]);
+                        memmove(e->mounts + i, e->mounts + i + 1,
+                                (e->n_mounts - i - 1) * sizeof(char *));
+                        e->n_mounts--;
+                        return;
+                }
+}
+
+int env_mount(Env *e, const char *source, const char *target, const char *fstype,
+              unsigned long flags, const char *data) {
+        int r;
+
+        /* Tracked first: whatever happens next, the cleanup knows the mount point. */
+        r = env_track_mount(e, target);
+        if (r < 0)
+                return r;
+        if (mount(source, target, fstype, flags, data) < 0) {
+                r = -errno;
+                env_forget_mount(e, target);
+                return r;
+        }
+        return 0;
+}
+
+int env_umount(Env *e, const char *target) {
+        if (umount2(target, 0) < 0)
+                return -errno;
+        env_forget_mount(e, target);
+        return 0;
+}
+
+static void fclosep(FILE **f) {
+        if (*f)
+                fclose(*f);
+}
+
+int mounts_under(const char *dir, size_t *ret) {
+        _cleanup_(fclosep) FILE *f = fopen("/proc/self/mountinfo", "re");
+        _cleanup_free_ char *line = NULL;
+        size_t size = 0, count = 0, len = strlen(dir);
+
+        if (!f)
+                return -errno;
+        while (getline(&line, &size, f) > 0) {
+                /* ID PARENT MAJ:MIN ROOT MOUNT-POINT ...; our paths need no unescaping. */
+                char *p = line;
+                for (int field = 0; field < 4 && p; field++) {
+                        p = strchr(p, ' ');
+                        if (p)
+                                p++;
+                }
+                if (!p)
+                        continue;
+                p[strcspn(p, " ")] = 0;
+                if (strncmp(p, dir, len) == 0 && (p[len] == 0 || p[len] == '/'))
+                        count++;
+        }
+        *ret = count;
+        return 0;
+}
+
+static void cleanup_mounts(Env *e) {
+        for (size_t i = e->n_mounts; i-- > 0;) {
+                const char *t = e->mounts[i];
+
+                /* Several mounts may sit on one point; EINVAL means none (is) left. udev's
+                 * probe can hold a file system for a moment after it is mounted. */
+                for (unsigned attempt = 0;; attempt++) {
+                        if (umount2(t, 0) == 0) {
+                                print_message("cleanup: unmounted %s\n", t);
+                                continue;
+                        }
+                        if (errno == EINVAL || errno == ENOENT)
+                                break;
+                        if (errno == EBUSY && attempt < 20) {
+                                sleep_usec(100 * USEC_PER_MSEC);
+                                continue;
+                        }
+                        print_error("cleanup: umount %s: %m, detaching it lazily\n", t);
+                        (void) umount2(t, MNT_DETACH);
+                        break;
+                }
+                free(e->mounts[i]);
+        }
+        e->n_mounts = 0;
+}
+
+static int partition_name(const char *disk, unsigned partno, char *buf, size_t size) {
+        size_t len = strlen(disk);
+        /* The kernel puts a 'p' between a disk name ending in a digit and the number. */
+        bool digit = len > 0 && disk[len - 1] >= '0' && disk[len - 1] <= '9';
+        int n = snprintf(buf, size, "%s%s%u", disk, digit ? "p" : "", partno);
+        return n > 0 && (size_t) n < size ? 0 : -ENAMETOOLONG;
+}
+
+static int partition_present(const char *disk, unsigned partno) {
+        char part[64], path[PATH_MAX];
+
+        if (partition_name(disk, partno, part, sizeof(part)) < 0)
+                return -ENAMETOOLONG;
+        snprintf(path, sizeof(path), "/sys/block/%s/%s", disk, part);
+        return access(path, F_OK) == 0;
+}
+
+static int run_partx(const char *tool, const char *disk, unsigned partno, uint64_t start,
+                     uint64_t n_sectors, char **ret_stderr) {
+        char node[64], no[16], s[32], n[32];
+        char *argv[6] = {(char *) tool, node, no, s, n, NULL};
+
+        snprintf(node, sizeof(node), "/dev/%s", disk);
+        snprintf(no, sizeof(no), "%u", partno);
+        snprintf(s, sizeof(s), "%" PRIu64, start);
+        snprintf(n, sizeof(n), "%" PRIu64, n_sectors);
+        if (streq(tool, "delpart"))
+                argv[3] = NULL;
+        return run_command(argv, NULL, NULL, ret_stderr);
+}
+
+int env_add_partition(Env *e, const char *disk, uint64_t diskseq, unsigned partno,
+                      uint64_t start_sector, uint64_t n_sectors, char **ret_node) {
+        _cleanup_free_ char *err = NULL;
+        char part[64], path[PATH_MAX];
+        char *d;
+        int r;
+
+        r = partition_name(disk, partno, part, sizeof(part));
+        if (r < 0)
+                return r;
+        d = strdup(disk);
+        if (!d)
+                return -ENOMEM;
+        if (grow((void **) &e->partitions, &e->n_partitions, sizeof(TrackedPartition)) < 0) {
+                free(d);
+                return -ENOMEM;
+        }
+        e->partitions[e->n_partitions++] =
+                (TrackedPartition){.disk = d, .diskseq = diskseq, .partno = partno};
+
+        r = run_partx("addpart", disk, partno, start_sector, n_sectors, &err);
+        if (r != 0) {
+                print_error("addpart /dev/%s %u %" PRIu64 " %" PRIu64 ": %s\n", disk, partno,
+                            start_sector, n_sectors, r < 0 ? strerror(-r) : err);
+                /* Nothing was added (or the cleanup finds it absent and skips it). */
+                return r < 0 ? r : -EIO;
+        }
+
+        /* devtmpfs creates the node when the kernel adds the partition; wait for it and
+         * check it is the partition's block device, not a stale node. */
+        uint64_t deadline = now_usec() + 5 * USEC_PER_SEC;
+        for (;;) {
+                _cleanup_free_ char *devnum = NULL;
+                unsigned ma, mi;
+                struct stat st;
+
+                snprintf(path, sizeof(path), "/sys/class/block/%s/dev", part);
+                if (read_one_line_file(path, &devnum) >= 0 &&
+                    sscanf(devnum, "%u:%u", &ma, &mi) == 2) {
+                        snprintf(path, sizeof(path), "/dev/%s", part);
+                        if (stat(path, &st) >= 0 && S_ISBLK(st.st_mode) &&
+                            st.st_rdev == makedev(ma, mi))
+                                break;
+                }
+                if (now_usec() >= deadline) {
+                        print_error("/dev/%s did not appear within 5 s of addpart\n", part);
+                        return -ETIMEDOUT;
+                }
+                sleep_usec(10 * USEC_PER_MSEC);
+        }
+
+        char *node = strdup(path);
+        if (!node)
+                return -ENOMEM;
+        *ret_node = node;
+        return 0;
+}
+
+static void forget_partition(Env *e, size_t i) {
+        free(e->partitions[i].disk);
+        memmove(e->partitions + i, e->partitions + i + 1,
+                (e->n_partitions - i - 1) * sizeof(TrackedPartition));
+        e->n_partitions--;
+}
+
+int env_delete_partition(Env *e, const char *disk, unsigned partno) {
+        _cleanup_free_ char *err = NULL;
+        int r;
+
+        r = run_partx("delpart", disk, partno, 0, 0, &err);
+        if (r < 0)
+                return r;
+        if (r != 0) /* delpart says why on stderr; EBUSY is the one failure we expect */
+                return strstr(err, "busy") ? -EBUSY : -EIO;
+        for (size_t i = e->n_partitions; i-- > 0;)
+                if (streq(e->partitions[i].disk, disk) && e->partitions[i].partno == partno) {
+                        forget_partition(e, i);
+                        break;
+                }
+        return 0;
+}
+
+/* Deletes the tracked partitions of disk/diskseq (all of them when disk is NULL), but only
+ * while that binding is still there: a recycled loopN is someone else's. */
+static void cleanup_partitions(Env *e, const char *disk, uint64_t diskseq) {
+        for (size_t i = e->n_partitions; i-- > 0;) {
+                TrackedPartition *p = &e->partitions[i];
+
+                if (disk && (!streq(p->disk, disk) || p->diskseq != diskseq))
+                        continue;
+                if (loop_binding_present(p->disk, p->diskseq) > 0 &&
+                    partition_present(p->disk, p->partno) > 0) {
+                        /* An opener that is going away (a stacked device's teardown, udev's
+                         * probe) makes delpart fail with EBUSY for a moment. */
+                        int r = -EBUSY;
+                        for (unsigned attempt = 0; attempt < 30 && r != 0; attempt++) {
+                                if (attempt > 0)
+                                        sleep_usec(100 * USEC_PER_MSEC);
+                                r = run_partx("delpart", p->disk, p->partno, 0, 0, NULL);
+                        }
+                        if (r != 0)
+                                print_error("cleanup: delpart /dev/%s %u failed\n", p->disk,
+                                            p->partno);
+                        else
+                                print_message("cleanup: deleted partition %u of %s\n", p->partno,
+                                              p->disk);
+                }
+                forget_partition(e, i);
+        }
+}
+
 int env_cleanup_test(Env *e) {
         int left = 0;
 
@@ -203,9 +455,16 @@ int env_cleanup_test(Env *e) {
                 e->udev_rule = NULL;
         }
 
+        /* Nothing can be detached while it is mounted. */
+        cleanup_mounts(e);
+
         /* Newest first: a device stacked on an older one must go before it. */
         for (size_t i = e->n_tracked; i-- > 0;) {
                 TrackedDevice *t = &e->tracked[i];
+
+                /* Partitions of this binding: the devices stacked on them are newer, so they
+                 * are gone by now and delpart no longer meets an opener. */
+                cleanup_partitions(e, t->name, t->diskseq);
 
                 if (loop_binding_present(t->name, t->diskseq) > 0) {
                         left++;
@@ -233,6 +492,8 @@ int env_cleanup_test(Env *e) {
                 free(t->name);
         }
         e->n_tracked = 0;
+        /* Partitions of bindings that were not tracked as devices. */
+        cleanup_partitions(e, NULL, 0);
 
         return left;
 }
@@ -1214,4 +1475,521 @@ void assert_bus_error_impl(int r, const sd_bus_error *error, const char *name, c
                 print_error("%s:%d: error %s carries no message\n", file, line, name);
                 _fail(file, line);
         }
+}
+
+/* --- The daemon process --- */
+
+int env_find_binary(const char *env_name, const char *name, char **ret) {
+        const char *v = getenv(env_name);
+        if (v && *v) {
+                char *s = strdup(v);
+                if (!s)
+                        return -ENOMEM;
+                *ret = s;
+                return 0;
+        }
+        /* Fallback: the build directory, one level above tests/. */
+        char exe[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+        if (n < 0)
+                return -errno;
+        exe[n] = 0;
+        char *dir = dirname(dirname(exe));
+        if (asprintf(ret, "%s/%s", dir, name) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+static int bus_name_owner(Env *e, char **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        const char *owner;
+        int r;
+
+        r = sd_bus_call_method(e->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                               "org.freedesktop.DBus", "GetNameOwner", &error, &reply, "s",
+                               LOOPMGR_BUS_NAME);
+        if (r < 0)
+                return sd_bus_error_has_name(&error, "org.freedesktop.DBus.Error.NameHasNoOwner")
+                               ? 0
+                               : r;
+        r = sd_bus_message_read(reply, "s", &owner);
+        if (r < 0)
+                return r;
+        if (ret) {
+                *ret = strdup(owner);
+                if (!*ret)
+                        return -ENOMEM;
+        }
+        return 1;
+}
+
+int env_start_daemon(Env *e) {
+        _cleanup_free_ char *state_dir = NULL;
+        pid_t parent = getpid();
+        int r;
+
+        if (asprintf(&state_dir, "%s/state", e->tmpdir) < 0)
+                return -ENOMEM;
+
+        r = bus_name_owner(e, NULL);
+        if (r < 0)
+                return r;
+        if (r > 0) {
+                print_error("%s is already owned on this bus: another loopmgrd is running\n",
+                            LOOPMGR_BUS_NAME);
+                return -EADDRINUSE;
+        }
+
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                /* Never outlive the test binary, even if it crashes. */
+                (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+                if (getppid() != parent)
+                        _exit(1);
+                if (setenv("LOOPMGR_STATE_DIR", state_dir, 1) < 0)
+                        _exit(1);
+                execl(e->loopmgrd, "loopmgrd", NULL);
+                fprintf(stderr, "Failed to execute %s: %m\n", e->loopmgrd);
+                _exit(127);
+        }
+        e->daemon_pid = pid;
+
+        uint64_t deadline = now_usec() + 10 * USEC_PER_SEC;
+        for (;;) {
+                int status;
+                pid_t w = waitpid(pid, &status, WNOHANG);
+                if (w == pid) {
+                        e->daemon_pid = 0;
+                        print_error("loopmgrd exited during startup (%s %d)\n",
+                                    WIFEXITED(status) ? "status" : "signal",
+                                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+                        return -ECHILD;
+                }
+                free(e->daemon_unique_name);
+                e->daemon_unique_name = NULL;
+                r = bus_name_owner(e, &e->daemon_unique_name);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        return 0;
+                if (now_usec() >= deadline) {
+                        print_error("loopmgrd did not take %s within 10 s\n", LOOPMGR_BUS_NAME);
+                        return -ETIMEDOUT;
+                }
+                sleep_usec(20 * USEC_PER_MSEC);
+        }
+}
+
+int env_stop_daemon(Env *e) {
+        int status;
+
+        if (e->daemon_pid <= 0)
+                return 0;
+        if (kill(e->daemon_pid, SIGTERM) < 0)
+                return -errno;
+
+        uint64_t deadline = now_usec() + 10 * USEC_PER_SEC;
+        for (;;) {
+                pid_t w = waitpid(e->daemon_pid, &status, WNOHANG);
+                if (w == e->daemon_pid)
+                        break;
+                if (w < 0)
+                        return -errno;
+                if (now_usec() >= deadline) {
+                        print_error("loopmgrd did not exit within 10 s of SIGTERM, killing it\n");
+                        (void) kill(e->daemon_pid, SIGKILL);
+                        (void) waitpid(e->daemon_pid, &status, 0);
+                        e->daemon_pid = 0;
+                        return -ETIMEDOUT;
+                }
+                sleep_usec(20 * USEC_PER_MSEC);
+        }
+        e->daemon_pid = 0;
+
+        if (WIFSIGNALED(status)) {
+                print_error("loopmgrd was killed by signal %d (%s)\n", WTERMSIG(status),
+                            strsignal(WTERMSIG(status)));
+                return -EPROTO;
+        }
+        if (WEXITSTATUS(status) != 0) {
+                print_error("loopmgrd exited with status %d\n", WEXITSTATUS(status));
+                return -EPROTO;
+        }
+        return 0;
+}
+
+/* Whether backing (a path) is under dir, or is the node of a device in names[] or of one of
+ * its partitions ("/dev/loop3", "/dev/loop3p1"). */
+static bool backing_in_scope(const char *backing, const char *dir, char **names, size_t n_names) {
+        size_t len = strlen(dir);
+
+        if (!backing)
+                return false;
+        if (strncmp(backing, dir, len) == 0 && backing[len] == '/')
+                return true;
+        if (strncmp(backing, "/dev/", 5) != 0)
+                return false;
+        for (size_t i = 0; i < n_names; i++) {
+                size_t l = strlen(names[i]);
+                const char *rest = backing + 5 + l;
+                if (strncmp(backing + 5, names[i], l) != 0)
+                        continue;
+                if (*rest == 0)
+                        return true;
+                if (*rest == 'p' && rest[1] && strspn(rest + 1, "0123456789") == strlen(rest + 1))
+                        return true;
+        }
+        return false;
+}
+
+/* The nodes ("/dev/loopN") of every device that is backed, directly or through other loop
+ * devices and their partitions, by a file under dir, in either view. */
+static int scope_nodes(const char *dir, const LosetupEntry *l, size_t nl, const DaemonDevice *d,
+                       size_t nd, char ***ret, size_t *ret_n) {
+        char **names = NULL; /* "loopN" */
+        size_t n = 0;
+        bool added;
+
+        do {
+                added = false;
+                for (size_t i = 0; i < nl + nd; i++) {
+                        const char *node = i < nl ? l[i].node : d[i - nl].props.node;
+                        const char *backing =
+                                i < nl ? l[i].back_file : d[i - nl].props.backing_file;
+                        bool known = false;
+
+                        if (!node || strncmp(node, "/dev/", 5) != 0)
+                                continue;
+                        for (size_t j = 0; j < n; j++)
+                                if (streq(names[j], node + 5))
+                                        known = true;
+                        if (known || !backing_in_scope(backing, dir, names, n))
+                                continue;
+                        char *s = strdup(node + 5);
+                        if (!s || strv_push(&names, &n, s) < 0) {
+                                free(s);
+                                strv_free(names);
+                                return -ENOMEM;
+                        }
+                        added = true;
+                }
+        } while (added);
+
+        *ret = names;
+        *ret_n = n;
+        return 0;
+}
+
+static bool node_in(char **names, size_t n, const char *node) {
+        if (!node || strncmp(node, "/dev/", 5) != 0)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (streq(names[i], node + 5))
+                        return true;
+        return false;
+}
+
+/* One snapshot of both views; 1 and a report of the differences when they disagree. With a
+ * scope, only devices backed (through any layers) by files under that directory count, and
+ * *ret_ignored says how many differences elsewhere were left out. */
+static int consistency_report(Env *e, const char *scope, char **ret_report, size_t *ret_ignored) {
+        LosetupEntry *l = NULL;
+        DaemonDevice *d = NULL;
+        size_t nl = 0, nd = 0, n_names = 0, ignored = 0;
+        char **names = NULL;
+        char *report = NULL;
+        size_t report_size = 0;
+        FILE *f;
+        int r;
+
+        r = losetup_list(&l, &nl);
+        if (r < 0)
+                return r;
+        r = daemon_devices_list(e, &d, &nd);
+        if (r < 0) {
+                losetup_entries_free(l, nl);
+                return r;
+        }
+        if (scope)
+                r = scope_nodes(scope, l, nl, d, nd, &names, &n_names);
+        f = r < 0 ? NULL : open_memstream(&report, &report_size);
+        if (!f) {
+                losetup_entries_free(l, nl);
+                daemon_devices_free(d, nd);
+                strv_free(names);
+                return -ENOMEM;
+        }
+
+        for (size_t i = 0; i < nl; i++) {
+                const DaemonDevice *match = NULL;
+                if (scope && !node_in(names, n_names, l[i].node)) {
+                        /* Counted below only if it differs. */
+                        for (size_t j = 0; j < nd; j++)
+                                if (streq_ptr(d[j].props.node, l[i].node))
+                                        match = &d[j];
+                        if (!match || !streq_ptr(match->props.backing_file, l[i].back_file) ||
+                            match->props.offset != l[i].offset ||
+                            match->props.size_limit != l[i].size_limit)
+                                ignored++;
+                        continue;
+                }
+                for (size_t j = 0; j < nd; j++)
+                        if (streq_ptr(d[j].props.node, l[i].node))
+                                match = &d[j];
+                if (!match) {
+                        fprintf(f,
+                                "  kernel: %s bound to '%s' (offset %" PRIu64 "), daemon: no "
+                                "object\n",
+                                l[i].node, l[i].back_file, l[i].offset);
+                        continue;
+                }
+                if (!streq_ptr(match->props.backing_file, l[i].back_file))
+                        fprintf(f, "  %s: kernel backing file '%s', daemon BackingFile '%s'\n",
+                                l[i].node, l[i].back_file, match->props.backing_file);
+                if (match->props.offset != l[i].offset)
+                        fprintf(f, "  %s: kernel offset %" PRIu64 ", daemon Offset %" PRIu64 "\n",
+                                l[i].node, l[i].offset, match->props.offset);
+                if (match->props.size_limit != l[i].size_limit)
+                        fprintf(f,
+                                "  %s: kernel sizelimit %" PRIu64 ", daemon SizeLimit %" PRIu64
+                                "\n",
+                                l[i].node, l[i].size_limit, match->props.size_limit);
+        }
+        for (size_t j = 0; j < nd; j++) {
+                bool found = false;
+                for (size_t i = 0; i < nl; i++)
+                        if (streq_ptr(d[j].props.node, l[i].node))
+                                found = true;
+                if (scope && !node_in(names, n_names, d[j].props.node)) {
+                        if (!found)
+                                ignored++;
+                        continue;
+                }
+                if (!found)
+                        fprintf(f, "  daemon: %s for %s, kernel: not bound\n", d[j].object,
+                                d[j].props.node ?: "(no Node)");
+                _cleanup_free_ char *expected = device_object_path(d[j].props.diskseq);
+                if (expected && !streq(expected, d[j].object))
+                        fprintf(f, "  daemon: %s has DiskSeq %" PRIu64 "\n", d[j].object,
+                                d[j].props.diskseq);
+                if (d[j].props.present != DEVICE_PROPS_ALL)
+                        fprintf(f, "  daemon: %s lacks properties (mask %#x)\n", d[j].object,
+                                d[j].props.present);
+                if (d[j].props.type_errors)
+                        fprintf(f, "  daemon: %s property types: %s\n", d[j].object,
+                                d[j].props.type_errors);
+        }
+
+        fclose(f);
+        losetup_entries_free(l, nl);
+        daemon_devices_free(d, nd);
+        strv_free(names);
+        if (ret_ignored)
+                *ret_ignored = ignored;
+        if (report_size == 0) {
+                free(report);
+                return 0;
+        }
+        *ret_report = report;
+        return 1;
+}
+
+static int check_consistency_scoped(Env *e, const char *scope, uint64_t timeout_usec, bool quiet) {
+        uint64_t deadline = now_usec() + timeout_usec;
+        _cleanup_free_ char *report = NULL;
+        size_t ignored = 0;
+
+        for (;;) {
+                free(report);
+                report = NULL;
+                int r = consistency_report(e, scope, &report, &ignored);
+                if (r < 0) {
+                        print_error("consistency check failed: %s\n", strerror(-r));
+                        return r;
+                }
+                if (r == 0) {
+                        if (ignored > 0)
+                                print_message("note: %zu difference(s) between losetup and the "
+                                              "daemon on devices not backed by %s ignored "
+                                              "(other users of this kernel)\n",
+                                              ignored, scope);
+                        return 0;
+                }
+                if (now_usec() >= deadline)
+                        break;
+                sleep_usec(100 * USEC_PER_MSEC);
+        }
+        if (!quiet)
+                print_error("losetup --list and the daemon's objects disagree%s%s:\n%s",
+                            scope ? " on devices backed by " : "", scope ?: "", report);
+        return -1;
+}
+
+int env_check_consistency(Env *e) {
+        return check_consistency_scoped(e, NULL, 3 * USEC_PER_SEC, false);
+}
+
+int env_check_consistency_under(Env *e, const char *dir) {
+        /* The whole host first; when other users of the kernel keep udev (and so the daemon)
+         * busy, our own devices must still agree exactly. */
+        if (check_consistency_scoped(e, NULL, 3 * USEC_PER_SEC, true) == 0)
+                return 0;
+        return check_consistency_scoped(e, dir, 3 * USEC_PER_SEC, false);
+}
+
+size_t env_detach_all_under(const char *dir) {
+        LosetupEntry *l = NULL;
+        size_t n = 0, count = 0, len = strlen(dir);
+
+        if (losetup_list(&l, &n) < 0)
+                return 0;
+        for (size_t i = 0; i < n; i++)
+                if (strncmp(l[i].back_file, dir, len) == 0 && l[i].back_file[len] == '/') {
+                        char *argv[] = {(char *) "losetup", (char *) "-d", l[i].node, NULL};
+                        print_message("cleanup: losetup -d %s (%s)\n", l[i].node, l[i].back_file);
+                        (void) run_command(argv, NULL, NULL, NULL);
+                        count++;
+                }
+        losetup_entries_free(l, n);
+        return count;
+}
+
+bool env_wait_nothing_under(const char *dir, uint64_t timeout_usec) {
+        uint64_t deadline = now_usec() + timeout_usec;
+        for (;;) {
+                size_t n;
+                if (losetup_count_backed_by(dir, true, &n) >= 0 && n == 0)
+                        return true;
+                if (now_usec() >= deadline)
+                        return false;
+                sleep_usec(50 * USEC_PER_MSEC);
+        }
+}
+
+/* --- Resolve --- */
+
+void resolved_done(Resolved *r) {
+        free(r->base_kind);
+        strv_free(r->chain);
+        strv_free(r->aliases);
+        free(r->unexpected);
+        *r = (Resolved){};
+}
+
+static int read_string_array(sd_bus_message *m, char type, char ***l, size_t *n) {
+        const char *s;
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', type == 'o' ? "o" : "s");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read_basic(m, type, &s)) > 0) {
+                char *d = strdup(s);
+                if (!d || strv_push(l, n, d) < 0) {
+                        free(d);
+                        return -ENOMEM;
+                }
+        }
+        if (r < 0)
+                return r;
+        return sd_bus_message_exit_container(m);
+}
+
+static int read_resolved(sd_bus_message *m, Resolved *p) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *key, *contents;
+                uint64_t *t = NULL;
+
+                r = sd_bus_message_read_basic(m, 's', &key);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_peek_type(m, NULL, &contents);
+                if (r < 0)
+                        return r;
+                if (streq(key, "base-device"))
+                        t = &p->base_device;
+                else if (streq(key, "base-inode"))
+                        t = &p->base_inode;
+                else if (streq(key, "offset"))
+                        t = &p->offset;
+                else if (streq(key, "size"))
+                        t = &p->size;
+
+                if (t && streq(contents, "t"))
+                        r = sd_bus_message_read(m, "v", "t", t);
+                else if (streq(key, "base-kind") && streq(contents, "s")) {
+                        const char *s;
+                        r = sd_bus_message_read(m, "v", "s", &s);
+                        if (r >= 0) {
+                                free(p->base_kind);
+                                p->base_kind = strdup(s);
+                                if (!p->base_kind)
+                                        r = -ENOMEM;
+                        }
+                } else if ((streq(key, "chain") && streq(contents, "as")) ||
+                           (streq(key, "aliases") && streq(contents, "ao"))) {
+                        bool chain = streq(key, "chain");
+                        r = sd_bus_message_enter_container(m, 'v', contents);
+                        if (r >= 0)
+                                r = chain ? read_string_array(m, 's', &p->chain, &p->n_chain)
+                                          : read_string_array(m, 'o', &p->aliases, &p->n_aliases);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                } else {
+                        char *s;
+                        if (asprintf(&s, "%s%s%s:%s", p->unexpected ?: "", p->unexpected ? " " : "",
+                                     key, contents) < 0)
+                                return -ENOMEM;
+                        free(p->unexpected);
+                        p->unexpected = s;
+                        r = sd_bus_message_skip(m, "v");
+                }
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+        return sd_bus_message_exit_container(m);
+}
+
+int call_resolve(Env *e, int fd, sd_bus_error *error, Resolved *ret, unsigned n_options, ...) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        Resolved p = {};
+        va_list ap;
+        int r;
+
+        r = sd_bus_message_new_method_call(e->bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                           LOOPMGR_MANAGER_INTERFACE, "Resolve");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_basic(m, 'h', &fd);
+        if (r < 0)
+                return r;
+        va_start(ap, n_options);
+        r = append_options(m, n_options, &ap);
+        va_end(ap);
+        if (r < 0)
+                return r;
+        r = sd_bus_call(e->bus, m, CALL_TIMEOUT_USEC, error, &reply);
+        if (r < 0)
+                return r;
+        r = read_resolved(reply, &p);
+        if (r < 0) {
+                resolved_done(&p);
+                return r;
+        }
+        *ret = p;
+        return 0;
 }

@@ -37,6 +37,13 @@ typedef struct TrackedDevice {
         uint64_t diskseq; /* the binding we created; never touch another one */
 } TrackedDevice;
 
+/* A partition the test added with BLKPG (addpart) on one binding of a loop device. */
+typedef struct TrackedPartition {
+        char *disk;       /* "loop5" */
+        uint64_t diskseq; /* of the binding the partition was added to */
+        unsigned partno;
+} TrackedPartition;
+
 typedef enum CatchKind {
         CATCH_INTERFACES_ADDED,   /* Device interface added */
         CATCH_INTERFACES_REMOVED, /* Device interface removed */
@@ -74,6 +81,13 @@ typedef struct Env {
         sd_bus **extra_buses;
         size_t n_extra_buses;
         char *udev_rule; /* a temporary rules file in /run/udev/rules.d, or NULL */
+
+        /* Mount points (bind mounts included) the test made or asked loopmgrctl for; the
+         * cleanup unmounts them newest first, before any device goes. */
+        char **mounts;
+        size_t n_mounts;
+        TrackedPartition *partitions;
+        size_t n_partitions;
 } Env;
 
 /* Bookkeeping; all of it is undone by env_cleanup_test(). */
@@ -84,9 +98,25 @@ int env_new_bus(Env *e, sd_bus **ret);             /* extra connection */
 /* Installs a temporary udev rule (and reloads udev) until the end of the test. */
 int env_add_udev_rule(Env *e, const char *text);
 void env_close_bus(Env *e, sd_bus *bus);
-/* Closes held fds, drops catchers, extra buses and the udev rule, then detaches (through the
- * daemon, with losetup -d as last resort) every tracked binding that is still there. Returns
- * the number of tracked bindings that were still attached. */
+/* Mounts: env_mount() tracks target and then mount(2)s; env_umount() unmounts and forgets.
+ * env_track_mount() only records a mount point (one made by another program). */
+int env_track_mount(Env *e, const char *target);
+void env_forget_mount(Env *e, const char *target);
+int env_mount(Env *e, const char *source, const char *target, const char *fstype,
+              unsigned long flags, const char *data);
+int env_umount(Env *e, const char *target);
+/* Number of mount points at or below dir in this mount namespace. */
+int mounts_under(const char *dir, size_t *ret);
+/* addpart DISK PARTNO START SIZE (512-byte sectors) on the binding disk/diskseq, tracked; waits
+ * until /dev/<disk>p<partno> exists and returns that node. env_delete_partition() runs delpart
+ * and forgets the partition. */
+int env_add_partition(Env *e, const char *disk, uint64_t diskseq, unsigned partno,
+                      uint64_t start_sector, uint64_t n_sectors, char **ret_node);
+int env_delete_partition(Env *e, const char *disk, unsigned partno);
+/* Closes held fds, drops catchers, extra buses and the udev rule, unmounts tracked mounts, then
+ * detaches (through the daemon, with losetup -d as last resort) every tracked binding that is
+ * still there, newest first, deleting its tracked partitions just before. Returns the number of
+ * tracked bindings that were still attached. */
 int env_cleanup_test(Env *e);
 
 /* Creates <dir>/img-<n>.img of the given size (sparse) and returns its path. */
@@ -95,6 +125,28 @@ int env_make_image(Env *e, const char *dir, uint64_t size, char **ret_path);
 /* Time */
 uint64_t now_usec(void);
 void sleep_usec(uint64_t usec);
+
+/* --- The daemon process (shared by the integration test binaries) --- */
+
+/* $env_name, else <build dir>/name next to the test binary's directory. */
+int env_find_binary(const char *env_name, const char *name, char **ret);
+/* Forks e->loopmgrd with LOOPMGR_STATE_DIR=<tmpdir>/state and waits (10 s at most) until it
+ * owns the bus name; refuses (-EADDRINUSE) when another daemon owns it already. */
+int env_start_daemon(Env *e);
+/* SIGTERM and wait; 0 only when the daemon exited with status 0 (sanitizer reports abort). */
+int env_stop_daemon(Env *e);
+/* `losetup --json --list` and the daemon's ObjectManager agree (retried for up to 3 s, as
+ * other tests on the kernel create and remove devices); prints the differences and returns
+ * <0 when they do not. */
+int env_check_consistency(Env *e);
+/* The same, but when the whole host does not settle within 3 s (other users of the kernel
+ * churning devices faster than udev tells the daemon), only the devices backed, through any
+ * layers, by files under dir must agree; the differences left out are counted in a note. */
+int env_check_consistency_under(Env *e, const char *dir);
+/* losetup -d of every device backed by a file under dir (everything there is ours); returns
+ * how many there were. */
+size_t env_detach_all_under(const char *dir);
+bool env_wait_nothing_under(const char *dir, uint64_t timeout_usec);
 
 /* --- The daemon's API --- */
 
@@ -126,6 +178,23 @@ int call_get_device(Env *e, const char *what, sd_bus_error *error, char **ret_ob
 int call_set_autoclear(Env *e, const char *object, bool value, sd_bus_error *error);
 int call_set_capacity(Env *e, const char *object, sd_bus_error *error);
 int get_version(Env *e, sd_bus_error *error, char **ret);
+
+/* Manager.Resolve(fd, options). */
+typedef struct Resolved {
+        char *base_kind;
+        uint64_t base_device;
+        uint64_t base_inode;
+        uint64_t offset;
+        uint64_t size;
+        char **chain; /* NULL-terminated */
+        size_t n_chain;
+        char **aliases; /* NULL-terminated object paths */
+        size_t n_aliases;
+        char *unexpected; /* keys of unknown name or type, "key:type ..." or NULL */
+} Resolved;
+
+void resolved_done(Resolved *r);
+int call_resolve(Env *e, int fd, sd_bus_error *error, Resolved *ret, unsigned n_options, ...);
 
 /* All properties of org.loopmgr.LoopManager1.Device. */
 typedef struct DeviceProps {
@@ -240,3 +309,7 @@ static inline void device_props_donep(DeviceProps *p) {
         device_props_done(p);
 }
 #define _cleanup_props_ _cleanup_(device_props_donep)
+static inline void resolved_donep(Resolved *r) {
+        resolved_done(r);
+}
+#define _cleanup_resolved_ _cleanup_(resolved_donep)

@@ -13,9 +13,10 @@ packages=(
     libsystemd-dev libudev-dev libmount-dev libblkid-dev libcmocka-dev
     # runtime of the test environment (tests/env.sh) and the daemon
     dbus dbus-daemon dbus-bin systemd udev polkitd
-    # tools the tests and the demo call: losetup (mount), addpart/flock/setpriv (util-linux),
-    # mkfs.ext4 (e2fsprogs), pgrep (procps), jq
-    util-linux mount e2fsprogs procps jq
+    # tools the tests and the demo call: losetup (mount), addpart/delpart/flock/setpriv
+    # (util-linux), mkfs.ext4/e2fsck/debugfs (e2fsprogs), pgrep (procps), jq, and
+    # mkfs.btrfs/btrfs for the btrfs sub-volume scenario of tests/test-aliases.c (btrfs-progs)
+    util-linux mount e2fsprogs procps jq btrfs-progs
     # checks in tools/test.sh and meson test: clang-format, xmllint
     clang-format libxml2-utils
 )
