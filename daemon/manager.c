@@ -515,12 +515,15 @@ static int check_chain_busy(Manager *m, const Chain *chain, bool read_only, sd_b
 
                 if (l->devnum == 0 || !l->name[0])
                         continue;
-                r = check_one_busy(l->devnum, l->name, &b);
-                if (r == 0 && l->kind != LAYER_PARTITION)
+                /* Partitions first: a mounted partition also makes its whole disk refuse
+                 * O_EXCL, and the message should name the partition and its mount point. */
+                if (l->kind != LAYER_PARTITION)
                         r = block_foreach_partition_in_range(m->root, l->name,
                                                              chain->layers[i - 1].offset,
                                                              chain->layers[i - 1].size,
                                                              check_one_busy, &b);
+                if (r == 0)
+                        r = check_one_busy(l->devnum, l->name, &b);
         }
 
         mnt_unref_table(mounts);
@@ -576,12 +579,37 @@ int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *r
         return 0;
 }
 
+void manager_adopt_unseen(Manager *m) {
+        _cleanup_strv_free_ char **names = NULL;
+
+        /* udev tells us about foreign bindings only after processing them, so a request that
+         * follows `losetup` closely would not see that device. Before any alias decision, pick
+         * up every bound loop device we have no object for: one readdir plus one stat per
+         * unknown device, not a full rescan. */
+        if (loop_list(m->root, &names) < 0)
+                return;
+        for (char **n = names; *n; n++) {
+                _cleanup_free_ char *rel = NULL, *path = NULL;
+                unsigned number;
+
+                if (loop_name_to_number(*n, &number) < 0 || manager_get_device_by_number(m, number))
+                        continue;
+                if (asprintf(&rel, "/sys/block/%s/loop", *n) < 0)
+                        return;
+                path = path_join_root(m->root, rel);
+                if (path && access(path, F_OK) >= 0)
+                        (void) manager_reconcile(m, *n);
+        }
+}
+
 int manager_resolve_request(Manager *m, const AttachRequest *req, Chain *ret) {
         _cleanup_free_ char *proc = NULL;
         Layer top = { .kind = LAYER_REQUEST };
         char path[PATH_MAX];
         Backing backing;
         ssize_t k;
+
+        manager_adopt_unseen(m);
 
         if (S_ISBLK(req->st.st_mode))
                 backing = (Backing) { .is_block = true, .device = req->st.st_rdev };
@@ -893,7 +921,9 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
         }
 
         if (d->state == DEVICE_ATTACHED) {
-                if (o->all_references || !device_has_reference_of(d, uid))
+                bool own = !o->all_references && device_has_reference_of(d, uid);
+
+                if (!own)
                         /* A caller without a reference of its own (root, or detach-others
                          * once polkit is there) detaches the device itself. */
                         device_drop_all_references(d);
@@ -907,6 +937,12 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
                 }
 
                 if (d->n_references > 0)
+                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_ATTACHED);
+
+                /* A device made behind our back (losetup, mount -o loop) that a caller reused:
+                 * dropping the last of *our* references hands it back to whoever made it. Only
+                 * a caller holding no reference detaches it outright. */
+                if (!d->managed && own)
                         return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_ATTACHED);
 
                 r = device_teardown(m, d);

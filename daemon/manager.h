@@ -84,6 +84,9 @@ struct libmnt_table *manager_mount_table(Manager *m);
 /* Recomputes d's chain and identity and keeps the range index in step. */
 void manager_update_identity(Manager *m, Device *d);
 
+/* Adopts bound loop devices the registry has not seen yet (udev may not have reported them). */
+void manager_adopt_unseen(Manager *m);
+
 /* Resolves the chain of a prospective binding (Attach, Resolve); the top layer describes the
  * request. */
 int manager_resolve_request(Manager *m, const AttachRequest *req, Chain *ret);
