@@ -357,12 +357,14 @@ int manager_reconcile(Manager *m, const char *name) {
         return 0;
 }
 
-void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq) {
+void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
+                        bool from_udev) {
         unsigned number;
         Device *d;
         int r;
 
-        log_debug("udev: %s %s diskseq %" PRIu64, action, name, diskseq);
+        log_debug("%s: %s %s diskseq %" PRIu64, from_udev ? "udev" : "kernel", action, name,
+                  diskseq);
 
         r = manager_reconcile(m, name);
         if (r < 0)
@@ -371,7 +373,7 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
         if (loop_name_to_number(name, &number) < 0)
                 return;
         d = manager_get_device_by_number(m, number);
-        if (!d || d->udev_ready || d->status.diskseq != diskseq)
+        if (!from_udev || !d || d->udev_ready || d->status.diskseq != diskseq)
                 return;
 
         /* udev broadcast an event for this very binding after running its rules: the

@@ -66,8 +66,10 @@ int manager_find_device(Manager *m, const char *spec, Device **ret);
 /* Re-reads one loop device from the kernel and brings the object in line: adds, updates,
  * or removes it (completing waiters). Called for udev events and at start-up. */
 int manager_reconcile(Manager *m, const char *name);
-/* Called by the udev watch for every processed event of a loop disk. */
-void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq);
+/* Called by the udev watch for every event of a loop disk: from the kernel as it happens, and
+ * from udev once its rules ran (from_udev). */
+void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
+                        bool from_udev);
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
 

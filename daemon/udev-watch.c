@@ -2,7 +2,9 @@
 
 #include <errno.h>
 #include <libudev.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
 
 #include "log.h"
 #include "manager.h"
@@ -11,12 +13,18 @@
 struct UdevWatch {
         Manager *manager;
         struct udev *udev;
-        struct udev_monitor *monitor;
-        sd_event_source *source;
+        /* "kernel": uevents as the kernel sends them, at once: the state of a binding is
+         * re-read from sysfs on each, so the registry never lags behind udev's queue.
+         * "udev": the same events after udev ran its rules: only these prove that the
+         * by-diskseq link exists. */
+        struct udev_monitor *kernel_monitor, *udev_monitor;
+        sd_event_source *kernel_source, *udev_source;
 };
 
-static int on_udev_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+static int on_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         UdevWatch *w = userdata;
+        bool from_udev = s == w->udev_source;
+        struct udev_monitor *monitor = from_udev ? w->udev_monitor : w->kernel_monitor;
 
         /* Drain everything queued: one wakeup can carry many events. */
         for (;;) {
@@ -25,7 +33,7 @@ static int on_udev_event(sd_event_source *s, int fd, uint32_t revents, void *use
                 uint64_t diskseq = 0;
 
                 errno = 0;
-                dev = udev_monitor_receive_device(w->monitor);
+                dev = udev_monitor_receive_device(monitor);
                 if (!dev) {
                         if (errno == ENOBUFS) {
                                 /* The socket overflowed: events were lost, so rebuild the
@@ -44,11 +52,39 @@ static int on_udev_event(sd_event_source *s, int fd, uint32_t revents, void *use
                         diskseq = 0;
 
                 if (name && strncmp(name, "loop", 4) == 0 && name[4] >= '0' && name[4] <= '9')
-                        manager_udev_event(w->manager, action ?: "change", name, diskseq);
+                        manager_udev_event(w->manager, action ?: "change", name, diskseq,
+                                           from_udev);
 
                 udev_device_unref(dev);
         }
 
+        return 0;
+}
+
+static int monitor_open(UdevWatch *w, sd_event *event, const char *group,
+                        struct udev_monitor **ret_monitor, sd_event_source **ret_source) {
+        struct udev_monitor *mon;
+        int r;
+
+        mon = udev_monitor_new_from_netlink(w->udev, group);
+        if (!mon)
+                return -errno ?: -ENOMEM;
+
+        r = udev_monitor_filter_add_match_subsystem_devtype(mon, "block", "disk");
+        if (r >= 0) {
+                /* Large enough for a burst of thousands of devices; overflow is handled. */
+                (void) udev_monitor_set_receive_buffer_size(mon, 128 * 1024 * 1024);
+                r = udev_monitor_enable_receiving(mon);
+        }
+        if (r >= 0)
+                r = sd_event_add_io(event, ret_source, udev_monitor_get_fd(mon), EPOLLIN,
+                                    on_event, w);
+        if (r < 0) {
+                udev_monitor_unref(mon);
+                return r;
+        }
+        (void) sd_event_source_set_description(*ret_source, group);
+        *ret_monitor = mon;
         return 0;
 }
 
@@ -67,30 +103,12 @@ int udev_watch_new(sd_event *event, Manager *m, UdevWatch **ret) {
                 goto fail;
         }
 
-        /* "udev", not "kernel": an event from udev means its rules ran, so the
-         * /dev/disk/by-diskseq link exists and the probe released its lock. */
-        w->monitor = udev_monitor_new_from_netlink(w->udev, "udev");
-        if (!w->monitor) {
-                r = -errno ?: -ENOMEM;
-                goto fail;
-        }
-
-        r = udev_monitor_filter_add_match_subsystem_devtype(w->monitor, "block", "disk");
+        r = monitor_open(w, event, "kernel", &w->kernel_monitor, &w->kernel_source);
         if (r < 0)
                 goto fail;
-
-        /* Large enough for a burst of thousands of devices; overflow is handled anyway. */
-        (void) udev_monitor_set_receive_buffer_size(w->monitor, 128 * 1024 * 1024);
-
-        r = udev_monitor_enable_receiving(w->monitor);
+        r = monitor_open(w, event, "udev", &w->udev_monitor, &w->udev_source);
         if (r < 0)
                 goto fail;
-
-        r = sd_event_add_io(event, &w->source, udev_monitor_get_fd(w->monitor), EPOLLIN,
-                            on_udev_event, w);
-        if (r < 0)
-                goto fail;
-        (void) sd_event_source_set_description(w->source, "udev-monitor");
 
         *ret = w;
         return 0;
@@ -103,8 +121,10 @@ fail:
 UdevWatch *udev_watch_free(UdevWatch *w) {
         if (!w)
                 return NULL;
-        sd_event_source_disable_unref(w->source);
-        udev_monitor_unref(w->monitor);
+        sd_event_source_disable_unref(w->kernel_source);
+        sd_event_source_disable_unref(w->udev_source);
+        udev_monitor_unref(w->kernel_monitor);
+        udev_monitor_unref(w->udev_monitor);
         udev_unref(w->udev);
         free(w);
         return NULL;

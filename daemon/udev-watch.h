@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
-/* A libudev monitor of block disks on an sd-event loop: tells the manager about every event
- * udev has finished processing for a loop device ("udev" netlink group, so symlinks exist). */
+/* libudev monitors of block disks on an sd-event loop: the kernel's uevents (at once, for the
+ * state of bindings) and udev's (after its rules ran, for the by-diskseq link). */
 
 #include <systemd/sd-event.h>
 
