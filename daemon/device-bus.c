@@ -53,9 +53,13 @@ static int property_get_openers(sd_bus *bus, const char *path, const char *inter
         Device *d = userdata;
         int r;
 
-        r = device_openers(d, &pairs);
+        /* Always fresh on read (an exclusive claim from another namespace raises no event);
+         * the result becomes the baseline for change signals. */
+        r = device_openers(d, NULL, &pairs);
         if (r < 0)
                 return r;
+        strv_free(d->openers);
+        d->openers = strv_copy(pairs);
         r = sd_bus_message_open_container(reply, 'a', "(ss)");
         if (r < 0)
                 return r;
@@ -190,8 +194,7 @@ static const sd_bus_vtable device_vtable[] = {
         PROP("OwnerUID", "u", owner_uid),
         PROP("References", "u", references),
         PROP("State", "s", state),
-        /* Computed on every read; change signals for it come with opener tracking. */
-        SD_BUS_PROPERTY("Openers", "a(ss)", property_get_openers, 0, 0),
+        PROP("Openers", "a(ss)", openers),
         PROP("Chain", "as", chain),
         /* Not in SPEC §5: the canonical range, so clients need not parse Chain. */
         PROP("BaseKind", "s", base_kind),

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <sys/sysmacros.h>
 
+#include "block-use.h"
 #include "bus-util.h"
 #include "device.h"
 #include "log.h"
@@ -124,6 +125,7 @@ Device *device_free(Device *d) {
                 waiter_free(w);
         }
         device_drop_all_references(d);
+        strv_free(d->openers);
         chain_done(&d->chain);
         loop_status_done(&d->status);
         free(d->path);
@@ -312,16 +314,17 @@ static bool devnum_is_partition_of(Device *d, dev_t dev) {
         return streq(parent, d->status.name);
 }
 
-int device_openers(Device *d, char ***ret_pairs) {
+int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs) {
         _cleanup_strv_free_ char **l = NULL;
         _cleanup_free_ char *holders = NULL, *sys = NULL;
-        struct libmnt_table *tb = NULL;
-        size_t n = 0;
+        struct libmnt_table *tb = mounts;
+        size_t n = 0, n_visible;
         DIR *dir;
         int r;
 
         /* Mounts visible in our namespace (the device itself or any of its partitions). */
-        tb = manager_mount_table(d->manager);
+        if (!tb)
+                tb = manager_mount_table(d->manager);
         if (tb) {
                 struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
                 struct libmnt_fs *fs;
@@ -337,14 +340,16 @@ int device_openers(Device *d, char ***ret_pairs) {
                                         r = strv_push_printf(&l, &n, "%s", mnt_fs_get_target(fs) ?: "?");
                                 if (r < 0) {
                                         mnt_free_iter(it);
-                                        mnt_unref_table(tb);
+                                        if (tb != mounts)
+                                                mnt_unref_table(tb);
                                         return r;
                                 }
                         }
                 }
                 mnt_free_iter(it);
         }
-        mnt_unref_table(tb);
+        if (tb != mounts)
+                mnt_unref_table(tb);
 
         /* Block devices stacked on it (device-mapper, md, ...). */
         sys = path_join_root(d->manager->root, "/sys/block");
@@ -367,12 +372,33 @@ int device_openers(Device *d, char ***ret_pairs) {
                 closedir(dir);
         }
 
-        /* Loop devices using it as their backing. */
+        /* A mount in another namespace, or any other exclusive claim, shows only as a refused
+         * O_EXCL open. Probe only when nothing visible explains a claim (a visible mount or
+         * holder would make the probe fail too). */
+        n_visible = n;
+        if (n_visible == 0 && d->status.bound) {
+                BlockUse use = {};
+
+                if (block_use_probe(d->manager->root, d->status.devnum, d->status.name, NULL,
+                                    &use) >= 0 && use.in_use) {
+                        r = strv_push_printf(&l, &n, "mount");
+                        if (r >= 0)
+                                r = strv_push_printf(&l, &n, "(other namespace)");
+                        if (r < 0) {
+                                block_use_done(&use);
+                                return r;
+                        }
+                }
+                block_use_done(&use);
+        }
+
+        /* Loop devices using it, or one of its partitions, as their backing. */
         for (size_t i = 0; i < d->manager->n_slots; i++) {
                 Device *o = d->manager->devices[i];
 
                 if (!o || o == d || !o->backing_is_block ||
-                    o->status.backing_rdevice != d->status.devnum)
+                    (o->status.backing_rdevice != d->status.devnum &&
+                     !devnum_is_partition_of(d, o->status.backing_rdevice)))
                         continue;
                 r = strv_push_printf(&l, &n, "loop");
                 if (r >= 0)

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <libmount.h>
 #include <sys/types.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -66,6 +67,7 @@ struct Device {
         unsigned n_references;
 
         DeviceState state;
+        char **openers;         /* last published Openers pairs (NULL: none computed yet) */
         bool udev_ready;        /* udev processed this binding (by-diskseq link exists) */
         Waiter *waiters;
 };
@@ -97,5 +99,6 @@ Waiter *waiter_free(Waiter *w);
 
 /* Human-readable chain, top layer first (the Chain property and Resolve's "chain"). */
 int device_chain(Device *d, char ***ret);
-/* What holds the device open: pairs (kind, description) for the Openers property. */
-int device_openers(Device *d, char ***ret_pairs);
+/* What holds the device open: pairs (kind, description) for the Openers property. mounts: a
+ * parsed mount table to use, or NULL to read one. */
+int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs);

@@ -1179,3 +1179,26 @@ int loop_udev_link_ready(const char *root, const char *name, uint64_t diskseq) {
         /* diskseq is unique per boot, so a link to another name is not "ours yet": 0. */
         return streq(base, name);
 }
+
+int loop_remove_stale_partitions(const char *root, const char *name) {
+        _cleanup_close_ int ctl = -EBADF, fd = -EBADF;
+        struct loop_info64 info = {};
+
+        /* Under the loop-control lock, so that a cooperating tool cannot bind the device
+         * between our "unbound?" check and the deletion. */
+        ctl = open_root(root, "/dev/loop-control", O_RDWR | O_CLOEXEC | O_NOCTTY);
+        if (ctl >= 0)
+                while (flock(ctl, LOCK_EX) < 0)
+                        if (errno != EINTR)
+                                return -errno;
+
+        fd = open_device(root, name, O_RDONLY | O_NONBLOCK);
+        if (fd < 0)
+                return fd;
+        if (ioctl(fd, LOOP_GET_STATUS64, &info) >= 0)
+                return -EBUSY;          /* bound again: its partitions are not stale */
+        if (errno != ENXIO)
+                return -errno;
+
+        return device_remove_partitions(root, name, fd);
+}

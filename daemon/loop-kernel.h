@@ -100,6 +100,10 @@ int loop_attach(const char *root, int backing_fd, const LoopConfig *config, Loop
  */
 int loop_detach(const char *root, const char *name, uint64_t diskseq);
 
+/* Deletes partitions left on an UNBOUND device (the kernel keeps manually added ones after a
+ * deferred teardown). -EBUSY if the device is bound again. Returns how many were deleted. */
+int loop_remove_stale_partitions(const char *root, const char *name);
+
 /* LOOP_SET_CAPACITY / LOOP_SET_STATUS64 toggling AUTOCLEAR, both after the diskseq check. */
 int loop_set_capacity(const char *root, const char *name, uint64_t diskseq);
 int loop_set_autoclear(const char *root, const char *name, uint64_t diskseq, bool autoclear);

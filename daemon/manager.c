@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
+#include <sys/epoll.h>
 #include <sys/sysmacros.h>
 #include <systemd/sd-daemon.h>
 
@@ -17,6 +18,8 @@
 #include "manager.h"
 #include "range-index.h"
 #include "udev-watch.h"
+
+static Device *device_lower(Manager *m, Device *d);
 
 int manager_new(sd_event *event, const char *root, const char *state_dir, Manager **ret) {
         Manager *m;
@@ -55,6 +58,8 @@ Manager *manager_free(Manager *m) {
         range_index_free(m->index);
 
         state_done(&m->restored);
+        sd_event_source_disable_unref(m->mount_source);
+        mnt_unref_monitor(m->mount_monitor);
         sd_bus_slot_unref(m->name_owner_slot);
         udev_watch_free(m->udev_watch);
         sd_bus_flush_close_unref(m->bus);
@@ -119,6 +124,9 @@ int manager_save_state(Manager *m) {
                 }
         }
 
+        s.has_intent = m->has_intent;
+        s.intent = m->intent;
+
         r = state_save(m->state_dir, &s);
         if (r < 0)
                 return log_warning_errno(r, "Failed to write the state file in %s: %m",
@@ -164,6 +172,12 @@ static int manager_add_device(Manager *m, Device *d) {
         }
 
         (void) sd_bus_emit_object_added(m->bus, d->path);
+        {
+                Device *lower = device_lower(m, d);
+
+                if (lower)
+                        manager_refresh_openers(m, lower, NULL);
+        }
         log_debug("%s (diskseq %" PRIu64 ") %s", d->node, d->status.diskseq,
                   d->managed ? "attached" : "appeared (not managed)");
         return 0;
@@ -233,7 +247,13 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
         }
 
         log_debug("%s (diskseq %" PRIu64 ") is gone", d->node, d->status.diskseq);
-        device_free(d);
+        {
+                Device *lower = device_lower(m, d);
+
+                device_free(d);
+                if (lower)
+                        manager_refresh_openers(m, lower, NULL);
+        }
 }
 
 void manager_update_identity(Manager *m, Device *d) {
@@ -314,8 +334,19 @@ int manager_reconcile(Manager *m, const char *name) {
 
         r = loop_read_sysfs(m->root, name, &st);
         if (r == -ENOENT || (r >= 0 && !st.bound)) {
-                if (d)
+                if (d) {
+                        bool ours = d->managed;
+
                         manager_remove_device(m, d, -ENXIO);
+                        /* A teardown the kernel deferred to the last close could not delete
+                         * partitions that were still mounted; they outlive the binding. */
+                        if (ours && r >= 0) {
+                                r = loop_remove_stale_partitions(m->root, name);
+                                if (r > 0)
+                                        log_info("Deleted %d partition(s) left on %s after its "
+                                                 "teardown", r, name);
+                        }
+                }
                 return 0;
         }
         if (r < 0)
@@ -373,6 +404,9 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
         if (loop_name_to_number(name, &number) < 0)
                 return;
         d = manager_get_device_by_number(m, number);
+        if (d && d->openers)
+                /* Only devices whose Openers somebody has seen: the first read computes. */
+                manager_refresh_openers(m, d, NULL);
         if (!from_udev || !d || d->udev_ready || d->status.diskseq != diskseq)
                 return;
 
@@ -452,6 +486,81 @@ static int alias_scan_one(void *item, void *userdata) {
 
         if (!a->conflict)
                 a->conflict = e;
+        return 0;
+}
+
+static bool strv_equal(char **a, char **b) {
+        for (; a && b && *a && *b; a++, b++)
+                if (!streq(*a, *b))
+                        return false;
+        return (!a || !*a) && (!b || !*b);
+}
+
+void manager_refresh_openers(Manager *m, Device *d, struct libmnt_table *mounts) {
+        _cleanup_strv_free_ char **pairs = NULL;
+
+        if (device_openers(d, mounts, &pairs) < 0 || strv_equal(pairs, d->openers))
+                return;
+        strv_free(d->openers);
+        d->openers = TAKE_PTR(pairs);
+        manager_emit_device_changed(m, d, (char *[]) { "Openers", NULL });
+}
+
+/* The loop device below d, if d stacks on one (directly or through a partition of it). */
+static Device *device_lower(Manager *m, Device *d) {
+        Device *lower;
+
+        if (!d->backing_is_block)
+                return NULL;
+        lower = manager_get_device_by_devnum(m, d->status.backing_rdevice);
+        if (lower)
+                return lower;
+        /* Through a partition: the chain's next loop layer. */
+        for (size_t i = 1; d->has_identity && i < d->chain.n_layers; i++)
+                if (d->chain.layers[i].kind == LAYER_LOOP)
+                        return manager_get_device_by_devnum(m, d->chain.layers[i].devnum);
+        return NULL;
+}
+
+static int on_mounts_changed(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        struct libmnt_table *mounts;
+
+        /* Drain the monitor; what changed is re-read from the table as a whole. */
+        while (mnt_monitor_next_change(m->mount_monitor, NULL, NULL) == 0)
+                ;
+        (void) mnt_monitor_event_cleanup(m->mount_monitor);
+
+        mounts = manager_mount_table(m);
+        if (!mounts)
+                return 0;
+        /* Every device is re-checked against one parsed table; only devices with nothing
+         * visible open are probed (see device_openers()). */
+        for (size_t i = 0; i < m->n_slots; i++)
+                if (m->devices[i])
+                        manager_refresh_openers(m, m->devices[i], mounts);
+        mnt_unref_table(mounts);
+        return 0;
+}
+
+static int manager_watch_mounts(Manager *m) {
+        int r, fd;
+
+        m->mount_monitor = mnt_new_monitor();
+        if (!m->mount_monitor)
+                return -ENOMEM;
+        /* The "kernel" monitor watches /proc/self/mountinfo: every mount and unmount in our
+         * namespace, whoever made it. */
+        r = mnt_monitor_enable_kernel(m->mount_monitor, 1);
+        if (r < 0)
+                return r;
+        fd = mnt_monitor_get_fd(m->mount_monitor);
+        if (fd < 0)
+                return fd;
+        r = sd_event_add_io(m->event, &m->mount_source, fd, EPOLLIN, on_mounts_changed, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(m->mount_source, "mount-monitor");
         return 0;
 }
 
@@ -747,7 +856,32 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 .partscan = o->partscan,
                 .direct_io = o->direct_io,
         };
+
+        /* Record the intent first: if we die between the bind and recording the device, the
+         * next start finds the binding that matches it and nobody's record, and tears it
+         * down (its caller never got an answer). */
+        m->intent = (StateIntent) {
+                .is_block = S_ISBLK(req->st.st_mode),
+                .device = S_ISBLK(req->st.st_mode) ? req->st.st_rdev : req->st.st_dev,
+                .inode = S_ISBLK(req->st.st_mode) ? 0 : req->st.st_ino,
+                .offset = o->offset,
+                .size_limit = o->size_limit,
+                .uid = req->uid,
+        };
+        m->has_intent = true;
+        r = manager_save_state(m);
+        if (r < 0) {
+                m->has_intent = false;
+                return bus_error_set_errnof(error, r,
+                        "Cannot record the attach in the state directory %s: %s.", m->state_dir,
+                        strerror(-r));
+        }
+
         r = loop_attach(m->root, req->fd, &config, &st);
+        if (r < 0) {
+                m->has_intent = false;
+                (void) manager_save_state(m);
+        }
         if (r == -EBUSY || r == -ENOSPC || r == -EAGAIN)
                 return bus_error_set_errnof(error, -ENOSPC,
                         "The kernel has no free loop device (%s).", strerror(-r));
@@ -772,13 +906,17 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         r = device_new(m, &st, true, &d);
         if (r >= 0)
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
-        if (r >= 0)
+        /* The save in manager_add_device() records the device and drops the intent at once. */
+        m->has_intent = false;
+        if (r >= 0) {
                 r = manager_add_device(m, d);
-        else {
+                if (r < 0)
+                        d = device_free(d);
+        } else
                 d = device_free(d);
-        }
         if (r < 0) {
                 (void) loop_detach(m->root, st.name, st.diskseq);
+                (void) manager_save_state(m);
                 return bus_error_set_errnof(error, r, "Failed to register the new device: %s.",
                                             strerror(-r));
         }
@@ -1073,13 +1211,38 @@ static bool bus_name_has_owner(Manager *m, const char *name) {
 /* After the restored devices were matched with the kernel: drop client references whose
  * holder disappeared while we were not running, finish what a previous run left half done,
  * and write the record as it now stands. */
+static bool device_matches_intent(Device *d, const StateIntent *in) {
+        if (d->managed || !d->status.bound || d->status.offset != in->offset ||
+            d->status.size_limit != in->size_limit)
+                return false;
+        if (in->is_block)
+                return d->backing_is_block && (uint64_t) d->status.backing_rdevice == in->device;
+        return !d->backing_is_block && (uint64_t) d->status.backing_device == in->device &&
+               d->status.backing_inode == in->inode;
+}
+
 static void manager_resume(Manager *m) {
         for (size_t i = 0; i < m->n_slots; i++) {
                 Device *d = m->devices[i];
                 bool dropped = false;
                 int r;
 
-                if (!d || !d->managed)
+                if (!d)
+                        continue;
+
+                if (m->has_restored_intent && device_matches_intent(d, &m->restored_intent)) {
+                        /* Bound by our previous run, which died before recording it: nobody
+                         * was told about it, so nobody holds it. */
+                        log_warning("%s was attached by a previous run that stopped before "
+                                    "recording it; detaching it.", d->node);
+                        m->has_restored_intent = false;
+                        r = device_teardown(m, d);
+                        if (r < 0)
+                                log_warning_errno(r, "Failed to detach it: %m");
+                        continue;
+                }
+
+                if (!d->managed)
                         continue;
 
                 /* Dropping frees the holder's references (and its name): copy the name and
@@ -1157,6 +1320,11 @@ int manager_start(Manager *m) {
         r = udev_watch_new(m->event, m, &m->udev_watch);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the udev monitor: %m");
+        r = manager_watch_mounts(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch the mount table: %m");
+        m->has_restored_intent = m->restored.has_intent;
+        m->restored_intent = m->restored.intent;
         manager_rescan(m);
         state_done(&m->restored);
         manager_resume(m);

@@ -26,6 +26,8 @@ typedef struct Manager {
         sd_bus *bus;
         UdevWatch *udev_watch;
         sd_bus_slot *name_owner_slot;
+        struct libmnt_monitor *mount_monitor;
+        sd_event_source *mount_source;
 
         char *root;             /* NULL: the real root; tests may point the kernel layer elsewhere */
         char *state_dir;
@@ -36,6 +38,10 @@ typedef struct Manager {
         RangeIndex *index;      /* devices with an identity, by base object and range */
 
         State restored;         /* the ownership record read at start-up, until reconciled */
+        bool has_intent;        /* an attach between "recorded" and "bound and recorded" */
+        StateIntent intent;
+        bool has_restored_intent;
+        StateIntent restored_intent;
 } Manager;
 
 /* What Attach asks for, once the bus layer has validated the fd and the options. */
@@ -82,6 +88,10 @@ int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *r
 
 /* The mount table of the daemon's namespace (under the root), or NULL if unreadable. */
 struct libmnt_table *manager_mount_table(Manager *m);
+
+/* Recomputes d's Openers and emits PropertiesChanged when they differ from the last ones
+ * published. mounts: a parsed mount table, or NULL to read one. */
+void manager_refresh_openers(Manager *m, Device *d, struct libmnt_table *mounts);
 
 /* Recomputes d's chain and identity and keeps the range index in step. */
 void manager_update_identity(Manager *m, Device *d);

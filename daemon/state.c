@@ -122,6 +122,10 @@ int state_serialize(const State *s, char **ret_text, size_t *ret_len) {
                                 lifetime_to_string(d->refs[j].lifetime),
                                 d->refs[j].owner ?: "-");
         }
+        if (s->has_intent)
+                fprintf(f, "intent %s %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %u\n",
+                        s->intent.is_block ? "block" : "file", s->intent.device, s->intent.inode,
+                        s->intent.offset, s->intent.size_limit, (unsigned) s->intent.uid);
         if (fflush(f) != 0 || ferror(f)) {
                 fclose(f);
                 return -ENOMEM;
@@ -176,7 +180,7 @@ int state_parse(const char *text, size_t len, State *ret) {
                 return -ENOMEM;
 
         for (line = copy + magic; *line; line = next) {
-                char *w[6];
+                char *w[8];
                 size_t n;
 
                 next = strchr(line, '\n');
@@ -214,6 +218,20 @@ int state_parse(const char *text, size_t len, State *ret) {
                         r = state_add_device(&s, w[1], seq, pending, owner, &current);
                         if (r < 0)
                                 goto fail_r;
+                } else if (n == 7 && streq(w[0], "intent") && !s.has_intent) {
+                        StateIntent in = {};
+
+                        if (streq(w[1], "block"))
+                                in.is_block = true;
+                        else if (!streq(w[1], "file"))
+                                goto fail;
+                        if (safe_atou64(w[2], &in.device) < 0 || safe_atou64(w[3], &in.inode) < 0 ||
+                            safe_atou64(w[4], &in.offset) < 0 ||
+                            safe_atou64(w[5], &in.size_limit) < 0 || parse_uid(w[6], &in.uid) < 0)
+                                goto fail;
+                        s.intent = in;
+                        s.has_intent = true;
+                        current = NULL;         /* refs belong to devices only */
                 } else if (n == 4 && streq(w[0], "ref") && current) {
                         Lifetime lt;
                         uid_t uid;

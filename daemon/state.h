@@ -12,6 +12,7 @@
  *   device loop3 412 attached 1000
  *   ref 1000 persistent -
  *   ref 0 client :1.42
+ *   intent file 65024 403311 0 0 1000
  *   end 9f3c2a0d1b7e4c55
  *
  * "end" carries the FNV-1a 64-bit hash of every byte before that line.
@@ -43,9 +44,24 @@ typedef struct StateDevice {
         size_t n_refs;
 } StateDevice;
 
+/* An attach in flight: recorded before the kernel binds, cleared once the device itself is
+ * recorded. A bound device that matches a leftover intent and no device record was made by a
+ * daemon that died before answering anyone: the next start tears it down. The daemon binds
+ * one device at a time, so there is at most one intent. */
+typedef struct StateIntent {
+        bool is_block;          /* backing is a block device (device = st_rdev) */
+        uint64_t device;        /* st_dev of the file, or st_rdev of the block device */
+        uint64_t inode;         /* files only */
+        uint64_t offset;
+        uint64_t size_limit;
+        uid_t uid;
+} StateIntent;
+
 typedef struct State {
         StateDevice *devices;
         size_t n_devices;
+        bool has_intent;
+        StateIntent intent;
 } State;
 
 void state_done(State *s);

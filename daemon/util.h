@@ -56,6 +56,26 @@ static inline void strv_free(char **l) {
                 free(*i);
         free(l);
 }
+/* A deep copy; NULL for NULL or when out of memory. */
+static inline char **strv_copy(char **l) {
+        size_t n = 0;
+        char **c;
+
+        if (!l)
+                return NULL;
+        while (l[n])
+                n++;
+        c = calloc(n + 1, sizeof(char *));
+        if (!c)
+                return NULL;
+        for (size_t i = 0; i < n; i++)
+                if (!(c[i] = strdup(l[i]))) {
+                        strv_free(c);
+                        return NULL;
+                }
+        return c;
+}
+
 static inline void strv_freep(char ***l) {
         strv_free(*l);
 }

@@ -23,6 +23,9 @@ static void make_sample(State *s) {
         assert_int_equal(state_device_add_ref(d, 1000, LIFETIME_PERSISTENT, NULL), 0);
         assert_int_equal(state_device_add_ref(d, 0, LIFETIME_CLIENT, ":1.42"), 0);
         assert_int_equal(state_add_device(s, "loop12", 9000000000ULL, true, 0, &d), 0);
+        s->has_intent = true;
+        s->intent = (StateIntent) { .device = 65024, .inode = 403311, .offset = 4096,
+                                    .size_limit = 0, .uid = 1000 };
 }
 
 static void test_round_trip(void **state) {
@@ -52,6 +55,13 @@ static void test_round_trip(void **state) {
         assert_non_null(state_find(&t, "loop12", 9000000000ULL));
         assert_null(state_find(&t, "loop12", 1));
         assert_null(state_find(&t, "loop1", 412));
+
+        assert_true(t.has_intent);
+        assert_false(t.intent.is_block);
+        assert_int_equal(t.intent.device, 65024);
+        assert_int_equal(t.intent.inode, 403311);
+        assert_int_equal(t.intent.offset, 4096);
+        assert_int_equal(t.intent.uid, 1000);
 
         state_done(&s);
         state_done(&t);
@@ -142,6 +152,10 @@ static void test_semantic_errors(void **state) {
                 "device loop3 1 attached 0\nref 0 forever -\n",           /* unknown lifetime */
                 "device loop3 1  attached 0\n",                           /* double space */
                 "\n",                                                     /* empty line */
+                "intent file 1 2 0 0 0\nintent file 1 2 0 0 0\n",          /* two intents */
+                "intent disk 1 2 0 0 0\n",                                /* unknown kind */
+                "intent file 1 2 0 0\n",                                  /* missing uid */
+                "intent file 1 2 0 0 0\nref 0 persistent -\n",            /* ref after intent */
         };
         char *good;
         State t = {};
