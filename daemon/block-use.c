@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/sysmacros.h>
 
 #include "block-use.h"
@@ -43,13 +44,144 @@ static int append(char **s, const char *what) {
         return 0;
 }
 
+void foreign_mounts_done(ForeignMounts *f) {
+        if (!f)
+                return;
+        for (size_t i = 0; i < f->n; i++)
+                free(f->mounts[i].target);
+        free(f->mounts);
+        *f = (ForeignMounts) {};
+}
+
+static int ns_of(const char *root, const char *pid, char *buf, size_t size) {
+        _cleanup_free_ char *rel = NULL, *path = NULL;
+        ssize_t k;
+
+        if (asprintf(&rel, "/proc/%s/ns/mnt", pid) < 0)
+                return -ENOMEM;
+        path = path_join_root(root, rel);
+        if (!path)
+                return -ENOMEM;
+        k = readlink(path, buf, size - 1);
+        if (k < 0)
+                return -errno;
+        buf[k] = 0;
+        return 0;
+}
+
+static int add_namespace_mounts(const char *root, const char *pid, ForeignMounts *f) {
+        _cleanup_free_ char *rel = NULL, *path = NULL;
+        struct libmnt_table *t;
+        struct libmnt_iter *it;
+        struct libmnt_fs *fs;
+        int r = 0;
+
+        if (asprintf(&rel, "/proc/%s/mountinfo", pid) < 0)
+                return -ENOMEM;
+        path = path_join_root(root, rel);
+        if (!path)
+                return -ENOMEM;
+        t = mnt_new_table();
+        if (!t)
+                return -ENOMEM;
+        if (mnt_table_parse_file(t, path) < 0) {
+                mnt_unref_table(t);
+                return 0;       /* the process went away */
+        }
+        it = mnt_new_iter(MNT_ITER_FORWARD);
+        while (it && r == 0 && mnt_table_next_fs(t, it, &fs) == 0) {
+                dev_t dev = mnt_fs_get_devno(fs);
+                ForeignMount *n;
+
+                /* Only block devices can matter: loop (7), blkext partitions (259), disks. */
+                if (dev == 0 || major(dev) == 0)
+                        continue;
+                n = realloc(f->mounts, (f->n + 1) * sizeof(ForeignMount));
+                if (!n) {
+                        r = -ENOMEM;
+                        break;
+                }
+                f->mounts = n;
+                n = &f->mounts[f->n];
+                *n = (ForeignMount) {
+                        .devnum = dev,
+                        .read_only = mnt_optstr_get_option(mnt_fs_get_vfs_options(fs), "ro",
+                                                           NULL, NULL) == 0,
+                        .target = strdup(mnt_fs_get_target(fs) ?: "?"),
+                        .pid = (pid_t) atoi(pid),
+                };
+                if (!n->target) {
+                        r = -ENOMEM;
+                        break;
+                }
+                f->n++;
+        }
+        mnt_free_iter(it);
+        mnt_unref_table(t);
+        return r;
+}
+
+int foreign_mounts_scan(const char *root, ForeignMounts *ret) {
+        _cleanup_free_ char *proc = NULL;
+        ForeignMounts f = {};
+        char own[64], **seen = NULL;
+        size_t n_seen = 0;
+        struct dirent *de;
+        DIR *dir;
+        int r = 0;
+
+        if (ns_of(root, "self", own, sizeof(own)) < 0)
+                own[0] = 0;
+        proc = path_join_root(root, "/proc");
+        if (!proc)
+                return -ENOMEM;
+        dir = opendir(proc);
+        if (!dir)
+                return -errno;
+
+        while (r == 0 && (de = readdir(dir))) {
+                char ns[64], **n;
+                bool known = false;
+
+                if (de->d_name[0] < '1' || de->d_name[0] > '9')
+                        continue;
+                if (ns_of(root, de->d_name, ns, sizeof(ns)) < 0 || streq(ns, own))
+                        continue;
+                for (size_t i = 0; i < n_seen && !known; i++)
+                        known = streq(seen[i], ns);
+                if (known)
+                        continue;
+
+                n = realloc(seen, (n_seen + 1) * sizeof(char *));
+                if (!n || !(n[n_seen] = strdup(ns))) {
+                        if (n)
+                                seen = n;
+                        r = -ENOMEM;
+                        break;
+                }
+                seen = n;
+                n_seen++;
+                r = add_namespace_mounts(root, de->d_name, &f);
+        }
+        closedir(dir);
+        for (size_t i = 0; i < n_seen; i++)
+                free(seen[i]);
+        free(seen);
+
+        if (r < 0) {
+                foreign_mounts_done(&f);
+                return r;
+        }
+        *ret = f;
+        return 0;
+}
+
 int block_use_probe(const char *root, dev_t devnum, const char *name, struct libmnt_table *mounts,
-                    BlockUse *ret) {
-        _cleanup_free_ char *desc = NULL, *rel = NULL, *holders = NULL, *node = NULL;
+                    const ForeignMounts *foreign, BlockUse *ret) {
+        _cleanup_free_ char *desc = NULL, *rel = NULL, *holders = NULL;
         bool in_use = false, all_ro = true, seen_mount = false;
         uint64_t ro = 0;
         DIR *dir;
-        int fd;
 
         /* Mounts in our namespace: named, and we can tell read-only ones. */
         if (mounts) {
@@ -100,30 +232,20 @@ int block_use_probe(const char *root, dev_t devnum, const char *name, struct lib
                 closedir(dir);
         }
 
-        /* Anyone holding it exclusively, in any namespace: mounts elsewhere show up here. */
-        free(rel);
-        rel = NULL;
-        if (asprintf(&rel, "/dev/%s", name) < 0)
-                return -ENOMEM;
-        node = path_join_root(root, rel);
-        if (!node)
-                return -ENOMEM;
-        fd = open(node, O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-        if (fd >= 0)
-                (void) close(fd);
-        else if (errno == EBUSY) {
-                if (!in_use) {
-                        /* Nothing we can see explains it: a mount in another namespace, or an
-                         * exclusive opener. We cannot tell whether that use is read-only. */
-                        in_use = true;
+        /* Mounts in other namespaces. */
+        for (size_t i = 0; foreign && i < foreign->n; i++) {
+                _cleanup_free_ char *what = NULL;
+
+                if (foreign->mounts[i].devnum != devnum)
+                        continue;
+                in_use = seen_mount = true;
+                if (!foreign->mounts[i].read_only)
                         all_ro = false;
-                        if (append(&desc, "in use by an exclusive opener (mounted in another mount "
-                                          "namespace, or claimed by a program)") < 0)
-                                return -ENOMEM;
-                }
+                if (asprintf(&what, "mounted on %s in another mount namespace (process %d)",
+                             foreign->mounts[i].target, (int) foreign->mounts[i].pid) < 0 ||
+                    append(&desc, what) < 0)
+                        return -ENOMEM;
         }
-        /* Other failures (no node in this root, a device in rundown) leave only the evidence
-         * gathered above. */
 
         /* A read-only device can only have read-only users. */
         if (read_block_attr(root, name, "ro", &ro) >= 0 && ro == 1)

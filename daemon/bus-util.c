@@ -33,6 +33,8 @@ static const char *errno_to_error_name(int r) {
                 return LOOPMGR_ERROR_NOT_FOUND;
         case ENOMEM:
                 return SD_BUS_ERROR_NO_MEMORY;
+        case ENOBUFS:
+                return SD_BUS_ERROR_LIMITS_EXCEEDED;
         default:
                 return SD_BUS_ERROR_FAILED;
         }
@@ -91,7 +93,12 @@ int bus_device_path_parse(const char *path, uint64_t *ret) {
 
         if (!path || strncmp(path, prefix, strlen(prefix)) != 0)
                 return -EINVAL;
-        r = safe_atou64(path + strlen(prefix), &v);
+        path += strlen(prefix);
+        /* Only the spelling bus_device_path() makes names an object: "device/042" is not
+         * "device/42" (GetManagedObjects lists the latter only). */
+        if (path[0] == '0' && path[1] != 0)
+                return -EINVAL;
+        r = safe_atou64(path, &v);
         if (r < 0)
                 return r;
         *ret = v;
@@ -106,10 +113,28 @@ int bus_message_sender_uid(sd_bus_message *m, uid_t *ret) {
         r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
         if (r < 0)
                 return r;
-        r = sd_bus_creds_get_euid(creds, &uid);
+        /* Authorisation decides on this uid: take it from the bus (SO_PEERCRED, as the bus
+         * daemon recorded it at connect), never from /proc, which a caller can race. */
+        if (sd_bus_creds_get_augmented_mask(creds) & SD_BUS_CREDS_EUID)
+                r = -EPERM;
+        else
+                r = sd_bus_creds_get_euid(creds, &uid);
         sd_bus_creds_unref(creds);
         if (r < 0)
                 return r;
         *ret = uid;
+        return 0;
+}
+
+int bus_sender_uid_or_deny(sd_bus_message *message, uid_t *ret_uid, sd_bus_error *error) {
+        uid_t uid;
+        int r;
+
+        r = bus_message_sender_uid(message, &uid);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "Cannot identify the caller (%s), so it is not authorised.",
+                                         strerror(-r));
+        *ret_uid = uid;
         return 0;
 }

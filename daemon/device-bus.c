@@ -9,6 +9,7 @@
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager.h"
+#include "polkit.h"
 
 #define DEFINE_GETTER(name, type, expr)                                                        \
         static int property_get_##name(sd_bus *bus, const char *path, const char *interface,  \
@@ -83,21 +84,82 @@ static int property_get_chain(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append_strv(reply, chain);
 }
 
-/* Owners may change their own devices; everything else needs privilege (root until polkit). */
-static int check_owner(sd_bus_message *message, Device *d, uid_t *ret_uid, sd_bus_error *error) {
+/* Does a recursive detach of d reach a device (stacked on d, at any depth) that uid holds no
+ * reference on? Mirrors what the manager's recursive detach tears down. */
+static bool stacked_beyond(Manager *m, Device *d, uid_t uid, unsigned depth) {
+        if (depth > CHAIN_MAX_DEPTH)
+                return true;
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *e = m->devices[i];
+
+                if (!e || e == d || !e->backing_is_block ||
+                    e->status.backing_rdevice != d->status.devnum)
+                        continue;
+                if (!device_has_reference_of(e, uid) || stacked_beyond(m, e, uid, depth + 1))
+                        return true;
+        }
+        return false;
+}
+
+int device_bus_authorize_change(Device *d, sd_bus_message *message, DeviceChange change,
+                                bool all_references, bool recursive, bool no_user_interaction,
+                                uid_t *ret_uid, sd_bus_error *error) {
+        _cleanup_free_ char *what = NULL;
+        char owner[12];
+        const char *operation;
         uid_t uid;
         int r;
 
-        r = bus_message_sender_uid(message, &uid);
+        r = bus_sender_uid_or_deny(message, &uid, error);
         if (r < 0)
-                return bus_error_set_errnof(error, r, "Cannot identify the caller: %s.", strerror(-r));
-        if (uid != 0 && !device_has_reference_of(d, uid))
-                return bus_error_set_errnof(error, -EACCES,
-                        "%s is not yours; changing it needs the org.loopmgr.detach-others "
-                        "authorisation, which this version of loopmgrd grants only to root.",
-                        d->node);
+                return r;
         *ret_uid = uid;
-        return 0;
+        if (uid == 0)
+                return 1;
+
+        if (!all_references && device_has_reference_of(d, uid) &&
+            !(recursive && stacked_beyond(d->manager, d, uid, 1)))
+                return 1;
+
+        switch (change) {
+        case DEVICE_CHANGE_DETACH:
+                operation = "detach";
+                if (all_references)
+                        r = asprintf(&what, "drop every reference on %s and detach it", d->node);
+                else if (device_has_reference_of(d, uid))
+                        r = asprintf(&what, "detach the loop devices stacked on %s, which other "
+                                     "users or programs hold", d->node);
+                else
+                        r = asprintf(&what, "detach %s, which another user or program set up",
+                                     d->node);
+                break;
+        case DEVICE_CHANGE_AUTOCLEAR:
+                operation = "set-autoclear";
+                r = asprintf(&what, "change the autoclear flag of %s, which another user or "
+                             "program set up", d->node);
+                break;
+        case DEVICE_CHANGE_CAPACITY:
+        default:
+                operation = "set-capacity";
+                r = asprintf(&what, "update the size of %s, which another user or program set up",
+                             d->node);
+                break;
+        }
+        if (r < 0)
+                return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
+        (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
+
+        return polkit_verify_async(d->manager->polkit, message, uid, POLKIT_ACTION_DETACH_OTHERS,
+                                   what,
+                                   (char *[]) {
+                                           "device", d->node,
+                                           "file", d->status.backing_file ?: "",
+                                           "owner-uid", owner,
+                                           "managed", d->managed ? "true" : "false",
+                                           "operation", (char *) operation,
+                                           NULL,
+                                   },
+                                   no_user_interaction, error);
 }
 
 static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -109,9 +171,10 @@ static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *
         r = detach_options_parse(message, &o, error);
         if (r < 0)
                 return r;
-        r = check_owner(message, d, &uid, error);
-        if (r < 0)
-                return r;
+        r = device_bus_authorize_change(d, message, DEVICE_CHANGE_DETACH, o.all_references,
+                                        o.recursive, o.no_user_interaction, &uid, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit was asked; we run again when it answers */
         return manager_detach(d->manager, message, d, &o, uid, error);
 }
 
@@ -127,12 +190,13 @@ static int method_set_autoclear(sd_bus_message *message, void *userdata, sd_bus_
         r = common_options_parse(message, &o, error);
         if (r < 0)
                 return r;
-        r = check_owner(message, d, &uid, error);
-        if (r < 0)
-                return r;
         if (d->state != DEVICE_ATTACHED)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
                                          "%s is being torn down.", d->node);
+        r = device_bus_authorize_change(d, message, DEVICE_CHANGE_AUTOCLEAR, false, false,
+                                        o.no_user_interaction, &uid, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         r = loop_set_autoclear(d->manager->root, d->status.name, d->status.diskseq, value);
         if (r < 0)
@@ -154,9 +218,10 @@ static int method_set_capacity(sd_bus_message *message, void *userdata, sd_bus_e
         r = common_options_parse(message, &o, error);
         if (r < 0)
                 return r;
-        r = check_owner(message, d, &uid, error);
-        if (r < 0)
-                return r;
+        r = device_bus_authorize_change(d, message, DEVICE_CHANGE_CAPACITY, false, false,
+                                        o.no_user_interaction, &uid, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         r = loop_set_capacity(d->manager->root, d->status.name, d->status.diskseq);
         if (r < 0)

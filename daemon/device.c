@@ -140,8 +140,10 @@ int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *ow
         ref = calloc(1, sizeof(*ref));
         if (!ref)
                 return -ENOMEM;
+        ref->id = ++d->manager->last_reference_id;
         ref->uid = uid;
         ref->lifetime = lifetime;
+        ref->confirmed = true;
         if (lifetime == LIFETIME_CLIENT && owner) {
                 ref->owner = strdup(owner);
                 if (!ref->owner) {
@@ -172,6 +174,22 @@ static void reference_unlink(Device *d, Reference **link) {
         free(r->owner);
         free(r);
         d->n_references--;
+}
+
+Reference *device_find_reference(Device *d, uint64_t id) {
+        for (Reference *r = d->references; r; r = r->next)
+                if (r->id == id)
+                        return r;
+        return NULL;
+}
+
+int device_drop_reference_id(Device *d, uint64_t id) {
+        for (Reference **i = &d->references; *i; i = &(*i)->next)
+                if ((*i)->id == id) {
+                        reference_unlink(d, i);
+                        return 1;
+                }
+        return 0;
 }
 
 int device_drop_reference(Device *d, uid_t uid) {
@@ -318,7 +336,7 @@ int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs) {
         _cleanup_strv_free_ char **l = NULL;
         _cleanup_free_ char *holders = NULL, *sys = NULL;
         struct libmnt_table *tb = mounts;
-        size_t n = 0, n_visible;
+        size_t n = 0;
         DIR *dir;
         int r;
 
@@ -372,24 +390,22 @@ int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs) {
                 closedir(dir);
         }
 
-        /* A mount in another namespace, or any other exclusive claim, shows only as a refused
-         * O_EXCL open. Probe only when nothing visible explains a claim (a visible mount or
-         * holder would make the probe fail too). */
-        n_visible = n;
-        if (n_visible == 0 && d->status.bound) {
-                BlockUse use = {};
+        /* Mounts in other namespaces (read from their mountinfo: the device is not opened,
+         * so a concurrent mount is never disturbed). */
+        {
+                const ForeignMounts *f = manager_foreign_mounts(d->manager);
 
-                if (block_use_probe(d->manager->root, d->status.devnum, d->status.name, NULL,
-                                    &use) >= 0 && use.in_use) {
+                for (size_t i = 0; i < f->n; i++) {
+                        dev_t dev = f->mounts[i].devnum;
+
+                        if (dev != d->status.devnum && !devnum_is_partition_of(d, dev))
+                                continue;
                         r = strv_push_printf(&l, &n, "mount");
                         if (r >= 0)
                                 r = strv_push_printf(&l, &n, "(other namespace)");
-                        if (r < 0) {
-                                block_use_done(&use);
+                        if (r < 0)
                                 return r;
-                        }
                 }
-                block_use_done(&use);
         }
 
         /* Loop devices using it, or one of its partitions, as their backing. */

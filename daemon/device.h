@@ -29,9 +29,11 @@ typedef enum DeviceState {
 } DeviceState;
 
 struct Reference {
+        uint64_t id;            /* unique within this run of the daemon */
         uid_t uid;
         Lifetime lifetime;
         char *owner;            /* unique bus name of the holder, for lifetime = client */
+        bool confirmed;         /* the Attach that took it was answered */
         Reference *next;
 };
 
@@ -46,6 +48,7 @@ struct Waiter {
         sd_bus_message *message;        /* the call to reply to */
         bool reused;                    /* WAITER_ATTACH: the reply's "reused" */
         uid_t uid;                      /* WAITER_ATTACH: whose reference the attach took */
+        uint64_t ref_id;                /* WAITER_ATTACH: the reference, confirmed on reply */
         sd_event_source *timeout;
         Waiter *next;
 };
@@ -83,7 +86,11 @@ void device_update_identity(Device *d);
 /* The registry's answer to the canonicaliser: what bound loop device devnum is backed by. */
 int device_loop_info_lookup(dev_t devnum, void *userdata, LoopLayerInfo *ret);
 
+/* Adds a confirmed reference (d->references is the new one afterwards). */
 int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *owner);
+Reference *device_find_reference(Device *d, uint64_t id);
+/* Drops the reference with this id; returns 1 if it was there. */
+int device_drop_reference_id(Device *d, uint64_t id);
 bool device_has_reference_of(Device *d, uid_t uid);
 /* Drops one reference of uid (the newest); returns 1 if one was dropped, 0 if none. */
 int device_drop_reference(Device *d, uid_t uid);

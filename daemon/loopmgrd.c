@@ -9,8 +9,10 @@
 
 #include "log.h"
 #include "manager.h"
+#include "polkit.h"
 
 static const char *arg_state_dir = NULL;
+static uint32_t arg_max_devices_per_user = POLKIT_DEFAULT_MAX_DEVICES_PER_USER;
 
 static void help(void) {
         printf("Usage: loopmgrd [OPTIONS]\n\n"
@@ -21,16 +23,39 @@ static void help(void) {
                "     --log-level=LEVEL   debug, info, notice, warning or err (default: info,\n"
                "                         or $LOOPMGR_LOG_LEVEL)\n"
                "     --state-dir=DIR     State directory (default: $LOOPMGR_STATE_DIR or\n"
-               "                         /run/loopmgr)\n");
+               "                         /run/loopmgr)\n"
+               "     --max-devices-per-user=N|unlimited\n"
+               "                         Loop devices one non-root user may hold references on\n"
+               "                         (default: $LOOPMGR_MAX_DEVICES_PER_USER or %u)\n",
+               POLKIT_DEFAULT_MAX_DEVICES_PER_USER);
+}
+
+/* "unlimited", or a decimal number below UINT32_MAX (0: no non-root user may hold any). */
+static int parse_max_devices(const char *s, uint32_t *ret) {
+        uint64_t v;
+        int r;
+
+        if (streq(s, "unlimited")) {
+                *ret = POLKIT_DEVICES_UNLIMITED;
+                return 0;
+        }
+        r = safe_atou64(s, &v);
+        if (r < 0)
+                return r;
+        if (v >= POLKIT_DEVICES_UNLIMITED)
+                return -ERANGE;
+        *ret = (uint32_t) v;
+        return 0;
 }
 
 static int parse_argv(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_LOG_LEVEL, ARG_STATE_DIR };
+        enum { ARG_VERSION = 0x100, ARG_LOG_LEVEL, ARG_STATE_DIR, ARG_MAX_DEVICES };
         static const struct option options[] = {
-                { "help",      no_argument,       NULL, 'h'           },
-                { "version",   no_argument,       NULL, ARG_VERSION   },
-                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
-                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "help",                 no_argument,       NULL, 'h'             },
+                { "version",              no_argument,       NULL, ARG_VERSION     },
+                { "log-level",            required_argument, NULL, ARG_LOG_LEVEL   },
+                { "state-dir",            required_argument, NULL, ARG_STATE_DIR   },
+                { "max-devices-per-user", required_argument, NULL, ARG_MAX_DEVICES },
                 {}
         };
         const char *e;
@@ -40,6 +65,12 @@ static int parse_argv(int argc, char *argv[]) {
         if (e && (l = log_parse_level(e)) >= 0)
                 log_set_max_level(l);
         arg_state_dir = getenv("LOOPMGR_STATE_DIR");
+        e = getenv("LOOPMGR_MAX_DEVICES_PER_USER");
+        if (e && *e && parse_max_devices(e, &arg_max_devices_per_user) < 0) {
+                log_error("Invalid $LOOPMGR_MAX_DEVICES_PER_USER '%s': expected a number or "
+                          "'unlimited'.", e);
+                return -EINVAL;
+        }
 
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
                 switch (c) {
@@ -59,6 +90,13 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case ARG_STATE_DIR:
                         arg_state_dir = optarg;
+                        break;
+                case ARG_MAX_DEVICES:
+                        if (parse_max_devices(optarg, &arg_max_devices_per_user) < 0) {
+                                log_error("Invalid --max-devices-per-user '%s': expected a number "
+                                          "or 'unlimited'.", optarg);
+                                return -EINVAL;
+                        }
                         break;
                 default:
                         return -EINVAL;
@@ -109,6 +147,12 @@ int main(int argc, char *argv[]) {
                 log_error_errno(r, "Failed to allocate the manager: %m");
                 goto finish;
         }
+        r = polkit_registry_new(&m->polkit);
+        if (r < 0) {
+                log_error_errno(r, "Failed to allocate the polkit registry: %m");
+                goto finish;
+        }
+        polkit_registry_set_max_devices_per_user(m->polkit, arg_max_devices_per_user);
         r = manager_start(m);
         if (r < 0)
                 goto finish;
@@ -121,6 +165,9 @@ int main(int argc, char *argv[]) {
 
 finish:
         (void) sd_notify(false, "STOPPING=1");
+        if (m)
+                /* Before the bus goes: pending queries hold messages and slots of it. */
+                m->polkit = polkit_registry_free(m->polkit);
         manager_free(m);
         sd_event_unref(event);
         return r < 0 ? 1 : 0;

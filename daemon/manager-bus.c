@@ -8,10 +8,12 @@
 #include <sys/sysmacros.h>
 
 #include "bus-util.h"
+#include "device-bus.h"
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager-bus.h"
 #include "manager.h"
+#include "polkit.h"
 #include "range-index.h"
 
 int manager_bus_reply_attach(sd_bus_message *message, Device *d, bool reused) {
@@ -19,22 +21,101 @@ int manager_bus_reply_attach(sd_bus_message *message, Device *d, bool reused) {
                                           reused);
 }
 
-/* Until polkit support exists, only root may change anything. The message says so plainly. */
-static int check_privileged(sd_bus_message *message, const char *action, uid_t *ret_uid,
-                            sd_bus_error *error) {
-        uid_t uid;
-        int r;
+/* Devices on which uid holds at least one reference: what the per-user cap counts. */
+static unsigned count_devices_of(Manager *m, uid_t uid) {
+        unsigned n = 0;
 
-        r = bus_message_sender_uid(message, &uid);
-        if (r < 0)
-                return bus_error_set_errnof(error, r, "Cannot identify the caller: %s.",
-                                            strerror(-r));
-        if (uid != 0)
-                return bus_error_set_errnof(error, -EACCES,
-                        "Only root may do this: the polkit authorisation %s is not supported by "
-                        "this version of loopmgrd.", action);
-        *ret_uid = uid;
-        return 0;
+        for (size_t i = 0; i < m->n_slots; i++)
+                if (m->devices[i] && device_has_reference_of(m->devices[i], uid))
+                        n++;
+        return n;
+}
+
+/* The per-user cap on bindings (SPEC §7 limits, loopmgrd --max-devices-per-user). Root is
+ * exempt. A request that will reuse a device the user holds a reference on already adds no
+ * device, so it is let through even at the cap; anything else at the cap is refused. */
+static int check_device_limit(Manager *m, const AttachRequest *req, sd_bus_error *error) {
+        _cleanup_(sd_bus_error_freep) sd_bus_error ignored = SD_BUS_ERROR_NULL;
+        uint32_t max = polkit_registry_get_max_devices_per_user(m->polkit);
+        _cleanup_(chain_done) Chain chain = {};
+        Device *d = NULL;
+        unsigned n;
+
+        if (req->uid == 0 || max == POLKIT_DEVICES_UNLIMITED)
+                return 0;
+        n = count_devices_of(m, req->uid);
+        if (n < max)
+                return 0;
+        if (manager_resolve_request(m, req, &chain) >= 0 &&
+            manager_check_aliases(m, &chain, req, &d, &ignored) > 0 &&
+            device_has_reference_of(d, req->uid))
+                return 0;
+
+        return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                "User %u holds references on %u loop devices already, the most one user may hold "
+                "(loopmgrd --max-devices-per-user=%" PRIu32 "); detach one first.",
+                (unsigned) req->uid, n, max);
+}
+
+/* The backing's path as the kernel names it, for polkit rules and messages; "" if unknown. */
+static char *fd_path(int fd) {
+        char link[sizeof("/proc/self/fd/") + 12], buf[PATH_MAX];
+        ssize_t n;
+
+        (void) snprintf(link, sizeof(link), "/proc/self/fd/%i", fd);
+        n = readlink(link, buf, sizeof(buf) - 1);
+        if (n < 0)
+                n = 0;
+        buf[n] = 0;
+        return strdup(buf);
+}
+
+/* Attach: root, or org.loopmgr.attach. Returns 1 (go on), 0 (polkit asked; return 1 without
+ * replying) or a negative errno with *error set. */
+static int authorize_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
+                            sd_bus_error *error) {
+        const AttachOptions *o = req->options;
+        char offset[21], size_limit[21];
+        _cleanup_free_ char *file = NULL, *what = NULL;
+
+        if (req->uid == 0)
+                return 1;
+
+        file = fd_path(req->fd);
+        if (!file || asprintf(&what, "attach %s as a loop device",
+                              file[0] ? file : "this file") < 0)
+                return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
+        (void) snprintf(offset, sizeof(offset), "%" PRIu64, o->offset);
+        (void) snprintf(size_limit, sizeof(size_limit), "%" PRIu64, o->size_limit);
+
+        return polkit_verify_async(m->polkit, message, req->uid, POLKIT_ACTION_ATTACH, what,
+                                   (char *[]) {
+                                           "file", file,
+                                           "read-only", req->read_only ? "true" : "false",
+                                           "offset", offset,
+                                           "size-limit", size_limit,
+                                           NULL,
+                                   },
+                                   o->no_user_interaction, error);
+}
+
+/* AttachPath: root, or org.loopmgr.attach-path; asked before the path is even looked at. */
+static int authorize_attach_path(Manager *m, sd_bus_message *message, const char *path,
+                                 const AttachOptions *o, uid_t uid, sd_bus_error *error) {
+        _cleanup_free_ char *what = NULL;
+
+        if (uid == 0)
+                return 1;
+        if (asprintf(&what, "have loopmgrd open %s and attach it as a loop device", path) < 0)
+                return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
+
+        return polkit_verify_async(m->polkit, message, uid, POLKIT_ACTION_ATTACH_PATH, what,
+                                   (char *[]) {
+                                           "file", (char *) path,
+                                           "read-only", o->read_only == 1 ? "true" : "false",
+                                           NULL,
+                                   },
+                                   o->no_user_interaction, error);
 }
 
 static const char *fd_type_problem(mode_t mode) {
@@ -103,26 +184,15 @@ static int prepare_request(int fd, const AttachOptions *o, AttachRequest *req,
         return 0;
 }
 
-static int attach_common(sd_bus_message *message, Manager *m, int fd, const AttachOptions *o,
-                         uid_t uid, sd_bus_error *error) {
-        AttachRequest req = {};
-        int r;
-
-        r = prepare_request(fd, o, &req, error);
-        if (r < 0)
-                return r;
-        req.uid = uid;
-        req.sender = sd_bus_message_get_sender(message);
-
-        return manager_attach(m, message, &req, error);
-}
-
 static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
+        AttachRequest req = {};
         AttachOptions o;
         uid_t uid;
         int fd, r;
 
+        /* Everything about the request is validated before polkit is asked, and this runs
+         * again from the top when polkit answered (polkit.h): nothing changes before that. */
         r = sd_bus_message_read(message, "h", &fd);
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
@@ -130,17 +200,59 @@ static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *
         r = attach_options_parse(message, &o, error);
         if (r < 0)
                 return r;
-
-        r = check_privileged(message, "org.loopmgr.attach", &uid, error);
+        r = prepare_request(fd, &o, &req, error);
         if (r < 0)
                 return r;
+        r = bus_sender_uid_or_deny(message, &uid, error);
+        if (r < 0)
+                return r;
+        req.uid = uid;
+        req.sender = sd_bus_message_get_sender(message);
 
-        return attach_common(message, m, fd, &o, uid, error);
+        /* Before polkit, so a user at the cap is not asked for a password in vain. */
+        r = check_device_limit(m, &req, error);
+        if (r < 0)
+                return r;
+        r = authorize_attach(m, message, &req, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit was asked; we run again when it answers */
+
+        return manager_attach(m, message, &req, error);
+}
+
+/* Why AttachPath could not open the path, as the error a caller can act on. */
+static int attach_path_open_error(const char *path, int e, sd_bus_error *error) {
+        switch (e) {
+        case ENOENT:
+        case ENOTDIR:   /* a component is not a directory: nothing by that name */
+                return sd_bus_error_setf(error, SD_BUS_ERROR_FILE_NOT_FOUND,
+                                         "%s does not exist.", path);
+        case ENXIO:     /* a socket, or a device node without a device */
+        case ELOOP:     /* symbolic links that loop: a bad path, not a loop device chain */
+        case ENAMETOOLONG:
+        case EISDIR:
+                errno = e;
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Cannot open %s: %m.", path);
+        case EROFS:
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "%s is on a read-only file system; ask for read-only=true.",
+                                         path);
+        case EACCES:
+        case EPERM:
+                errno = e;
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "Cannot open %s: %m.", path);
+        default:
+                errno = e;
+                return bus_error_set_errnof(error, -e, "Cannot open %s: %m.", path);
+        }
 }
 
 static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         _cleanup_close_ int fd = -EBADF;
+        AttachRequest req = {};
         const char *path;
         AttachOptions o;
         uid_t uid;
@@ -155,23 +267,37 @@ static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_er
         if (path[0] != '/')
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "The path '%s' is not absolute.", path);
-
-        r = check_privileged(message, "org.loopmgr.attach-path", &uid, error);
+        if (strlen(path) >= PATH_MAX)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "The path is longer than %d bytes.", PATH_MAX - 1);
+        r = bus_sender_uid_or_deny(message, &uid, error);
         if (r < 0)
                 return r;
+
+        /* The daemon opens the path with its own privileges: an unprivileged caller needs
+         * attach-path first, so not even the existence of the path is revealed before. */
+        r = authorize_attach_path(m, message, path, &o, uid, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         /* Read-write unless asked otherwise; fall back to read-only only when the caller did
          * not insist on a writable device, like losetup. */
         fd = open(path, (o.read_only == 1 ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY);
         if (fd < 0 && o.read_only == -1 && (errno == EROFS || errno == EACCES || errno == EPERM))
                 fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0 && errno == ENOENT)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_FILE_NOT_FOUND,
-                                         "%s does not exist.", path);
         if (fd < 0)
-                return bus_error_set_errnof(error, -errno, "Cannot open %s: %m.", path);
+                return attach_path_open_error(path, errno, error);
 
-        return attach_common(message, m, fd, &o, uid, error);
+        r = prepare_request(fd, &o, &req, error);
+        if (r < 0)
+                return r;
+        req.uid = uid;
+        req.sender = sd_bus_message_get_sender(message);
+        r = check_device_limit(m, &req, error);
+        if (r < 0)
+                return r;
+
+        return manager_attach(m, message, &req, error);
 }
 
 static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -194,9 +320,10 @@ static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_FOUND,
                         "There is no loop device %s; it may have been detached already.", path);
 
-        r = check_privileged(message, "org.loopmgr.detach-others", &uid, error);
-        if (r < 0)
-                return r;
+        r = device_bus_authorize_change(d, message, DEVICE_CHANGE_DETACH, o.all_references,
+                                        o.recursive, o.no_user_interaction, &uid, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         return manager_detach(m, message, d, &o, uid, error);
 }

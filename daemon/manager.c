@@ -58,6 +58,7 @@ Manager *manager_free(Manager *m) {
         range_index_free(m->index);
 
         state_done(&m->restored);
+        foreign_mounts_done(&m->foreign);
         sd_event_source_disable_unref(m->mount_source);
         mnt_unref_monitor(m->mount_monitor);
         sd_bus_slot_unref(m->name_owner_slot);
@@ -118,7 +119,8 @@ int manager_save_state(Manager *m) {
 
                         for (size_t j = 1; j < k; j++)
                                 ref = ref->next;
-                        r = state_device_add_ref(sd, ref->uid, ref->lifetime, ref->owner);
+                        r = state_device_add_ref(sd, ref->uid, ref->lifetime, ref->owner,
+                                                 ref->confirmed);
                         if (r < 0)
                                 return r;
                 }
@@ -189,7 +191,20 @@ void manager_emit_device_changed(Manager *m, Device *d, char **properties) {
                                                            LOOPMGR_DEVICE_INTERFACE, properties);
 }
 
+/* The caller has its answer: its reference now counts across restarts. Returns 1 if a
+ * reference was confirmed. */
+static int attach_confirm(Device *d, uint64_t ref_id) {
+        Reference *ref = device_find_reference(d, ref_id);
+
+        if (!ref || ref->confirmed)
+                return 0;
+        ref->confirmed = true;
+        return 1;
+}
+
 static void complete_attach_waiters(Manager *m, Device *d) {
+        unsigned confirmed = 0;
+
         for (Waiter **i = &d->waiters; *i;) {
                 Waiter *w = *i;
 
@@ -198,9 +213,12 @@ static void complete_attach_waiters(Manager *m, Device *d) {
                         continue;
                 }
                 *i = w->next;
-                (void) manager_bus_reply_attach(w->message, d, w->reused);
+                if (manager_bus_reply_attach(w->message, d, w->reused) >= 0)
+                        confirmed += attach_confirm(d, w->ref_id);
                 waiter_free(w);
         }
+        if (confirmed > 0 && d->managed)
+                (void) manager_save_state(m);
 }
 
 /* Marks d as processed by udev once its by-diskseq link exists, and answers every Attach
@@ -316,6 +334,7 @@ static int device_restore(Device *d, const StateDevice *sd) {
                                          sd->refs[i].owner);
                 if (r < 0)
                         return r;
+                d->references->confirmed = sd->refs[i].confirmed;
         }
         d->owner_uid = sd->owner_uid;
         return 0;
@@ -564,6 +583,21 @@ static int manager_watch_mounts(Manager *m) {
         return 0;
 }
 
+const ForeignMounts *manager_foreign_mounts(Manager *m) {
+        uint64_t iteration = 0;
+
+        (void) sd_event_get_iteration(m->event, &iteration);
+        if (m->foreign_valid && m->foreign_iteration == iteration && iteration != 0)
+                return &m->foreign;
+
+        foreign_mounts_done(&m->foreign);
+        if (foreign_mounts_scan(m->root, &m->foreign) < 0)
+                m->foreign = (ForeignMounts) {};
+        m->foreign_iteration = iteration;
+        m->foreign_valid = true;
+        return &m->foreign;
+}
+
 struct libmnt_table *manager_mount_table(Manager *m) {
         _cleanup_free_ char *path = path_join_root(m->root, "/proc/self/mountinfo");
         struct libmnt_table *t;
@@ -590,7 +624,7 @@ static int check_one_busy(dev_t devnum, const char *name, void *userdata) {
         BlockUse use = {};
         int r;
 
-        r = block_use_probe(b->m->root, devnum, name, b->mounts, &use);
+        r = block_use_probe(b->m->root, devnum, name, b->mounts, manager_foreign_mounts(b->m), &use);
         if (r < 0)
                 return bus_error_set_errnof(b->error, r, "Cannot tell whether /dev/%s is in use: %s.",
                                             name, strerror(-r));
@@ -626,8 +660,8 @@ static int check_chain_busy(Manager *m, const Chain *chain, bool read_only, sd_b
 
                 if (l->devnum == 0 || !l->name[0])
                         continue;
-                /* Partitions first: a mounted partition also makes its whole disk refuse
-                 * O_EXCL, and the message should name the partition and its mount point. */
+                /* Partitions first, so that Busy names the mounted partition and its mount
+                 * point rather than the disk. */
                 if (l->kind != LAYER_PARTITION)
                         r = block_foreach_partition_in_range(m->root, l->name,
                                                              chain->layers[i - 1].offset,
@@ -775,11 +809,20 @@ static int device_revive(Manager *m, Device *d) {
 
 /* Replies now, or queues the reply until udev has processed the binding. */
 static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, bool reused,
-                                uid_t uid, const AttachOptions *o) {
-        if (o->wait_udev && !device_check_udev_ready(m, d))
-                return device_add_waiter(d, WAITER_ATTACH, message, reused, uid,
-                                         o->timeout_usec, NULL);
-        return manager_bus_reply_attach(message, d, reused);
+                                uid_t uid, uint64_t ref_id, const AttachOptions *o) {
+        Waiter *w;
+        int r;
+
+        if (o->wait_udev && !device_check_udev_ready(m, d)) {
+                r = device_add_waiter(d, WAITER_ATTACH, message, reused, uid, o->timeout_usec, &w);
+                if (r >= 0)
+                        w->ref_id = ref_id;
+                return r;
+        }
+        r = manager_bus_reply_attach(message, d, reused);
+        if (r >= 0 && attach_confirm(d, ref_id) > 0 && d->managed)
+                (void) manager_save_state(m);
+        return r;
 }
 
 int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
@@ -788,6 +831,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         _cleanup_(loop_status_done) LoopStatus st = {};
         _cleanup_(chain_done) Chain chain = {};
         Device *d = NULL, *old;
+        uint64_t ref_id = 0;
         LoopConfig config;
         int r;
 
@@ -829,6 +873,10 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
                 if (r < 0)
                         return bus_error_set_errnof(error, r, "Out of memory.");
+                /* Recorded as unconfirmed until the caller has its answer: a daemon killed in
+                 * between must not leave a reference nobody knows it holds. */
+                d->references->confirmed = false;
+                ref_id = d->references->id;
                 r = manager_save_state(m);
                 if (r < 0) {
                         (void) device_drop_reference(d, req->uid);
@@ -839,9 +887,9 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                 log_info("Reusing %s for uid %u (%u references)", d->node, (unsigned) req->uid,
                          d->n_references);
-                r = attach_reply_or_wait(m, message, d, true, req->uid, o);
+                r = attach_reply_or_wait(m, message, d, true, req->uid, ref_id, o);
                 if (r < 0) {
-                        (void) device_drop_reference(d, req->uid);
+                        (void) device_drop_reference_id(d, ref_id);
                         manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                         return bus_error_set_errnof(error, r, "Failed to reply: %s", strerror(-r));
                 }
@@ -906,6 +954,10 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         r = device_new(m, &st, true, &d);
         if (r >= 0)
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
+        if (r >= 0) {
+                d->references->confirmed = false;
+                ref_id = d->references->id;
+        }
         /* The save in manager_add_device() records the device and drops the intent at once. */
         m->has_intent = false;
         if (r >= 0) {
@@ -924,7 +976,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         log_info("Attached %s (diskseq %" PRIu64 ") for uid %u", d->node, d->status.diskseq,
                  (unsigned) req->uid);
 
-        r = attach_reply_or_wait(m, message, d, false, req->uid, o);
+        r = attach_reply_or_wait(m, message, d, false, req->uid, ref_id, o);
         if (r < 0) {
                 device_drop_all_references(d);
                 if (loop_detach(m->root, d->status.name, d->status.diskseq) != 0)
@@ -986,7 +1038,7 @@ void manager_waiter_timeout(Manager *m, Waiter *w) {
 
         /* Attach: nothing may be left behind. Drop the reference this call took; if it was
          * the last one, the device goes again. */
-        if (device_drop_reference(d, w->uid) > 0) {
+        if (device_drop_reference_id(d, w->ref_id) > 0) {
                 if (d->managed)
                         (void) manager_save_state(m);
                 manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
@@ -1258,11 +1310,25 @@ static void manager_resume(Manager *m) {
                         owner = strdup(ref->owner);
                         if (!owner)
                                 break;
+                        log_debug("%s: client %s is gone", d->node, owner);
                         dropped = device_drop_client_references(d, owner) > 0 || dropped;
                         ref = d->references;
                 }
+                /* A reference whose Attach was never answered: its caller does not know it
+                 * holds it (the previous run died while waiting for udev). */
+                for (Reference **ref = &d->references; *ref;) {
+                        if ((*ref)->confirmed) {
+                                ref = &(*ref)->next;
+                                continue;
+                        }
+                        log_debug("%s: reference %" PRIu64 " of uid %u was never confirmed",
+                                  d->node, (*ref)->id, (unsigned) (*ref)->uid);
+                        (void) device_drop_reference_id(d, (*ref)->id);
+                        dropped = true;
+                }
                 if (dropped)
-                        log_info("%s: dropped references of clients that went away", d->node);
+                        log_info("%s: dropped references of callers that went away or were "
+                                 "never answered", d->node);
 
                 if (d->n_references == 0 || d->state == DEVICE_DETACH_PENDING) {
                         d->state = DEVICE_ATTACHED;

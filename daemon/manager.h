@@ -16,6 +16,7 @@
 
 #include "device.h"
 #include "options.h"
+#include "block-use.h"
 #include "state.h"
 
 typedef struct UdevWatch UdevWatch;
@@ -29,6 +30,11 @@ typedef struct Manager {
         struct libmnt_monitor *mount_monitor;
         sd_event_source *mount_source;
 
+        /* Mounts in other namespaces, read at most once per event-loop iteration. */
+        ForeignMounts foreign;
+        uint64_t foreign_iteration;
+        bool foreign_valid;
+
         char *root;             /* NULL: the real root; tests may point the kernel layer elsewhere */
         char *state_dir;
 
@@ -36,8 +42,10 @@ typedef struct Manager {
         size_t n_slots;
         size_t n_devices;
         RangeIndex *index;      /* devices with an identity, by base object and range */
+        uint64_t last_reference_id;
 
         State restored;         /* the ownership record read at start-up, until reconciled */
+        struct PolkitRegistry *polkit; /* polkit.h: authorisation queries and limits; main owns it */
         bool has_intent;        /* an attach between "recorded" and "bound and recorded" */
         StateIntent intent;
         bool has_restored_intent;
@@ -85,6 +93,10 @@ void manager_rescan(Manager *m);
  * Overlap), -EBUSY (exclusive, or a block device in the chain is mounted or held). */
 int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *req,
                           Device **ret_reuse, sd_bus_error *error);
+
+/* Mounts in every other mount namespace, cached for the current event-loop iteration (so one
+ * GetManagedObjects reads /proc once). Never NULL; empty when unreadable. */
+const ForeignMounts *manager_foreign_mounts(Manager *m);
 
 /* The mount table of the daemon's namespace (under the root), or NULL if unreadable. */
 struct libmnt_table *manager_mount_table(Manager *m);

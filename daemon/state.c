@@ -69,7 +69,8 @@ static bool owner_valid(const char *owner) {
         return true;
 }
 
-int state_device_add_ref(StateDevice *d, uid_t uid, Lifetime lifetime, const char *owner) {
+int state_device_add_ref(StateDevice *d, uid_t uid, Lifetime lifetime, const char *owner,
+                         bool confirmed) {
         StateRef *n;
         char *o = NULL;
 
@@ -91,7 +92,8 @@ int state_device_add_ref(StateDevice *d, uid_t uid, Lifetime lifetime, const cha
                 return -ENOMEM;
         }
         d->refs = n;
-        d->refs[d->n_refs++] = (StateRef) { .uid = uid, .lifetime = lifetime, .owner = o };
+        d->refs[d->n_refs++] = (StateRef) { .uid = uid, .lifetime = lifetime, .owner = o,
+                                            .confirmed = confirmed };
         return 0;
 }
 
@@ -118,9 +120,10 @@ int state_serialize(const State *s, char **ret_text, size_t *ret_len) {
                 fprintf(f, "device %s %" PRIu64 " %s %u\n", d->name, d->diskseq,
                         d->pending ? "detach-pending" : "attached", (unsigned) d->owner_uid);
                 for (size_t j = 0; j < d->n_refs; j++)
-                        fprintf(f, "ref %u %s %s\n", (unsigned) d->refs[j].uid,
+                        fprintf(f, "ref %u %s %s %s\n", (unsigned) d->refs[j].uid,
                                 lifetime_to_string(d->refs[j].lifetime),
-                                d->refs[j].owner ?: "-");
+                                d->refs[j].owner ?: "-",
+                                d->refs[j].confirmed ? "confirmed" : "unconfirmed");
         }
         if (s->has_intent)
                 fprintf(f, "intent %s %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %u\n",
@@ -232,11 +235,18 @@ int state_parse(const char *text, size_t len, State *ret) {
                         s.intent = in;
                         s.has_intent = true;
                         current = NULL;         /* refs belong to devices only */
-                } else if (n == 4 && streq(w[0], "ref") && current) {
+                } else if (n == 5 && streq(w[0], "ref") && current) {
                         Lifetime lt;
+                        bool confirmed;
                         uid_t uid;
 
                         if (parse_uid(w[1], &uid) < 0)
+                                goto fail;
+                        if (streq(w[4], "confirmed"))
+                                confirmed = true;
+                        else if (streq(w[4], "unconfirmed"))
+                                confirmed = false;
+                        else
                                 goto fail;
                         if (streq(w[2], "persistent") && streq(w[3], "-"))
                                 lt = LIFETIME_PERSISTENT;
@@ -245,7 +255,7 @@ int state_parse(const char *text, size_t len, State *ret) {
                         else
                                 goto fail;
                         r = state_device_add_ref(current, uid, lt,
-                                                 lt == LIFETIME_CLIENT ? w[3] : NULL);
+                                                 lt == LIFETIME_CLIENT ? w[3] : NULL, confirmed);
                         if (r < 0)
                                 goto fail_r;
                 } else

@@ -10,8 +10,8 @@
  *
  *   loopmgr-state 1
  *   device loop3 412 attached 1000
- *   ref 1000 persistent -
- *   ref 0 client :1.42
+ *   ref 1000 persistent - confirmed
+ *   ref 0 client :1.42 unconfirmed
  *   intent file 65024 403311 0 0 1000
  *   end 9f3c2a0d1b7e4c55
  *
@@ -33,6 +33,7 @@ typedef struct StateRef {
         uid_t uid;
         Lifetime lifetime;
         char *owner;            /* unique bus name for client lifetime, else NULL */
+        bool confirmed;         /* the Attach that took it was answered */
 } StateRef;
 
 typedef struct StateDevice {
@@ -69,7 +70,8 @@ void state_done(State *s);
 /* Appends a device (copying name) and returns it for adding references. */
 int state_add_device(State *s, const char *name, uint64_t diskseq, bool pending, uid_t owner_uid,
                      StateDevice **ret);
-int state_device_add_ref(StateDevice *d, uid_t uid, Lifetime lifetime, const char *owner);
+int state_device_add_ref(StateDevice *d, uid_t uid, Lifetime lifetime, const char *owner,
+                         bool confirmed);
 const StateDevice *state_find(const State *s, const char *name, uint64_t diskseq);
 
 int state_serialize(const State *s, char **ret_text, size_t *ret_len);

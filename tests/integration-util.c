@@ -404,6 +404,14 @@ int env_delete_partition(Env *e, const char *disk, unsigned partno) {
         return 0;
 }
 
+void env_forget_partition(Env *e, const char *disk, unsigned partno) {
+        for (size_t i = e->n_partitions; i-- > 0;)
+                if (streq(e->partitions[i].disk, disk) && e->partitions[i].partno == partno) {
+                        forget_partition(e, i);
+                        return;
+                }
+}
+
 /* Deletes the tracked partitions of disk/diskseq (all of them when disk is NULL), but only
  * while that binding is still there: a recycled loopN is someone else's. */
 static void cleanup_partitions(Env *e, const char *disk, uint64_t diskseq) {
@@ -1525,8 +1533,13 @@ static int bus_name_owner(Env *e, char **ret) {
 }
 
 int env_start_daemon(Env *e) {
+        return env_start_daemon_with(e, NULL, NULL);
+}
+
+int env_start_daemon_with(Env *e, char *const *args, char *const *env) {
         _cleanup_free_ char *state_dir = NULL;
         pid_t parent = getpid();
+        size_t n_args = 0;
         int r;
 
         if (asprintf(&state_dir, "%s/state", e->tmpdir) < 0)
@@ -1541,6 +1554,9 @@ int env_start_daemon(Env *e) {
                 return -EADDRINUSE;
         }
 
+        while (args && args[n_args])
+                n_args++;
+
         fflush(NULL);
         pid_t pid = fork();
         if (pid < 0)
@@ -1552,7 +1568,16 @@ int env_start_daemon(Env *e) {
                         _exit(1);
                 if (setenv("LOOPMGR_STATE_DIR", state_dir, 1) < 0)
                         _exit(1);
-                execl(e->loopmgrd, "loopmgrd", NULL);
+                for (char *const *i = env; i && *i; i++)
+                        if (putenv(*i) < 0)
+                                _exit(1);
+                char **argv = calloc(n_args + 2, sizeof(char *));
+                if (!argv)
+                        _exit(1);
+                argv[0] = (char *) "loopmgrd";
+                for (size_t i = 0; i < n_args; i++)
+                        argv[i + 1] = args[i];
+                execv(e->loopmgrd, argv);
                 fprintf(stderr, "Failed to execute %s: %m\n", e->loopmgrd);
                 _exit(127);
         }
@@ -1582,6 +1607,60 @@ int env_start_daemon(Env *e) {
                 }
                 sleep_usec(20 * USEC_PER_MSEC);
         }
+}
+
+int env_kill_daemon(Env *e, int sig) {
+        int status;
+
+        if (e->daemon_pid <= 0)
+                return -ESRCH;
+        if (kill(e->daemon_pid, sig) < 0)
+                return -errno;
+
+        uint64_t deadline = now_usec() + 10 * USEC_PER_SEC;
+        for (;;) {
+                pid_t w = waitpid(e->daemon_pid, &status, WNOHANG);
+                if (w == e->daemon_pid)
+                        break;
+                if (w < 0)
+                        return -errno;
+                if (now_usec() >= deadline) {
+                        print_error("loopmgrd did not exit within 10 s of signal %d, killing it\n",
+                                    sig);
+                        (void) kill(e->daemon_pid, SIGKILL);
+                        (void) waitpid(e->daemon_pid, &status, 0);
+                        e->daemon_pid = 0;
+                        return -ETIMEDOUT;
+                }
+                sleep_usec(2 * USEC_PER_MSEC);
+        }
+        e->daemon_pid = 0;
+        free(e->daemon_unique_name);
+        e->daemon_unique_name = NULL;
+
+        if (WIFSIGNALED(status))
+                return WTERMSIG(status) == sig ? 0 : -EPROTO;
+        /* A signal the daemon handles (SIGTERM) must end in a clean exit. */
+        return WEXITSTATUS(status) == 0 ? 0 : -EPROTO;
+}
+
+int proc_vmrss_kib(pid_t pid, uint64_t *ret) {
+        _cleanup_free_ char *path = NULL, *line = NULL;
+        size_t size = 0;
+
+        if (asprintf(&path, "/proc/%d/status", (int) pid) < 0)
+                return -ENOMEM;
+        _cleanup_(fclosep) FILE *f = fopen(path, "re");
+        if (!f)
+                return -errno;
+        while (getline(&line, &size, f) > 0) {
+                unsigned long long v;
+                if (sscanf(line, "VmRSS: %llu kB", &v) == 1) {
+                        *ret = v;
+                        return 0;
+                }
+        }
+        return -ENODATA;
 }
 
 int env_stop_daemon(Env *e) {
@@ -1812,7 +1891,7 @@ static int check_consistency_scoped(Env *e, const char *scope, uint64_t timeout_
                         return r;
                 }
                 if (r == 0) {
-                        if (ignored > 0)
+                        if (ignored > 0 && !quiet)
                                 print_message("note: %zu difference(s) between losetup and the "
                                               "daemon on devices not backed by %s ignored "
                                               "(other users of this kernel)\n",
@@ -1839,6 +1918,14 @@ int env_check_consistency_under(Env *e, const char *dir) {
         if (check_consistency_scoped(e, NULL, 3 * USEC_PER_SEC, true) == 0)
                 return 0;
         return check_consistency_scoped(e, dir, 3 * USEC_PER_SEC, false);
+}
+
+int env_check_consistency_only_under(Env *e, const char *dir, uint64_t timeout_usec) {
+        /* Quietly (no note about the rest of the host after every call); on failure once more
+         * to print the differences. */
+        if (check_consistency_scoped(e, dir, timeout_usec, true) == 0)
+                return 0;
+        return check_consistency_scoped(e, dir, 0, false);
 }
 
 size_t env_detach_all_under(const char *dir) {

@@ -113,6 +113,8 @@ int mounts_under(const char *dir, size_t *ret);
 int env_add_partition(Env *e, const char *disk, uint64_t diskseq, unsigned partno,
                       uint64_t start_sector, uint64_t n_sectors, char **ret_node);
 int env_delete_partition(Env *e, const char *disk, unsigned partno);
+/* Forgets a tracked partition that went away by itself (the daemon removed it). */
+void env_forget_partition(Env *e, const char *disk, unsigned partno);
 /* Closes held fds, drops catchers, extra buses and the udev rule, unmounts tracked mounts, then
  * detaches (through the daemon, with losetup -d as last resort) every tracked binding that is
  * still there, newest first, deleting its tracked partitions just before. Returns the number of
@@ -133,8 +135,16 @@ int env_find_binary(const char *env_name, const char *name, char **ret);
 /* Forks e->loopmgrd with LOOPMGR_STATE_DIR=<tmpdir>/state and waits (10 s at most) until it
  * owns the bus name; refuses (-EADDRINUSE) when another daemon owns it already. */
 int env_start_daemon(Env *e);
+/* The same with extra command line arguments and "NAME=value" environment entries (either
+ * NULL-terminated list may be NULL). */
+int env_start_daemon_with(Env *e, char *const *args, char *const *env);
 /* SIGTERM and wait; 0 only when the daemon exited with status 0 (sanitizer reports abort). */
 int env_stop_daemon(Env *e);
+/* Sends sig and reaps the daemon (10 s at most, then SIGKILL). 0 when it died of sig or, for a
+ * signal it handles (SIGTERM), exited with status 0; -EPROTO otherwise. */
+int env_kill_daemon(Env *e, int sig);
+/* VmRSS of a process in KiB, from /proc/PID/status. */
+int proc_vmrss_kib(pid_t pid, uint64_t *ret);
 /* `losetup --json --list` and the daemon's ObjectManager agree (retried for up to 3 s, as
  * other tests on the kernel create and remove devices); prints the differences and returns
  * <0 when they do not. */
@@ -143,6 +153,11 @@ int env_check_consistency(Env *e);
  * churning devices faster than udev tells the daemon), only the devices backed, through any
  * layers, by files under dir must agree; the differences left out are counted in a note. */
 int env_check_consistency_under(Env *e, const char *dir);
+/* Only the second half of env_check_consistency_under(): the devices backed by files under
+ * dir must agree (retried for up to timeout_usec), whatever the rest of the host does. For a
+ * check after every call of a long sequence, where waiting for a busy host to settle would
+ * cost seconds each time. */
+int env_check_consistency_only_under(Env *e, const char *dir, uint64_t timeout_usec);
 /* losetup -d of every device backed by a file under dir (everything there is ours); returns
  * how many there were. */
 size_t env_detach_all_under(const char *dir);

@@ -20,8 +20,8 @@ static void make_sample(State *s) {
 
         *s = (State) {};
         assert_int_equal(state_add_device(s, "loop3", 412, false, 1000, &d), 0);
-        assert_int_equal(state_device_add_ref(d, 1000, LIFETIME_PERSISTENT, NULL), 0);
-        assert_int_equal(state_device_add_ref(d, 0, LIFETIME_CLIENT, ":1.42"), 0);
+        assert_int_equal(state_device_add_ref(d, 1000, LIFETIME_PERSISTENT, NULL, true), 0);
+        assert_int_equal(state_device_add_ref(d, 0, LIFETIME_CLIENT, ":1.42", false), 0);
         assert_int_equal(state_add_device(s, "loop12", 9000000000ULL, true, 0, &d), 0);
         s->has_intent = true;
         s->intent = (StateIntent) { .device = 65024, .inode = 403311, .offset = 4096,
@@ -48,6 +48,8 @@ static void test_round_trip(void **state) {
         assert_null(t.devices[0].refs[0].owner);
         assert_int_equal(t.devices[0].refs[1].lifetime, LIFETIME_CLIENT);
         assert_string_equal(t.devices[0].refs[1].owner, ":1.42");
+        assert_true(t.devices[0].refs[0].confirmed);
+        assert_false(t.devices[0].refs[1].confirmed);
         assert_true(t.devices[1].pending);
         assert_int_equal(t.devices[1].diskseq, 9000000000ULL);
         assert_int_equal(t.devices[1].n_refs, 0);
@@ -140,27 +142,29 @@ static char *with_checksum(const char *body) {
 static void test_semantic_errors(void **state) {
         static const char *const bad_bodies[] = {
                 "device loop3 1 attached 0\ndevice loop3 1 attached 0\n",  /* duplicate binding */
-                "ref 0 persistent -\n",                                   /* ref before device */
+                "ref 0 persistent - confirmed\n",                         /* ref before device */
                 "device sda 1 attached 0\n",                              /* not a loop device */
                 "device loop3 1 gone 0\n",                                /* unknown state */
                 "device loop3 x attached 0\n",                            /* bad diskseq */
                 "device loop3 1 attached -1\n",                           /* bad uid */
                 "device loop3 1 attached 4294967295\n",                   /* (uid_t) -1 */
-                "device loop3 1 attached 0\nref 0 client -\n",            /* client without owner */
-                "device loop3 1 attached 0\nref 0 client :1.2;rm\n",      /* malformed owner */
-                "device loop3 1 attached 0\nref 0 persistent :1.2\n",     /* owner on persistent */
-                "device loop3 1 attached 0\nref 0 forever -\n",           /* unknown lifetime */
+                "device loop3 1 attached 0\nref 0 client - confirmed\n",  /* client without owner */
+                "device loop3 1 attached 0\nref 0 client :1.2;rm confirmed\n", /* malformed owner */
+                "device loop3 1 attached 0\nref 0 persistent :1.2 confirmed\n", /* owner, persistent */
+                "device loop3 1 attached 0\nref 0 forever - confirmed\n", /* unknown lifetime */
+                "device loop3 1 attached 0\nref 0 persistent -\n",       /* no confirmation */
+                "device loop3 1 attached 0\nref 0 persistent - maybe\n", /* bad confirmation */
                 "device loop3 1  attached 0\n",                           /* double space */
                 "\n",                                                     /* empty line */
                 "intent file 1 2 0 0 0\nintent file 1 2 0 0 0\n",          /* two intents */
                 "intent disk 1 2 0 0 0\n",                                /* unknown kind */
                 "intent file 1 2 0 0\n",                                  /* missing uid */
-                "intent file 1 2 0 0 0\nref 0 persistent -\n",            /* ref after intent */
+                "intent file 1 2 0 0 0\nref 0 persistent - confirmed\n",  /* ref after intent */
         };
         char *good;
         State t = {};
 
-        good = with_checksum("device loop3 1 attached 0\nref 0 client :1.2\n");
+        good = with_checksum("device loop3 1 attached 0\nref 0 client :1.2 confirmed\n");
         assert_int_equal(state_parse(good, strlen(good), &t), 0);
         assert_int_equal(t.devices[0].n_refs, 1);
         state_done(&t);
