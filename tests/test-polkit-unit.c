@@ -86,10 +86,12 @@ static bool socket_ready(const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         _cleanup_close_ int fd = -EBADF;
 
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return false;
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return false;
-        strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
+        memcpy(sa.sun_path, path, strlen(path) + 1);
         return connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0;
 }
 
