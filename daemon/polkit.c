@@ -405,7 +405,8 @@ static int query_result(const Query *q, const char *what, sd_bus_error *error) {
         }
 }
 
-static int append_details(sd_bus_message *m, char **details) {
+static int append_details(sd_bus_message *m, const char *what, char **details) {
+        _cleanup_free_ char *message = NULL, *escaped = NULL;
         int r;
 
         r = sd_bus_message_open_container(m, 'a', "{ss}");
@@ -415,6 +416,17 @@ static int append_details(sd_bus_message *m, char **details) {
                 r = polkit_detail_escape(i[1], &v);
                 if (r >= 0)
                         r = sd_bus_message_append(m, "{ss}", i[0], v);
+        }
+        /* What the authentication dialog says: this very file or device, not just the action's
+         * generic message. polkit takes polkit.message together with a gettext domain (there is
+         * no translation catalogue: the text is shown as it is). */
+        if (r >= 0 && what) {
+                if (asprintf(&message, "Authentication is required to %s.", what) < 0)
+                        return -ENOMEM;
+                r = polkit_detail_escape(message, &escaped);
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "{ss}{ss}", "polkit.message", escaped,
+                                                  "polkit.gettext_domain", "loopmgr");
         }
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
@@ -470,7 +482,7 @@ int polkit_verify_async(PolkitRegistry *reg, sd_bus_message *call, uid_t uid,
                 r = sd_bus_message_append(pk, "(sa{sv})s", "system-bus-name", 1, "name", "s",
                                           sender, action);
         if (r >= 0)
-                r = append_details(pk, details);
+                r = append_details(pk, what, details);
         if (r >= 0)
                 /* No cancellation id: a vanished caller's query is dropped on our side. */
                 r = sd_bus_message_append(pk, "us",
