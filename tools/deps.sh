@@ -19,6 +19,9 @@ packages=(
     util-linux mount e2fsprogs procps jq btrfs-progs
     # checks in tools/test.sh and meson test: clang-format, xmllint
     clang-format libxml2-utils
+    # the libFuzzer targets of fuzz/ (tools/test.sh step 6): clang and its fuzzer and
+    # sanitizer runtimes
+    clang libclang-rt-14-dev
 )
 
 missing=()

@@ -10,7 +10,11 @@
 #      a demo environment of tools/setup.sh and its loopmgrd are left alone)
 #   5. meson test -C build-dev --print-errorlogs [MESON-TEST-ARGS...] (all suites by default:
 #      packaging, unit, kernel, integration; e.g. `tools/test.sh --suite unit` for one)
-#   6. stops what step 4 started (also on failure or Ctrl-C), prints a summary line and exits
+#   6. fuzzing: build-fuzz/ (clang, -Dfuzz=true -Dtests=false), then each libFuzzer target of
+#      fuzz/ for LOOPMGR_FUZZ_TIME seconds on a temporary copy of its seed corpus; a crash,
+#      sanitizer report, leak or timeout fails the run (the input is kept in
+#      build-fuzz/fuzz-artifacts/). Each target counts as one test case in the summary.
+#   7. stops what step 4 started (also on failure or Ctrl-C), prints a summary line and exits
 #      non-zero if any step failed.
 #
 # Knobs (environment):
@@ -18,6 +22,9 @@
 #   LOOPMGR_BUILD_DIR=build-dev            build directory
 #   LOOPMGR_TEST_ENV=/run/loopmgr-ci       tests/env.sh instance (state directory)
 #   LOOPMGR_TEST_FILTER=GLOB               cmocka filter, passed through to the tests
+#   LOOPMGR_FUZZ_TIME=SECONDS              per fuzz target; default 30, or 0 (no fuzzing) when
+#                                          MESON-TEST-ARGS select a subset of the tests
+#   LOOPMGR_FUZZ_BUILD_DIR=build-fuzz      build directory of the fuzz targets
 
 set -uo pipefail
 
@@ -26,6 +33,13 @@ BUILD=${LOOPMGR_BUILD_DIR:-build-dev}
 FORMAT_CHECK=${LOOPMGR_FORMAT_CHECK:-warn}
 export LOOPMGR_TEST_ENV=${LOOPMGR_TEST_ENV:-/run/loopmgr-ci}
 MESON_OPTS=(-Dbuildtype=debug "-Db_sanitize=address,undefined" -Dwerror=true -Dtests=true)
+FUZZ_BUILD=${LOOPMGR_FUZZ_BUILD_DIR:-build-fuzz}
+if (($#)); then
+    FUZZ_TIME=${LOOPMGR_FUZZ_TIME:-0}
+else
+    FUZZ_TIME=${LOOPMGR_FUZZ_TIME:-30}
+fi
+FUZZ_TARGETS=(options state)
 
 failed_steps=()
 env_started=0
@@ -108,7 +122,7 @@ style_check() {
     local files=() f bad_format=() bad_ws=()
     while IFS= read -r -d '' f; do
         files+=("$f")
-    done < <(find daemon client include tests -type f \( -name '*.c' -o -name '*.h' \) -print0 | sort -z)
+    done < <(find daemon client include tests fuzz -type f \( -name '*.c' -o -name '*.h' \) -print0 | sort -z)
     ((${#files[@]})) || return 0
     if command -v clang-format >/dev/null; then
         for f in "${files[@]}"; do
@@ -208,6 +222,68 @@ if [[ -s $testlog ]] && command -v jq >/dev/null; then
 else
     failed=1
     echo "test.sh: no $testlog: meson test did not run"
+fi
+
+# ---- 6. fuzzing -----------------------------------------------------------------------------
+
+# run_fuzzer NAME: fuzz/fuzz-NAME for FUZZ_TIME seconds on a copy of fuzz/corpus/NAME (libFuzzer
+# adds what it finds to the corpus directory it is given, and the checked-in seeds must not
+# change). Returns non-zero on a crash, a sanitizer report, a leak or a timeout.
+run_fuzzer() {
+    local name=$1 bin=$FUZZ_BUILD/fuzz/fuzz-$1 tmp rc execs
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/loopmgr-fuzz-$name.XXXXXX") || return 1
+    mkdir -p "$tmp/corpus" "$tmp/artifacts"
+    cp -R "fuzz/corpus/$name/." "$tmp/corpus/"
+    "$bin" -max_total_time="$FUZZ_TIME" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -artifact_prefix="$tmp/artifacts/" "$tmp/corpus" </dev/null >"$tmp/log" 2>&1 &
+    child=$!
+    wait "$child"
+    rc=$?
+    child=0
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$tmp/log" | tail -n 1)
+    if ((rc == 0)); then
+        echo "fuzz-$name: ${execs:-?} executions in ${FUZZ_TIME} s, no crash"
+    else
+        echo "fuzz-$name: FAILED (exit $rc) after ${execs:-?} executions:"
+        grep -E '^(==[0-9]+==|SUMMARY|fuzz-|.*runtime error)' "$tmp/log" | head -n 20
+        tail -n 40 "$tmp/log"
+        mkdir -p "$FUZZ_BUILD/fuzz-artifacts"
+        cp -p "$tmp/artifacts/"* "$FUZZ_BUILD/fuzz-artifacts/" 2>/dev/null &&
+            echo "fuzz-$name: reproduce with $bin $FUZZ_BUILD/fuzz-artifacts/<file>:" &&
+            ls "$FUZZ_BUILD/fuzz-artifacts/"
+    fi
+    rm -rf "$tmp"
+    return "$rc"
+}
+
+if ((FUZZ_TIME > 0)); then
+    step "fuzzing ($FUZZ_BUILD, ${FUZZ_TIME} s per target)"
+    fuzz_ready=0
+    # The project's meson.build warns that -fsanitize= belongs in b_sanitize: b_sanitize has no
+    # "fuzzer" in this meson, so the fuzz build sets all three itself.
+    if ! command -v clang >/dev/null; then
+        echo "test.sh: clang is not installed (tools/deps.sh installs it)"
+    elif [[ -f $FUZZ_BUILD/meson-private/coredata.dat ]]; then
+        if meson configure "$FUZZ_BUILD" -Dfuzz=true -Dtests=false >/dev/null ||
+            CC=clang meson setup --wipe "$FUZZ_BUILD" -Dfuzz=true -Dtests=false; then
+            fuzz_ready=1
+        fi
+    elif CC=clang meson setup "$FUZZ_BUILD" -Dfuzz=true -Dtests=false; then
+        fuzz_ready=1
+    fi
+    if ((fuzz_ready)) && ninja -C "$FUZZ_BUILD" "${FUZZ_TARGETS[@]/#/fuzz/fuzz-}"; then
+        for t in "${FUZZ_TARGETS[@]}"; do
+            if run_fuzzer "$t"; then
+                passed=$((passed + 1))
+            else
+                failed=$((failed + 1))
+                failed_steps+=("fuzz-$t")
+            fi
+        done
+    else
+        failed=$((failed + 1))
+        failed_steps+=(fuzz-build)
+    fi
 fi
 
 cleanup
