@@ -54,13 +54,24 @@ static int property_get_openers(sd_bus *bus, const char *path, const char *inter
         Device *d = userdata;
         int r;
 
-        /* Always fresh on read (an exclusive claim from another namespace raises no event);
-         * the result becomes the baseline for change signals. */
-        r = device_openers(d, NULL, &pairs);
-        if (r < 0)
-                return r;
-        strv_free(d->openers);
-        d->openers = strv_copy(pairs);
+        uint64_t iteration = 0;
+
+        /* Fresh on read (a mount in another namespace raises no event), except within the
+         * event-loop iteration that computed them; the result becomes the baseline for
+         * change signals. */
+        (void) sd_event_get_iteration(d->manager->event, &iteration);
+        if (d->openers && d->openers_iteration == iteration && iteration != 0)
+                pairs = strv_copy(d->openers);
+        else {
+                r = device_openers(d, NULL, &pairs);
+                if (r < 0)
+                        return r;
+                strv_free(d->openers);
+                d->openers = strv_copy(pairs);
+                d->openers_iteration = iteration;
+        }
+        if (!pairs)
+                return -ENOMEM;
         r = sd_bus_message_open_container(reply, 'a', "(ss)");
         if (r < 0)
                 return r;
@@ -107,7 +118,7 @@ int device_bus_authorize_change(Device *d, sd_bus_message *message, DeviceChange
         _cleanup_free_ char *what = NULL;
         char owner[12];
         const char *operation;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int r;
 
         r = bus_sender_uid_or_deny(message, &uid, error);
@@ -165,7 +176,7 @@ int device_bus_authorize_change(Device *d, sd_bus_message *message, DeviceChange
 static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
         DetachOptions o;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int r;
 
         r = detach_options_parse(message, &o, error);
@@ -181,7 +192,7 @@ static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *
 static int method_set_autoclear(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
         CommonOptions o;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int value, r;
 
         r = sd_bus_message_read(message, "b", &value);
@@ -212,7 +223,7 @@ static int method_set_autoclear(sd_bus_message *message, void *userdata, sd_bus_
 static int method_set_capacity(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
         CommonOptions o;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int r;
 
         r = common_options_parse(message, &o, error);

@@ -71,6 +71,7 @@ struct Device {
 
         DeviceState state;
         char **openers;         /* last published Openers pairs (NULL: none computed yet) */
+        uint64_t openers_iteration;     /* event-loop iteration that computed them */
         bool udev_ready;        /* udev processed this binding (by-diskseq link exists) */
         Waiter *waiters;
 };

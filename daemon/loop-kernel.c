@@ -495,7 +495,7 @@ int loop_read_ids(const char *root, LoopStatus *status) {
         _cleanup_close_ int fd = -EBADF;
         struct loop_info64 info = {};
         struct stat st;
-        uint64_t seq;
+        uint64_t seq = 0;
         int r;
 
         assert(status);
@@ -766,7 +766,7 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
         struct loop_info64 info = {};
         struct loop_config lc = {};
         char name[sizeof(s.name)];
-        uint64_t seq;
+        uint64_t seq = 0;
         int r;
 
         (void) snprintf(name, sizeof(name), "loop%i", nr);
@@ -1031,7 +1031,7 @@ int loop_attach(const char *root, int backing_fd, const LoopConfig *config, Loop
 /* Opens <name> for an operation on the binding carrying diskseq. */
 static int open_binding(const char *root, const char *name, uint64_t diskseq, int flags) {
         _cleanup_close_ int fd = -EBADF;
-        uint64_t seq;
+        uint64_t seq = 0;
         unsigned nr;
         int r;
 

@@ -188,7 +188,7 @@ static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *
         Manager *m = userdata;
         AttachRequest req = {};
         AttachOptions o;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int fd, r;
 
         /* Everything about the request is validated before polkit is asked, and this runs
@@ -255,7 +255,7 @@ static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_er
         AttachRequest req = {};
         const char *path;
         AttachOptions o;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int r;
 
         r = sd_bus_message_read(message, "s", &path);
@@ -305,7 +305,7 @@ static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *
         const char *path;
         DetachOptions o;
         Device *d;
-        uid_t uid;
+        uid_t uid = (uid_t) -1;
         int r;
 
         r = sd_bus_message_read(message, "o", &path);

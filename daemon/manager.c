@@ -59,6 +59,7 @@ Manager *manager_free(Manager *m) {
 
         state_done(&m->restored);
         foreign_mounts_done(&m->foreign);
+        mnt_unref_table(m->mounts);
         sd_event_source_disable_unref(m->mount_source);
         mnt_unref_monitor(m->mount_monitor);
         sd_bus_slot_unref(m->name_owner_slot);
@@ -196,6 +197,9 @@ void manager_emit_device_changed(Manager *m, Device *d, char **properties) {
 static int attach_confirm(Device *d, uint64_t ref_id) {
         Reference *ref = device_find_reference(d, ref_id);
 
+        log_debug("%s: confirming reference %" PRIu64 ": %s", d->node, ref_id,
+                  !ref ? "not found" : ref->confirmed ? "already confirmed" : "confirmed");
+
         if (!ref || ref->confirmed)
                 return 0;
         ref->confirmed = true;
@@ -205,6 +209,15 @@ static int attach_confirm(Device *d, uint64_t ref_id) {
 static void complete_attach_waiters(Manager *m, Device *d) {
         unsigned confirmed = 0;
 
+        /* Record first, answer second: once a caller has its answer, a crash must not cost it
+         * the reference. (A crash between the two leaves a recorded reference whose caller got
+         * an error instead of a reply; its holder is that caller, not nobody.) */
+        for (Waiter *w = d->waiters; w; w = w->next)
+                if (w->kind == WAITER_ATTACH)
+                        confirmed += attach_confirm(d, w->ref_id);
+        if (confirmed > 0 && d->managed)
+                (void) manager_save_state(m);
+
         for (Waiter **i = &d->waiters; *i;) {
                 Waiter *w = *i;
 
@@ -213,12 +226,9 @@ static void complete_attach_waiters(Manager *m, Device *d) {
                         continue;
                 }
                 *i = w->next;
-                if (manager_bus_reply_attach(w->message, d, w->reused) >= 0)
-                        confirmed += attach_confirm(d, w->ref_id);
+                (void) manager_bus_reply_attach(w->message, d, w->reused);
                 waiter_free(w);
         }
-        if (confirmed > 0 && d->managed)
-                (void) manager_save_state(m);
 }
 
 /* Marks d as processed by udev once its by-diskseq link exists, and answers every Attach
@@ -549,6 +559,8 @@ static int on_mounts_changed(sd_event_source *s, int fd, uint32_t revents, void 
         while (mnt_monitor_next_change(m->mount_monitor, NULL, NULL) == 0)
                 ;
         (void) mnt_monitor_event_cleanup(m->mount_monitor);
+        mnt_unref_table(m->mounts);
+        m->mounts = NULL;
 
         mounts = manager_mount_table(m);
         if (!mounts)
@@ -599,16 +611,30 @@ const ForeignMounts *manager_foreign_mounts(Manager *m) {
 }
 
 struct libmnt_table *manager_mount_table(Manager *m) {
-        _cleanup_free_ char *path = path_join_root(m->root, "/proc/self/mountinfo");
+        _cleanup_free_ char *path = NULL;
+        uint64_t iteration = 0;
         struct libmnt_table *t;
 
+        /* One parse per event-loop iteration (GetManagedObjects asks once per device), and
+         * a fresh one after the mount monitor fired. */
+        (void) sd_event_get_iteration(m->event, &iteration);
+        if (m->mounts && m->mounts_iteration == iteration && iteration != 0) {
+                mnt_ref_table(m->mounts);
+                return m->mounts;
+        }
+
+        path = path_join_root(m->root, "/proc/self/mountinfo");
         if (!path)
                 return NULL;
         t = mnt_new_table();
         if (t && mnt_table_parse_file(t, path) < 0) {
                 mnt_unref_table(t);
-                t = NULL;
+                return NULL;
         }
+        mnt_unref_table(m->mounts);
+        m->mounts = t;
+        m->mounts_iteration = iteration;
+        mnt_ref_table(t);
         return t;
 }
 
@@ -727,10 +753,16 @@ int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *r
 void manager_adopt_unseen(Manager *m) {
         _cleanup_strv_free_ char **names = NULL;
 
-        /* udev tells us about foreign bindings only after processing them, so a request that
-         * follows `losetup` closely would not see that device. Before any alias decision, pick
-         * up every bound loop device we have no object for: one readdir plus one stat per
-         * unknown device, not a full rescan. */
+        /* A request that closely follows `losetup` may arrive before we processed the uevent
+         * of that binding. The kernel sends the uevent inside the ioctl, before losetup even
+         * returns, so it is already queued on our kernel monitor: process the queue now. This
+         * costs what is pending, not what exists. */
+        if (m->udev_watch) {
+                udev_watch_flush_kernel(m->udev_watch);
+                return;
+        }
+
+        /* No monitor (unit tests): look at every loop device we have no object for. */
         if (loop_list(m->root, &names) < 0)
                 return;
         for (char **n = names; *n; n++) {
@@ -819,10 +851,10 @@ static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, 
                         w->ref_id = ref_id;
                 return r;
         }
-        r = manager_bus_reply_attach(message, d, reused);
-        if (r >= 0 && attach_confirm(d, ref_id) > 0 && d->managed)
+        /* Record first, answer second (see complete_attach_waiters()). */
+        if (attach_confirm(d, ref_id) > 0 && d->managed)
                 (void) manager_save_state(m);
-        return r;
+        return manager_bus_reply_attach(message, d, reused);
 }
 
 int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
@@ -952,8 +984,12 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 manager_remove_device(m, old, -ENXIO);
 
         r = device_new(m, &st, true, &d);
-        if (r >= 0)
+        if (r >= 0) {
+                /* Nothing can hold a device we have just bound: no need to look. */
+                d->openers = calloc(1, sizeof(char *));
+                (void) sd_event_get_iteration(m->event, &d->openers_iteration);
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
+        }
         if (r >= 0) {
                 d->references->confirmed = false;
                 ref_id = d->references->id;

@@ -30,6 +30,10 @@ typedef struct Manager {
         struct libmnt_monitor *mount_monitor;
         sd_event_source *mount_source;
 
+        /* Our mount table, parsed at most once per event-loop iteration. */
+        struct libmnt_table *mounts;
+        uint64_t mounts_iteration;
+
         /* Mounts in other namespaces, read at most once per event-loop iteration. */
         ForeignMounts foreign;
         uint64_t foreign_iteration;

@@ -88,6 +88,11 @@ static int monitor_open(UdevWatch *w, sd_event *event, const char *group,
         return 0;
 }
 
+void udev_watch_flush_kernel(UdevWatch *w) {
+        /* The same handler as a wakeup would run: everything queued is processed now. */
+        (void) on_event(w->kernel_source, udev_monitor_get_fd(w->kernel_monitor), EPOLLIN, w);
+}
+
 int udev_watch_new(sd_event *event, Manager *m, UdevWatch **ret) {
         UdevWatch *w;
         int r;

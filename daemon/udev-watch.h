@@ -11,3 +11,6 @@ typedef struct UdevWatch UdevWatch;
 
 int udev_watch_new(sd_event *event, Manager *m, UdevWatch **ret);
 UdevWatch *udev_watch_free(UdevWatch *w);
+
+/* Processes the kernel uevents already queued, without waiting for the event loop. */
+void udev_watch_flush_kernel(UdevWatch *w);
