@@ -313,6 +313,13 @@ static bool devnum_is_partition_of(Device *d, dev_t dev) {
         const char *parent_end, *parent;
         ssize_t k;
 
+        /* Partitions of a loop device are blkext (259), or loop minors with max_part set: no
+         * other device can be one, and the sysfs lookup is the expensive part. */
+        if (major(dev) != 259 && major(dev) != LOOP_MAJOR_NUMBER)
+                return false;
+        if (dev == d->status.devnum)
+                return false;
+
         if (asprintf(&target, "/sys/dev/block/%u:%u", major(dev), minor(dev)) < 0)
                 return false;
         link = path_join_root(d->manager->root, target);

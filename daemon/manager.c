@@ -229,6 +229,10 @@ static void complete_attach_waiters(Manager *m, Device *d) {
                 (void) manager_bus_reply_attach(w->message, d, w->reused);
                 waiter_free(w);
         }
+        /* Out of the process now, not after whatever signals are queued before it: the
+         * references are already recorded as answered. */
+        if (confirmed > 0)
+                (void) sd_bus_flush(m->bus);
 }
 
 /* Marks d as processed by udev once its by-diskseq link exists, and answers every Attach
@@ -851,10 +855,13 @@ static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, 
                         w->ref_id = ref_id;
                 return r;
         }
-        /* Record first, answer second (see complete_attach_waiters()). */
+        /* Record first, answer second, and flush (see complete_attach_waiters()). */
         if (attach_confirm(d, ref_id) > 0 && d->managed)
                 (void) manager_save_state(m);
-        return manager_bus_reply_attach(message, d, reused);
+        r = manager_bus_reply_attach(message, d, reused);
+        if (r >= 0)
+                (void) sd_bus_flush(m->bus);
+        return r;
 }
 
 int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
@@ -991,7 +998,10 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 r = device_add_reference(d, req->uid, o->lifetime, req->sender);
         }
         if (r >= 0) {
-                d->references->confirmed = false;
+                /* Answered right after the save that records the device (no udev wait): that
+                 * save may as well record the reference as confirmed, sparing a second one.
+                 * Otherwise it stays unconfirmed until the answer goes out. */
+                d->references->confirmed = !o->wait_udev;
                 ref_id = d->references->id;
         }
         /* The save in manager_add_device() records the device and drops the intent at once. */

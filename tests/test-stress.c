@@ -1288,6 +1288,7 @@ typedef struct BurstCall {
         bool ok;
         Ref ref;
         char error[160];
+        char image[PATH_MAX];   /* the backing this call asked for */
 } BurstCall;
 
 static int burst_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -1327,14 +1328,31 @@ static char *burst_check(Env *e, const char *dir, const BurstCall *calls) {
         if (bindings_under(dir, &l, &n) < 0)
                 return strdup("cannot read sysfs");
         for (size_t i = 0; i < n && !problem; i++) {
-                unsigned expected = 0;
-                for (size_t k = 0; k < BURST_CALLS; k++)
+                unsigned expected = 0, died = 0;
+                for (size_t k = 0; k < BURST_CALLS; k++) {
                         if (calls[k].ok && calls[k].ref.diskseq == l[i].diskseq)
                                 expected++;
+                        else if (!calls[k].ok && streq(calls[k].image, l[i].backing))
+                                died++;
+                }
                 _cleanup_free_ char *object = object_path(l[i].diskseq);
                 _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                 _cleanup_props_ DeviceProps p = {};
                 int r = device_props_get(e, object, &error, &p);
+                /* The daemon records a reference as answered *before* the reply leaves it (so a
+                 * caller that has its answer never loses the reference). When it dies in
+                 * between, or before the bus read the reply, a call can fail although its
+                 * reference was recorded. No ordering closes both windows over a socket; what
+                 * is allowed is exactly that: extra references on a managed device, at most one
+                 * per call for the same image that died unanswered. Anything else fails. */
+                if (r >= 0 && p.managed && p.references >= expected &&
+                    p.references <= expected + died && (expected > 0 || died > 0)) {
+                        if (p.references > expected)
+                                print_message("    %s: %u reference(s) recorded for calls that "
+                                              "died unanswered (the reply window)\n",
+                                              l[i].name, p.references - expected);
+                        continue;
+                }
                 if (expected == 0)
                         (void) asprintf(&problem,
                                         "%s (diskseq %" PRIu64 ", %s) is bound but no Attach was "
@@ -1397,6 +1415,8 @@ static void test_fault_kill_during_attach_burst(void **state) {
                         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
                         AttachOpts o = ATTACH_OPTS_DEFAULT;
                         /* Images 0..7 are asked for twice: identical requests, two references. */
+                        snprintf(calls[i].image, sizeof(calls[i].image), "%s",
+                                 images[i % BURST_IMAGES]);
                         assert_int_equal(raw_attach_message(e->bus, fds[i % BURST_IMAGES], &o, &m),
                                          0);
                         r = sd_bus_call_async(e->bus, &slots[i], m, burst_reply, &calls[i],
@@ -1479,6 +1499,10 @@ static void test_fault_kill_during_attach_burst(void **state) {
                 if (problem) {
                         print_error("    %s\n", problem);
                         failed_rounds++;
+                }
+                /* What is left now holds only references recorded for calls that died (the
+                 * reply window, allowed above) or, after a failure, anything: drop it all. */
+                {
                         Binding *l = NULL;
                         size_t n = 0;
                         if (bindings_under(dir, &l, &n) >= 0)
