@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
@@ -2078,5 +2079,121 @@ int call_resolve(Env *e, int fd, sd_bus_error *error, Resolved *ret, unsigned n_
                 return r;
         }
         *ret = p;
+        return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The group fixture every integration binary shares */
+
+bool env_group_failed;
+
+static int env_rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+        (void) remove(path);
+        return 0;
+}
+
+void env_free(Env *e) {
+        if (!e)
+                return;
+        free(e->tracked);
+        free(e->held_fds);
+        free(e->catchers);
+        free(e->extra_buses);
+        free(e->mounts);
+        free(e->partitions);
+        sd_bus_flush_close_unref(e->bus);
+        free(e->daemon_unique_name);
+        free(e->tmpdir);
+        free(e->ramfs);
+        free(e->loopmgrd);
+        free(e->loopmgrctl);
+        free(e->bus_address);
+        free(e);
+}
+
+int env_group_setup(void **state, const char *name) {
+        Env *e = calloc(1, sizeof(Env));
+        char tmpl[PATH_MAX];
+        int r;
+
+        if (!e)
+                goto fail;
+        *state = e;
+        (void) snprintf(tmpl, sizeof(tmpl), "/var/tmp/loopmgr-%s.XXXXXX", name);
+
+        if (!mkdtemp(tmpl)) {
+                print_error("mkdtemp(%s): %m\n", tmpl);
+                goto fail;
+        }
+        e->tmpdir = strdup(tmpl);
+        e->bus_address = strdup(getenv("DBUS_SYSTEM_BUS_ADDRESS"));
+        if (!e->tmpdir || !e->bus_address)
+                goto fail;
+
+        if (env_find_binary("LOOPMGRD", "loopmgrd", &e->loopmgrd) < 0 ||
+            env_find_binary("LOOPMGRCTL", "loopmgrctl", &e->loopmgrctl) < 0)
+                goto fail;
+        if (access(e->loopmgrd, X_OK) < 0) {
+                print_error("%s: %m\n", e->loopmgrd);
+                goto fail;
+        }
+
+        r = sd_bus_open_system(&e->bus);
+        if (r < 0) {
+                print_error("Cannot connect to the system bus: %s\n", strerror(-r));
+                goto fail;
+        }
+        (void) sd_bus_error_add_map(loopmgr_error_map);
+
+        r = env_start_daemon(e);
+        if (r < 0) {
+                print_error("Failed to start %s: %s\n", e->loopmgrd, strerror(-r));
+                goto fail;
+        }
+        print_message("loopmgrd %s (pid %d, %s), images in %s\n", e->loopmgrd, (int) e->daemon_pid,
+                      e->daemon_unique_name, e->tmpdir);
+        return 0;
+
+fail:
+        env_group_failed = true;
+        return -1;
+}
+
+int env_group_teardown(void **state) {
+        Env *e = *state;
+        bool ok = true;
+        size_t n = 0;
+
+        if (!e)
+                return 0;
+
+        if (env_cleanup_test(e) > 0)
+                ok = false;
+        if (e->tmpdir) {
+                if (env_detach_all_under(e->tmpdir) > 0)
+                        ok = false;
+                if (!env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC)) {
+                        print_error("devices backed by %s survive the cleanup\n", e->tmpdir);
+                        ok = false;
+                }
+        }
+        if (env_stop_daemon(e) < 0)
+                ok = false;
+        if (e->tmpdir) {
+                if (mounts_under(e->tmpdir, &n) >= 0 && n > 0) {
+                        print_error("%zu mount(s) under %s survive the cleanup; not removing "
+                                    "the directory\n",
+                                    n, e->tmpdir);
+                        ok = false;
+                } else
+                        (void) nftw(e->tmpdir, env_rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+        }
+
+        env_free(e);
+        *state = NULL;
+        if (!ok) {
+                env_group_failed = true;
+                return -1;
+        }
         return 0;
 }

@@ -328,3 +328,13 @@ static inline void resolved_donep(Resolved *r) {
         resolved_done(r);
 }
 #define _cleanup_resolved_ _cleanup_(resolved_donep)
+
+/* The group fixture shared by the integration binaries. env_group_setup() makes a temporary
+ * directory /var/tmp/loopmgr-<name>.XXXXXX, connects to the bus and starts the daemon;
+ * env_group_teardown() detaches everything under that directory, stops the daemon and removes
+ * the directory (not if mounts survive). Either sets env_group_failed on failure, which main()
+ * turns into a failing exit status (cmocka does not count group fixtures). */
+extern bool env_group_failed;
+void env_free(Env *e);
+int env_group_setup(void **state, const char *name);
+int env_group_teardown(void **state);

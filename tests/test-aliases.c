@@ -50,119 +50,9 @@
 #define SIGNAL_TIMEOUT (2 * USEC_PER_SEC)
 
 /* cmocka does not count a failed group setup/teardown in its return value. */
-static bool group_failed;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Fixtures */
-
-static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-        (void) remove(path);
-        return 0;
-}
-
-static void env_free(Env *e) {
-        if (!e)
-                return;
-        free(e->tracked);
-        free(e->held_fds);
-        free(e->catchers);
-        free(e->extra_buses);
-        free(e->mounts);
-        free(e->partitions);
-        sd_bus_flush_close_unref(e->bus);
-        free(e->daemon_unique_name);
-        free(e->tmpdir);
-        free(e->loopmgrd);
-        free(e->loopmgrctl);
-        free(e->bus_address);
-        free(e);
-}
-
-static int group_setup(void **state) {
-        Env *e = calloc(1, sizeof(Env));
-        char tmpl[] = "/var/tmp/loopmgr-alias.XXXXXX";
-        int r;
-
-        if (!e)
-                goto fail;
-        *state = e;
-
-        if (!mkdtemp(tmpl)) {
-                print_error("mkdtemp(%s): %m\n", tmpl);
-                goto fail;
-        }
-        e->tmpdir = strdup(tmpl);
-        e->bus_address = strdup(getenv("DBUS_SYSTEM_BUS_ADDRESS"));
-        if (!e->tmpdir || !e->bus_address)
-                goto fail;
-
-        if (env_find_binary("LOOPMGRD", "loopmgrd", &e->loopmgrd) < 0 ||
-            env_find_binary("LOOPMGRCTL", "loopmgrctl", &e->loopmgrctl) < 0)
-                goto fail;
-        if (access(e->loopmgrd, X_OK) < 0) {
-                print_error("%s: %m\n", e->loopmgrd);
-                goto fail;
-        }
-
-        r = sd_bus_open_system(&e->bus);
-        if (r < 0) {
-                print_error("Cannot connect to the system bus: %s\n", strerror(-r));
-                goto fail;
-        }
-        (void) sd_bus_error_add_map(loopmgr_error_map);
-
-        r = env_start_daemon(e);
-        if (r < 0) {
-                print_error("Failed to start %s: %s\n", e->loopmgrd, strerror(-r));
-                goto fail;
-        }
-        print_message("loopmgrd %s (pid %d, %s), images in %s\n", e->loopmgrd, (int) e->daemon_pid,
-                      e->daemon_unique_name, e->tmpdir);
-        return 0;
-
-fail:
-        group_failed = true;
-        return -1;
-}
-
-static int group_teardown(void **state) {
-        Env *e = *state;
-        bool ok = true;
-        size_t n = 0;
-
-        if (!e)
-                return 0;
-
-        if (env_cleanup_test(e) > 0)
-                ok = false;
-        if (e->tmpdir) {
-                if (env_detach_all_under(e->tmpdir) > 0)
-                        ok = false;
-                if (!env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC)) {
-                        print_error("devices backed by %s survive the cleanup\n", e->tmpdir);
-                        ok = false;
-                }
-        }
-        if (env_stop_daemon(e) < 0)
-                ok = false;
-        if (e->tmpdir) {
-                if (mounts_under(e->tmpdir, &n) >= 0 && n > 0) {
-                        print_error("%zu mount(s) under %s survive the cleanup; not removing "
-                                    "the directory\n",
-                                    n, e->tmpdir);
-                        ok = false;
-                } else
-                        (void) nftw(e->tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-        }
-
-        env_free(e);
-        *state = NULL;
-        if (!ok) {
-                group_failed = true;
-                return -1;
-        }
-        return 0;
-}
 
 static int test_teardown(void **state) {
         Env *e = *state;
@@ -203,7 +93,7 @@ static int test_teardown(void **state) {
                 print_error("loopmgrd died (%s %d)\n", WIFEXITED(status) ? "status" : "signal",
                             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
                 e->daemon_pid = 0;
-                group_failed = true;
+                env_group_failed = true;
                 ok = false;
         }
         return ok ? 0 : -1;
@@ -1440,6 +1330,14 @@ static int skip_reason(const char **ret) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, NULL, test_teardown)
 
+static int group_setup(void **state) {
+        return env_group_setup(state, "alias");
+}
+
+static int group_teardown(void **state) {
+        return env_group_teardown(state);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_same_file_other_names),
@@ -1475,7 +1373,7 @@ int main(void) {
                 cmocka_set_skip_filter(filter);
 
         int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if (group_failed && failed == 0)
+        if (env_group_failed && failed == 0)
                 failed = 1;
         if (failed) {
                 /* A failed assertion longjmps past the test's cleanup handlers, so LeakSanitizer

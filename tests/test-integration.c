@@ -355,23 +355,6 @@ static int rm_one(const char *path, const struct stat *st, int type, struct FTW 
         return 0;
 }
 
-static void env_free(Env *e) {
-        if (!e)
-                return;
-        free(e->tracked);
-        free(e->held_fds);
-        free(e->catchers);
-        free(e->extra_buses);
-        sd_bus_flush_close_unref(e->bus);
-        free(e->daemon_unique_name);
-        free(e->tmpdir);
-        free(e->ramfs);
-        free(e->loopmgrd);
-        free(e->loopmgrctl);
-        free(e->bus_address);
-        free(e);
-}
-
 static int group_setup(void **state) {
         Env *e = calloc(1, sizeof(Env));
         char tmpl[] = "/var/tmp/loopmgr-test.XXXXXX";
