@@ -59,324 +59,32 @@
 #define SIGNAL_TIMEOUT (2 * USEC_PER_SEC)
 
 /* cmocka does not count a failed group setup/teardown in its return value. */
-static bool group_failed;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Daemon process */
 
-static int find_binary(const char *env_name, const char *name, char **ret) {
-        const char *v = getenv(env_name);
-        if (v && *v) {
-                *ret = strdup(v);
-                return *ret ? 0 : -ENOMEM;
-        }
-        /* Fallback: the build directory, one level above tests/. */
-        char exe[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-        if (n < 0)
-                return -errno;
-        exe[n] = 0;
-        char *dir = dirname(dirname(exe));
-        if (asprintf(ret, "%s/%s", dir, name) < 0)
-                return -ENOMEM;
-        return 0;
-}
-
-static int name_owner(Env *e, char **ret) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        const char *owner;
-        int r;
-
-        r = sd_bus_call_method(e->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                               "org.freedesktop.DBus", "GetNameOwner", &error, &reply, "s",
-                               LOOPMGR_BUS_NAME);
-        if (r < 0)
-                return sd_bus_error_has_name(&error, "org.freedesktop.DBus.Error.NameHasNoOwner")
-                               ? 0
-                               : r;
-        r = sd_bus_message_read(reply, "s", &owner);
-        if (r < 0)
-                return r;
-        if (ret) {
-                *ret = strdup(owner);
-                if (!*ret)
-                        return -ENOMEM;
-        }
-        return 1;
-}
-
-static int start_daemon(Env *e) {
-        _cleanup_free_ char *state_dir = NULL;
-        pid_t parent = getpid();
-        int r;
-
-        if (asprintf(&state_dir, "%s/state", e->tmpdir) < 0)
-                return -ENOMEM;
-
-        r = name_owner(e, NULL);
-        if (r < 0)
-                return r;
-        if (r > 0) {
-                print_error("%s is already owned on this bus: another loopmgrd is running\n",
-                            LOOPMGR_BUS_NAME);
-                return -EADDRINUSE;
-        }
-
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                /* Never outlive the test binary, even if it crashes. */
-                (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
-                if (getppid() != parent)
-                        _exit(1);
-                if (setenv("LOOPMGR_STATE_DIR", state_dir, 1) < 0)
-                        _exit(1);
-                execl(e->loopmgrd, "loopmgrd", NULL);
-                fprintf(stderr, "Failed to execute %s: %m\n", e->loopmgrd);
-                _exit(127);
-        }
-        e->daemon_pid = pid;
-
-        uint64_t deadline = now_usec() + 10 * USEC_PER_SEC;
-        for (;;) {
-                int status;
-                pid_t w = waitpid(pid, &status, WNOHANG);
-                if (w == pid) {
-                        e->daemon_pid = 0;
-                        print_error("loopmgrd exited during startup (%s %d)\n",
-                                    WIFEXITED(status) ? "status" : "signal",
-                                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-                        return -ECHILD;
-                }
-                free(e->daemon_unique_name);
-                e->daemon_unique_name = NULL;
-                r = name_owner(e, &e->daemon_unique_name);
-                if (r < 0)
-                        return r;
-                if (r > 0)
-                        return 0;
-                if (now_usec() >= deadline) {
-                        print_error("loopmgrd did not take %s within 10 s\n", LOOPMGR_BUS_NAME);
-                        return -ETIMEDOUT;
-                }
-                sleep_usec(20 * USEC_PER_MSEC);
-        }
-}
-
-/* SIGTERM, wait; returns 0 only if the daemon exited with status 0. ASan and UBSan reports
- * abort the daemon (abort_on_error=1, halt_on_error=1) and show up here as a signal. */
-static int stop_daemon(Env *e) {
-        int status;
-
-        if (e->daemon_pid <= 0)
-                return 0;
-        if (kill(e->daemon_pid, SIGTERM) < 0)
-                return -errno;
-
-        uint64_t deadline = now_usec() + 10 * USEC_PER_SEC;
-        for (;;) {
-                pid_t w = waitpid(e->daemon_pid, &status, WNOHANG);
-                if (w == e->daemon_pid)
-                        break;
-                if (w < 0)
-                        return -errno;
-                if (now_usec() >= deadline) {
-                        print_error("loopmgrd did not exit within 10 s of SIGTERM, killing it\n");
-                        (void) kill(e->daemon_pid, SIGKILL);
-                        (void) waitpid(e->daemon_pid, &status, 0);
-                        e->daemon_pid = 0;
-                        return -ETIMEDOUT;
-                }
-                sleep_usec(20 * USEC_PER_MSEC);
-        }
-        e->daemon_pid = 0;
-
-        if (WIFSIGNALED(status)) {
-                print_error("loopmgrd was killed by signal %d (%s)\n", WTERMSIG(status),
-                            strsignal(WTERMSIG(status)));
-                return -EPROTO;
-        }
-        if (WEXITSTATUS(status) != 0) {
-                print_error("loopmgrd exited with status %d\n", WEXITSTATUS(status));
-                return -EPROTO;
-        }
-        return 0;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Consistency of the daemon's view with the kernel's */
-
-static int check_consistency(Env *e, char **ret_report) {
-        LosetupEntry *l = NULL;
-        DaemonDevice *d = NULL;
-        size_t nl = 0, nd = 0;
-        char *report = NULL;
-        size_t report_size = 0;
-        FILE *f;
-        int r;
-
-        r = losetup_list(&l, &nl);
-        if (r < 0)
-                return r;
-        r = daemon_devices_list(e, &d, &nd);
-        if (r < 0) {
-                losetup_entries_free(l, nl);
-                return r;
-        }
-
-        f = open_memstream(&report, &report_size);
-        if (!f) {
-                losetup_entries_free(l, nl);
-                daemon_devices_free(d, nd);
-                return -ENOMEM;
-        }
-
-        for (size_t i = 0; i < nl; i++) {
-                const DaemonDevice *match = NULL;
-                for (size_t j = 0; j < nd; j++)
-                        if (streq_ptr(d[j].props.node, l[i].node))
-                                match = &d[j];
-                if (!match) {
-                        fprintf(f,
-                                "  kernel: %s bound to '%s' (offset %" PRIu64 "), "
-                                "daemon: no object\n",
-                                l[i].node, l[i].back_file, l[i].offset);
-                        continue;
-                }
-                if (!streq_ptr(match->props.backing_file, l[i].back_file))
-                        fprintf(f, "  %s: kernel backing file '%s', daemon BackingFile '%s'\n",
-                                l[i].node, l[i].back_file, match->props.backing_file);
-                if (match->props.offset != l[i].offset)
-                        fprintf(f, "  %s: kernel offset %" PRIu64 ", daemon Offset %" PRIu64 "\n",
-                                l[i].node, l[i].offset, match->props.offset);
-                if (match->props.size_limit != l[i].size_limit)
-                        fprintf(f,
-                                "  %s: kernel sizelimit %" PRIu64 ", daemon SizeLimit %" PRIu64
-                                "\n",
-                                l[i].node, l[i].size_limit, match->props.size_limit);
-        }
-        for (size_t j = 0; j < nd; j++) {
-                bool found = false;
-                for (size_t i = 0; i < nl; i++)
-                        if (streq_ptr(d[j].props.node, l[i].node))
-                                found = true;
-                if (!found)
-                        fprintf(f, "  daemon: %s for %s, kernel: not bound\n", d[j].object,
-                                d[j].props.node ?: "(no Node)");
-
-                _cleanup_free_ char *expected = NULL;
-                if (asprintf(&expected, LOOPMGR_DEVICE_PATH_PREFIX "/%" PRIu64,
-                             d[j].props.diskseq) >= 0 &&
-                    !streq(expected, d[j].object))
-                        fprintf(f, "  daemon: %s has DiskSeq %" PRIu64 "\n", d[j].object,
-                                d[j].props.diskseq);
-                if (d[j].props.present != DEVICE_PROPS_ALL)
-                        fprintf(f, "  daemon: %s lacks properties (mask %#x)\n", d[j].object,
-                                d[j].props.present);
-                if (d[j].props.type_errors)
-                        fprintf(f, "  daemon: %s property types: %s\n", d[j].object,
-                                d[j].props.type_errors);
-        }
-
-        fclose(f);
-        losetup_entries_free(l, nl);
-        daemon_devices_free(d, nd);
-        if (report_size == 0) {
-                free(report);
-                return 0;
-        }
-        *ret_report = report;
-        return 1;
-}
-
-/* Other engineers' tests create and remove loop devices on the same kernel, and the daemon
- * learns of foreign devices through udev: retry until one snapshot of both views agrees. */
-static int check_consistency_settled(Env *e) {
-        uint64_t deadline = now_usec() + 3 * USEC_PER_SEC;
-        _cleanup_free_ char *report = NULL;
-
-        for (;;) {
-                free(report);
-                report = NULL;
-                int r = check_consistency(e, &report);
-                if (r < 0) {
-                        print_error("consistency check failed: %s\n", strerror(-r));
-                        return r;
-                }
-                if (r == 0)
-                        return 0;
-                if (now_usec() >= deadline)
-                        break;
-                sleep_usec(100 * USEC_PER_MSEC);
-        }
-        print_error("losetup --list and the daemon's objects disagree:\n%s", report);
-        return -1;
-}
-
-/* Detaches (losetup -d) whatever is still backed by a file under dir; everything there is
- * ours. Returns how many such devices there were. */
-static size_t detach_all_under(const char *dir) {
-        LosetupEntry *l = NULL;
-        size_t n = 0, count = 0, len = strlen(dir);
-
-        if (losetup_list(&l, &n) < 0)
-                return 0;
-        for (size_t i = 0; i < n; i++)
-                if (strncmp(l[i].back_file, dir, len) == 0 && l[i].back_file[len] == '/') {
-                        char *argv[] = {(char *) "losetup", (char *) "-d", l[i].node, NULL};
-                        print_message("cleanup: losetup -d %s (%s)\n", l[i].node, l[i].back_file);
-                        (void) run_command(argv, NULL, NULL, NULL);
-                        count++;
-                }
-        losetup_entries_free(l, n);
-        return count;
-}
-
-static bool wait_nothing_under(const char *dir, uint64_t timeout_usec) {
-        uint64_t deadline = now_usec() + timeout_usec;
-        for (;;) {
-                size_t n;
-                if (losetup_count_backed_by(dir, true, &n) >= 0 && n == 0)
-                        return true;
-                if (now_usec() >= deadline)
-                        return false;
-                sleep_usec(50 * USEC_PER_MSEC);
-        }
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Fixtures */
 
-static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-        (void) remove(path);
-        return 0;
-}
-
 static int group_setup(void **state) {
-        Env *e = calloc(1, sizeof(Env));
-        char tmpl[] = "/var/tmp/loopmgr-test.XXXXXX";
+        Env *e;
         int r;
 
-        if (!e)
-                goto fail;
-        *state = e;
-
-        if (!mkdtemp(tmpl)) {
-                print_error("mkdtemp(%s): %m\n", tmpl);
-                goto fail;
-        }
-        e->tmpdir = strdup(tmpl);
-        e->bus_address = strdup(getenv("DBUS_SYSTEM_BUS_ADDRESS"));
-        if (!e->tmpdir || !e->bus_address)
-                goto fail;
+        r = env_group_setup(state, "test");
+        if (r < 0)
+                return r;
+        e = *state;
 
         /* ramfs has no O_DIRECT at all (tmpfs gained it in 6.6, so it is no longer the
          * example of a file system without direct I/O). */
-        if (asprintf(&e->ramfs, "%s/ramfs", e->tmpdir) < 0)
-                goto fail;
+        if (asprintf(&e->ramfs, "%s/ramfs", e->tmpdir) < 0) {
+                e->ramfs = NULL;
+                env_group_failed = true;
+                return -1;
+        }
         if (mkdir(e->ramfs, 0700) < 0 ||
             mount("ramfs", e->ramfs, "ramfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) {
                 print_message("note: cannot mount ramfs (%m), the no-direct-I/O test skips\n");
@@ -384,70 +92,29 @@ static int group_setup(void **state) {
                 free(e->ramfs);
                 e->ramfs = NULL;
         }
-
-        if (find_binary("LOOPMGRD", "loopmgrd", &e->loopmgrd) < 0 ||
-            find_binary("LOOPMGRCTL", "loopmgrctl", &e->loopmgrctl) < 0)
-                goto fail;
-        if (access(e->loopmgrd, X_OK) < 0) {
-                print_error("%s: %m\n", e->loopmgrd);
-                goto fail;
-        }
-
-        r = sd_bus_open_system(&e->bus);
-        if (r < 0) {
-                print_error("Cannot connect to the system bus: %s\n", strerror(-r));
-                goto fail;
-        }
-        (void) sd_bus_error_add_map(loopmgr_error_map);
-
-        r = start_daemon(e);
-        if (r < 0) {
-                print_error("Failed to start %s: %s\n", e->loopmgrd, strerror(-r));
-                goto fail;
-        }
-        print_message("loopmgrd %s (pid %d, %s), images in %s\n", e->loopmgrd, (int) e->daemon_pid,
-                      e->daemon_unique_name, e->tmpdir);
         return 0;
-
-fail:
-        group_failed = true;
-        return -1;
 }
 
 static int group_teardown(void **state) {
         Env *e = *state;
         bool ok = true;
 
-        if (!e)
-                return 0;
-
-        if (env_cleanup_test(e) > 0)
-                ok = false;
-
-        if (e->tmpdir) {
-                if (detach_all_under(e->tmpdir) > 0)
+        /* Devices over ramfs files keep it busy: take them down and unmount it first, so that
+         * the shared teardown finds no mount left under the temporary directory. */
+        if (e && e->ramfs) {
+                if (env_cleanup_test(e) > 0 || env_detach_all_under(e->ramfs) > 0)
                         ok = false;
-                if (!wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC)) {
-                        print_error("devices backed by %s survive the cleanup\n", e->tmpdir);
+                (void) env_wait_nothing_under(e->ramfs, 5 * USEC_PER_SEC);
+                if (umount2(e->ramfs, 0) < 0) {
+                        print_error("umount %s: %m (detaching it lazily)\n", e->ramfs);
+                        (void) umount2(e->ramfs, MNT_DETACH);
                         ok = false;
                 }
         }
-
-        if (stop_daemon(e) < 0)
+        if (env_group_teardown(state) < 0)
                 ok = false;
-
-        if (e->ramfs && umount2(e->ramfs, 0) < 0) {
-                print_error("umount %s: %m (detaching it lazily)\n", e->ramfs);
-                (void) umount2(e->ramfs, MNT_DETACH);
-                ok = false;
-        }
-        if (e->tmpdir)
-                (void) nftw(e->tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-
-        env_free(e);
-        *state = NULL;
         if (!ok) {
-                group_failed = true;
+                env_group_failed = true;
                 return -1;
         }
         return 0;
@@ -463,13 +130,13 @@ static int test_teardown(void **state) {
                 print_error("the test left %d device(s) attached\n", left);
                 ok = false;
         }
-        if (check_consistency_settled(e) < 0)
+        if (env_check_consistency(e) < 0)
                 ok = false;
         /* Teardowns of pending detaches finish asynchronously after the last close. */
-        if (!wait_nothing_under(e->tmpdir, 2 * USEC_PER_SEC)) {
+        if (!env_wait_nothing_under(e->tmpdir, 2 * USEC_PER_SEC)) {
                 print_error("devices backed by %s are left over\n", e->tmpdir);
-                (void) detach_all_under(e->tmpdir);
-                (void) wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC);
+                (void) env_detach_all_under(e->tmpdir);
+                (void) env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC);
                 ok = false;
         }
         /* Whatever happened, the daemon must still be there. */
@@ -478,7 +145,7 @@ static int test_teardown(void **state) {
                 print_error("loopmgrd died (%s %d)\n", WIFEXITED(status) ? "status" : "signal",
                             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
                 e->daemon_pid = 0;
-                group_failed = true;
+                env_group_failed = true;
                 ok = false;
         }
         return ok ? 0 : -1;
@@ -1916,13 +1583,13 @@ static void test_daemon_restart(void **state) {
         ATTACH_OK(e, path, O_RDWR, &b, 0);
         assert_true(b.reused);
 
-        if (stop_daemon(e) < 0) {
-                group_failed = true;
+        if (env_stop_daemon(e) < 0) {
+                env_group_failed = true;
                 fail_msg("loopmgrd did not exit cleanly on SIGTERM");
         }
         assert_int_equal(loop_binding_present(a.node + 5, a.diskseq), 1);
-        if (start_daemon(e) < 0) {
-                group_failed = true;
+        if (env_start_daemon(e) < 0) {
+                env_group_failed = true;
                 fail_msg("loopmgrd did not start again");
         }
 
@@ -2024,7 +1691,7 @@ int main(void) {
                 cmocka_set_skip_filter(filter);
 
         int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if (group_failed && failed == 0)
+        if (env_group_failed && failed == 0)
                 failed = 1;
         if (failed) {
                 /* A failed assertion longjmps past the test's cleanup handlers, so LeakSanitizer
