@@ -2197,3 +2197,84 @@ int env_group_teardown(void **state) {
         }
         return 0;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Small helpers the integration binaries share */
+
+char *env_make_dir(Env *e, const char *prefix) {
+        char *path;
+        assert_true(asprintf(&path, "%s/%s-%u", e->tmpdir, prefix, ++e->file_counter) > 0);
+        if (mkdir(path, 0700) < 0) {
+                int saved = errno;
+                free(path);
+                fail_msg("mkdir under %s: %s", e->tmpdir, strerror(saved));
+        }
+        return path;
+}
+
+char *env_join(const char *dir, const char *name) {
+        char *p;
+        assert_true(asprintf(&p, "%s/%s", dir, name) > 0);
+        return p;
+}
+
+/* Runs a NULL-terminated command line; returns its exit status, output in *ret_out/err. */
+static int vrun(char **ret_out, char **ret_err, const char *arg0, va_list ap) {
+        char *argv[32] = {(char *) arg0};
+        size_t n = 1;
+        for (const char *a; (a = va_arg(ap, const char *)) && n < ELEMENTSOF(argv) - 1;)
+                argv[n++] = (char *) a;
+        argv[n] = NULL;
+        return run_command(argv, NULL, ret_out, ret_err);
+}
+
+int env_run(char **ret_out, char **ret_err, const char *arg0, ...) {
+        va_list ap;
+        va_start(ap, arg0);
+        int r = vrun(ret_out, ret_err, arg0, ap);
+        va_end(ap);
+        return r;
+}
+
+/* The command must exit 0. */
+void env_run_ok_impl(const char *file, int line, const char *arg0, ...) {
+        _cleanup_free_ char *out = NULL, *err = NULL;
+        va_list ap;
+        va_start(ap, arg0);
+        int r = vrun(&out, &err, arg0, ap);
+        va_end(ap);
+        if (r != 0) {
+                print_error("%s:%d: %s exited with %d%s%s\nstdout: %s\nstderr: %s\n", file, line,
+                            arg0, r, r < 0 ? ": " : "", r < 0 ? strerror(-r) : "", out ?: "",
+                            err ?: "");
+                _fail(file, line);
+        }
+}
+
+int env_skip_reason(const char **ret) {
+        if (geteuid() != 0) {
+                *ret = "not running as root";
+                return 1;
+        }
+        if (access("/dev/loop-control", F_OK) < 0) {
+                *ret = "no /dev/loop-control";
+                return 1;
+        }
+        const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
+        if (!address || !*address) {
+                *ret = "DBUS_SYSTEM_BUS_ADDRESS is not set (run under tests/env.sh)";
+                return 1;
+        }
+        sd_bus *bus = NULL;
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_open_system(&bus);
+        if (r >= 0)
+                r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                       "org.freedesktop.DBus", "GetId", &error, NULL, "");
+        sd_bus_flush_close_unref(bus);
+        if (r < 0) {
+                *ret = "the bus in DBUS_SYSTEM_BUS_ADDRESS is unreachable";
+                return 1;
+        }
+        return 0;
+}

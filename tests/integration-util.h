@@ -338,3 +338,15 @@ extern bool env_group_failed;
 void env_free(Env *e);
 int env_group_setup(void **state, const char *name);
 int env_group_teardown(void **state);
+
+/* A new directory <tmpdir>/<prefix>-N; fails the test if it cannot be made. */
+char *env_make_dir(Env *e, const char *prefix);
+/* dir/name, allocated; fails the test when out of memory. */
+char *env_join(const char *dir, const char *name);
+/* Runs a NULL-terminated command line; returns its exit status, output in *ret_out/err. */
+int env_run(char **ret_out, char **ret_err, const char *arg0, ...);
+void env_run_ok_impl(const char *file, int line, const char *arg0, ...);
+/* The command must exit 0, else the test fails with its output. */
+#define env_run_ok(...) env_run_ok_impl(__FILE__, __LINE__, __VA_ARGS__, NULL)
+/* Why the integration tests cannot run here (not root, no loop-control, no bus), or 0. */
+int env_skip_reason(const char **ret);

@@ -252,57 +252,6 @@ static char *make_image(Env *e, uint64_t size) {
         return path;
 }
 
-/* A fresh directory <tmpdir>/<prefix>-<n>. */
-static char *make_dir(Env *e, const char *prefix) {
-        char *path;
-        assert_true(asprintf(&path, "%s/%s-%u", e->tmpdir, prefix, ++e->file_counter) > 0);
-        if (mkdir(path, 0700) < 0) {
-                int saved = errno;
-                free(path);
-                fail_msg("mkdir under %s: %s", e->tmpdir, strerror(saved));
-        }
-        return path;
-}
-
-static char *join(const char *dir, const char *name) {
-        char *p;
-        assert_true(asprintf(&p, "%s/%s", dir, name) > 0);
-        return p;
-}
-
-/* Runs a NULL-terminated command line; returns its exit status, output in *ret_out/err. */
-static int vrun(char **ret_out, char **ret_err, const char *arg0, va_list ap) {
-        char *argv[32] = {(char *) arg0};
-        size_t n = 1;
-        for (const char *a; (a = va_arg(ap, const char *)) && n < ELEMENTSOF(argv) - 1;)
-                argv[n++] = (char *) a;
-        argv[n] = NULL;
-        return run_command(argv, NULL, ret_out, ret_err);
-}
-
-static int run(char **ret_out, char **ret_err, const char *arg0, ...) {
-        va_list ap;
-        va_start(ap, arg0);
-        int r = vrun(ret_out, ret_err, arg0, ap);
-        va_end(ap);
-        return r;
-}
-
-/* The command must exit 0. */
-static void run_ok_impl(const char *file, int line, const char *arg0, ...) {
-        _cleanup_free_ char *out = NULL, *err = NULL;
-        va_list ap;
-        va_start(ap, arg0);
-        int r = vrun(&out, &err, arg0, ap);
-        va_end(ap);
-        if (r != 0) {
-                print_error("%s:%d: %s exited with %d%s%s\nstdout: %s\nstderr: %s\n", file, line,
-                            arg0, r, r < 0 ? ": " : "", r < 0 ? strerror(-r) : "", out ?: "",
-                            err ?: "");
-                _fail(file, line);
-        }
-}
-#define run_ok(...) run_ok_impl(__FILE__, __LINE__, __VA_ARGS__, NULL)
 
 /* loopmgrctl ARGS...; the exit status. */
 static int ctl(Env *e, char **ret_out, char **ret_err, const char *arg, ...) {
@@ -332,11 +281,11 @@ static int ctl(Env *e, char **ret_out, char **ret_err, const char *arg, ...) {
 
 static void mkfs_ext4(const char *target) {
         /* nodiscard: discarding a loop device punches holes, slow and pointless here. */
-        run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
+        env_run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
 }
 
 static void write_file_at(const char *dir, const char *name, const char *content) {
-        _cleanup_free_ char *path = join(dir, name);
+        _cleanup_free_ char *path = env_join(dir, name);
         _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd < 0)
                 fail_msg("creating %s: %m", path);
@@ -349,7 +298,7 @@ static void write_file_at(const char *dir, const char *name, const char *content
 static size_t losetup_j_count(const char *path) {
         _cleanup_free_ char *out = NULL;
         size_t n = 0;
-        int r = run(&out, NULL, "losetup", "-j", path, NULL);
+        int r = env_run(&out, NULL, "losetup", "-j", path, NULL);
         if (r != 0)
                 fail_msg("losetup -j %s exited with %d", path, r);
         for (char *p = out; *p; p++)
@@ -362,7 +311,7 @@ static void expect_losetup_j(const char *path, size_t expected, const char *what
         size_t n = losetup_j_count(path);
         if (n != expected) {
                 _cleanup_free_ char *out = NULL;
-                (void) run(&out, NULL, "losetup", "-j", path, NULL);
+                (void) env_run(&out, NULL, "losetup", "-j", path, NULL);
                 fail_msg("%s: losetup -j %s lists %zu device(s), expected %zu:\n%s", what, path, n,
                          expected, out ?: "");
         }
@@ -417,9 +366,9 @@ static char *losetup_foreign(Env *e, const char *path, const char *extra, uint64
         int r;
 
         if (extra)
-                r = run(&out, &err, "losetup", "--find", "--show", extra, path, NULL);
+                r = env_run(&out, &err, "losetup", "--find", "--show", extra, path, NULL);
         else
-                r = run(&out, &err, "losetup", "--find", "--show", path, NULL);
+                r = env_run(&out, &err, "losetup", "--find", "--show", path, NULL);
         if (r != 0)
                 fail_msg("losetup --find --show %s: exit %d: %s", path, r, err ?: "");
         out[strcspn(out, "\n")] = 0;
@@ -461,21 +410,21 @@ static bool strv_contains(char **l, const char *s) {
  * must hand back the first device (identity is (st_dev, st_ino), never a path). */
 static void test_same_file_other_names(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *src = make_dir(e, "src"), *bind = make_dir(e, "bind");
+        _cleanup_free_ char *src = env_make_dir(e, "src"), *bind = env_make_dir(e, "bind");
         _cleanup_free_ char *path = NULL, *hard = NULL, *sym = NULL, *via_bind = NULL,
                             *via_proc = NULL;
         _cleanup_attached_ Attached a = {};
         _cleanup_props_ DeviceProps p = {};
 
         assert_int_equal(env_make_image(e, src, 4 * MiB, &path), 0);
-        hard = join(src, "hard-link.img");
+        hard = env_join(src, "hard-link.img");
         if (link(path, hard) < 0)
                 fail_msg("link %s %s: %m", path, hard);
-        sym = join(e->tmpdir, "symlink.img");
+        sym = env_join(e->tmpdir, "symlink.img");
         if (symlink(path, sym) < 0)
                 fail_msg("symlink %s %s: %m", path, sym);
         mount_ok(e, src, bind, NULL, MS_BIND);
-        via_bind = join(bind, strrchr(path, '/') + 1);
+        via_bind = env_join(bind, strrchr(path, '/') + 1);
         int fd = env_hold(e, path, O_RDWR);
         assert_true(fd >= 0);
         assert_true(asprintf(&via_proc, "/proc/self/fd/%d", fd) > 0);
@@ -664,7 +613,7 @@ static void test_loop_over_idle_loop(void **state) {
  * new device are both read-only. */
 static void test_loop_over_mounted_loop(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 16 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 16 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_attached_ Attached lower = {}, ro = {};
         _cleanup_props_ DeviceProps pr = {};
         int r;
@@ -730,7 +679,7 @@ static void test_loop_over_mounted_loop(void **state) {
 
 static void test_loop_over_partition(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 8 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 8 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_free_ char *part = NULL;
         _cleanup_attached_ Attached a = {}, p = {}, same = {}, file_range = {};
         _cleanup_props_ DeviceProps pp = {};
@@ -817,7 +766,7 @@ static void test_loop_over_partition(void **state) {
 
 static void test_mounted_device(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 16 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 16 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_attached_ Attached a = {}, whole = {};
         int r;
 
@@ -849,7 +798,7 @@ static void test_mounted_device(void **state) {
 
 static void test_mounted_foreign_device(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 16 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 16 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_free_ char *node = NULL, *object = NULL;
         uint64_t diskseq;
         int r;
@@ -870,7 +819,7 @@ static void test_mounted_foreign_device(void **state) {
         }
 
         umount_ok(e, mnt);
-        run_ok("losetup", "-d", node);
+        env_run_ok("losetup", "-d", node);
         if (!wait_binding_gone(node + 5, diskseq, SIGNAL_TIMEOUT))
                 fail_msg("the foreign %s is still bound after losetup -d", node);
 }
@@ -924,7 +873,7 @@ static void foreign_reuse(Env *e, bool wait_for_daemon) {
                 print_message("observed: afterwards Managed=%s References=%u State=%s\n",
                               q.managed ? "true" : "false", q.references, q.state);
                 assert_int_equal(q.references, 0);
-                run_ok("losetup", "-d", node);
+                env_run_ok("losetup", "-d", node);
         }
         if (!wait_binding_gone(node + 5, diskseq, SIGNAL_TIMEOUT))
                 fail_msg("the foreign %s is still bound", node);
@@ -1084,7 +1033,7 @@ static void test_concurrent_attach_16(void **state) {
 
 static bool have_program(const char *name) {
         _cleanup_free_ char *out = NULL;
-        return run(&out, NULL, "sh", "-c", "command -v \"$0\"", name, NULL) == 0;
+        return env_run(&out, NULL, "sh", "-c", "command -v \"$0\"", name, NULL) == 0;
 }
 
 static bool kernel_has_filesystem(const char *name) {
@@ -1143,16 +1092,16 @@ static void test_btrfs_subvolumes(void **state) {
         if (!have_program("mkfs.btrfs") || !have_program("btrfs"))
                 fail_msg("mkfs.btrfs or btrfs is missing: run tools/deps.sh (btrfs-progs)");
         path = make_image(e, 256 * MiB);
-        top = make_dir(e, "btrfs-top");
-        d1 = make_dir(e, "btrfs-a");
-        d2 = make_dir(e, "btrfs-b");
-        run_ok("mkfs.btrfs", "-q", "-f", path);
+        top = env_make_dir(e, "btrfs-top");
+        d1 = env_make_dir(e, "btrfs-a");
+        d2 = env_make_dir(e, "btrfs-b");
+        env_run_ok("mkfs.btrfs", "-q", "-f", path);
 
         ctl_mount(e, path, top, NULL);
-        sub_a = join(top, "a");
-        sub_b = join(top, "b");
-        run_ok("btrfs", "subvolume", "create", sub_a);
-        run_ok("btrfs", "subvolume", "create", sub_b);
+        sub_a = env_join(top, "a");
+        sub_b = env_join(top, "b");
+        env_run_ok("btrfs", "subvolume", "create", sub_a);
+        env_run_ok("btrfs", "subvolume", "create", sub_b);
         ctl_umount(e, top);
         expect_losetup_j(path, 0, "after loopmgrctl umount of the top level");
 
@@ -1168,7 +1117,7 @@ static void test_btrfs_subvolumes(void **state) {
         write_file_at(d1, "in-a", "written through sub-volume a\n");
         write_file_at(d2, "in-b", "written through sub-volume b\n");
         /* Two sub-volumes, not one directory twice. */
-        leak = join(d1, "in-b");
+        leak = env_join(d1, "in-b");
         assert_true(stat(leak, &st) < 0 && errno == ENOENT);
 
         ctl_umount(e, d1);
@@ -1181,7 +1130,7 @@ static void test_btrfs_subvolumes(void **state) {
                 fail_msg("%s is still bound after both sub-volumes were unmounted", p.node);
         expect_losetup_j(path, 0, "after both umounts");
 
-        run_ok("btrfs", "check", "--readonly", path);
+        env_run_ok("btrfs", "check", "--readonly", path);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1189,7 +1138,7 @@ static void test_btrfs_subvolumes(void **state) {
 
 static void test_ext4_attached_twice(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 32 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 32 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_free_ char *out = NULL, *err = NULL;
         _cleanup_attached_ Attached a = {}, b = {};
         const char *content = "one device, one page cache\n";
@@ -1209,8 +1158,8 @@ static void test_ext4_attached_twice(void **state) {
         detach_expect(e, a.object, LOOPMGR_STATE_ATTACHED);
         detach_gone(e, &a);
 
-        run_ok("e2fsck", "-fn", path);
-        int r = run(&out, &err, "debugfs", "-R", "cat /hello.txt", path, NULL);
+        env_run_ok("e2fsck", "-fn", path);
+        int r = env_run(&out, &err, "debugfs", "-R", "cat /hello.txt", path, NULL);
         if (r != 0 || !streq(out, content))
                 fail_msg("debugfs cat /hello.txt: exit %d, got '%s', expected '%s' (%s)", r,
                          out ?: "", content, err ?: "");
@@ -1300,34 +1249,6 @@ static void test_resolve_partition_chain(void **state) {
 
 /* ------------------------------------------------------------------------------------------ */
 
-static int skip_reason(const char **ret) {
-        if (geteuid() != 0) {
-                *ret = "not running as root";
-                return 1;
-        }
-        if (access("/dev/loop-control", F_OK) < 0) {
-                *ret = "no /dev/loop-control";
-                return 1;
-        }
-        const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
-        if (!address || !*address) {
-                *ret = "DBUS_SYSTEM_BUS_ADDRESS is not set (run under tests/env.sh)";
-                return 1;
-        }
-        sd_bus *bus = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        int r = sd_bus_open_system(&bus);
-        if (r >= 0)
-                r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                       "org.freedesktop.DBus", "GetId", &error, NULL, "");
-        sd_bus_flush_close_unref(bus);
-        if (r < 0) {
-                *ret = "the bus in DBUS_SYSTEM_BUS_ADDRESS is unreachable";
-                return 1;
-        }
-        return 0;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, NULL, test_teardown)
 
 static int group_setup(void **state) {
@@ -1357,7 +1278,7 @@ int main(void) {
         };
         const char *reason;
 
-        if (skip_reason(&reason)) {
+        if (env_skip_reason(&reason)) {
                 printf("skipping: %s\n", reason);
                 return 77;
         }

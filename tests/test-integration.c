@@ -1604,34 +1604,6 @@ static void test_daemon_restart(void **state) {
 
 /* ------------------------------------------------------------------------------------------ */
 
-static int skip_reason(const char **ret) {
-        if (geteuid() != 0) {
-                *ret = "not running as root";
-                return 1;
-        }
-        if (access("/dev/loop-control", F_OK) < 0) {
-                *ret = "no /dev/loop-control";
-                return 1;
-        }
-        const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
-        if (!address || !*address) {
-                *ret = "DBUS_SYSTEM_BUS_ADDRESS is not set (run under tests/env.sh)";
-                return 1;
-        }
-        sd_bus *bus = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        int r = sd_bus_open_system(&bus);
-        if (r >= 0)
-                r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                       "org.freedesktop.DBus", "GetId", &error, NULL, "");
-        sd_bus_flush_close_unref(bus);
-        if (r < 0) {
-                *ret = "the bus in DBUS_SYSTEM_BUS_ADDRESS is unreachable";
-                return 1;
-        }
-        return 0;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, NULL, test_teardown)
 
 int main(void) {
@@ -1675,7 +1647,7 @@ int main(void) {
         };
         const char *reason;
 
-        if (skip_reason(&reason)) {
+        if (env_skip_reason(&reason)) {
                 printf("skipping: %s\n", reason);
                 return 77;
         }

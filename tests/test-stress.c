@@ -155,17 +155,6 @@ static unsigned env_unsigned(const char *name, unsigned def) {
         return (unsigned) n;
 }
 
-static char *make_dir(Env *e, const char *prefix) {
-        char *path;
-        assert_true(asprintf(&path, "%s/%s-%u", e->tmpdir, prefix, ++e->file_counter) > 0);
-        if (mkdir(path, 0700) < 0) {
-                int saved = errno;
-                free(path);
-                fail_msg("mkdir under %s: %s", e->tmpdir, strerror(saved));
-        }
-        return path;
-}
-
 static char *make_image_in(Env *e, const char *dir, uint64_t size) {
         char *path = NULL;
         int r = env_make_image(e, dir, size, &path);
@@ -174,46 +163,9 @@ static char *make_image_in(Env *e, const char *dir, uint64_t size) {
         return path;
 }
 
-static char *join(const char *dir, const char *name) {
-        char *p;
-        assert_true(asprintf(&p, "%s/%s", dir, name) > 0);
-        return p;
-}
-
-static int vrun(char **ret_out, char **ret_err, const char *arg0, va_list ap) {
-        char *argv[32] = {(char *) arg0};
-        size_t n = 1;
-        for (const char *a; (a = va_arg(ap, const char *)) && n < ELEMENTSOF(argv) - 1;)
-                argv[n++] = (char *) a;
-        argv[n] = NULL;
-        return run_command(argv, NULL, ret_out, ret_err);
-}
-
-static int run(char **ret_out, char **ret_err, const char *arg0, ...) {
-        va_list ap;
-        va_start(ap, arg0);
-        int r = vrun(ret_out, ret_err, arg0, ap);
-        va_end(ap);
-        return r;
-}
-
-static void run_ok_impl(const char *file, int line, const char *arg0, ...) {
-        _cleanup_free_ char *out = NULL, *err = NULL;
-        va_list ap;
-        va_start(ap, arg0);
-        int r = vrun(&out, &err, arg0, ap);
-        va_end(ap);
-        if (r != 0) {
-                print_error("%s:%d: %s exited with %d%s%s\nstdout: %s\nstderr: %s\n", file, line,
-                            arg0, r, r < 0 ? ": " : "", r < 0 ? strerror(-r) : "", out ?: "",
-                            err ?: "");
-                _fail(file, line);
-        }
-}
-#define run_ok(...) run_ok_impl(__FILE__, __LINE__, __VA_ARGS__, NULL)
 
 static void mkfs_ext4(const char *target) {
-        run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
+        env_run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
 }
 
 /* umount(2), retried while udev's probe holds the fresh file system; -errno. */
@@ -806,7 +758,7 @@ static void test_stress_mixed(void **state) {
                 .n_threads = env_unsigned("LOOPMGR_STRESS_THREADS", 8),
                 .n_cycles = env_unsigned("LOOPMGR_STRESS_CYCLES", 200),
         };
-        _cleanup_free_ char *dir = make_dir(e, "mixed");
+        _cleanup_free_ char *dir = env_make_dir(e, "mixed");
         Worker *workers = calloc(s.n_threads, sizeof(Worker));
         pthread_t *threads = calloc(s.n_threads, sizeof(pthread_t));
         pthread_t sampler;
@@ -1053,9 +1005,9 @@ static void *loop_block_run(void *userdata) {
 
 static void test_loop_block(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *dir = make_dir(e, "loop-block");
+        _cleanup_free_ char *dir = env_make_dir(e, "loop-block");
         _cleanup_free_ char *image = make_image_in(e, dir, 64 * MiB), *part = NULL;
-        _cleanup_free_ char *mnt = make_dir(e, "mnt"), *hello = NULL;
+        _cleanup_free_ char *mnt = env_make_dir(e, "mnt"), *hello = NULL;
         _cleanup_attached_ Attached a = {};
         unsigned n_threads = env_unsigned("LOOPMGR_LOOPBLOCK_THREADS", 8);
         LoopBlock lb = {
@@ -1078,7 +1030,7 @@ static void test_loop_block(void **state) {
         r = env_mount(e, part, mnt, "ext4", 0, NULL);
         if (r < 0)
                 fail_msg("mount %s: %s", part, strerror(-r));
-        hello = join(mnt, "hello");
+        hello = env_join(mnt, "hello");
         int fd = open(hello, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
         assert_true(fd >= 0);
         close(fd);
@@ -1274,7 +1226,7 @@ static void test_fault_kill_during_attach_burst(void **state) {
 
         print_message("  seed %u\n", seed);
         for (unsigned round = 0; round < rounds; round++) {
-                _cleanup_free_ char *dir = make_dir(e, "burst");
+                _cleanup_free_ char *dir = env_make_dir(e, "burst");
                 char *images[BURST_IMAGES];
                 int fds[BURST_IMAGES];
                 BurstCall calls[BURST_CALLS] = {};
@@ -1450,8 +1402,8 @@ static void restart_daemon(Env *e, int sig) {
 
 static void test_fault_kill_pending_teardown(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *dir = make_dir(e, "pending");
-        _cleanup_free_ char *path = make_image_in(e, dir, 32 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *dir = env_make_dir(e, "pending");
+        _cleanup_free_ char *path = make_image_in(e, dir, 32 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_attached_ Attached a = {};
         _cleanup_free_ char *st = NULL;
         int r;
@@ -1515,7 +1467,7 @@ static void test_fault_kill_pending_teardown(void **state) {
 
 static void test_fault_kill_keeps_references(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *dir = make_dir(e, "refs");
+        _cleanup_free_ char *dir = env_make_dir(e, "refs");
         _cleanup_free_ char *px = make_image_in(e, dir, 4 * MiB),
                             *py = make_image_in(e, dir, 4 * MiB);
         _cleanup_attached_ Attached x1 = {}, x2 = {}, y = {};
@@ -1599,13 +1551,13 @@ static void test_fault_kill_keeps_references(void **state) {
 
 static void test_fault_adopt_while_down(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *dir = make_dir(e, "adopt");
+        _cleanup_free_ char *dir = env_make_dir(e, "adopt");
         _cleanup_free_ char *path = make_image_in(e, dir, 4 * MiB), *out = NULL, *err = NULL;
         uint64_t diskseq;
         int r;
 
         assert_int_equal(env_kill_daemon(e, SIGKILL), 0);
-        r = run(&out, &err, "losetup", "--find", "--show", path, NULL);
+        r = env_run(&out, &err, "losetup", "--find", "--show", path, NULL);
         if (r != 0)
                 fail_msg("losetup --find --show %s: exit %d: %s", path, r, err ?: "");
         out[strcspn(out, "\n")] = 0;
@@ -1658,16 +1610,16 @@ static int start_daemon_logged(Env *e, const char *log) {
 }
 
 static void corrupt_round(Env *e, const char *how) {
-        _cleanup_free_ char *dir = make_dir(e, "corrupt"), *log = NULL, *text = NULL;
+        _cleanup_free_ char *dir = env_make_dir(e, "corrupt"), *log = NULL, *text = NULL;
         _cleanup_free_ char *path = make_image_in(e, dir, 4 * MiB);
-        _cleanup_free_ char *state_dir = join(e->tmpdir, "state");
-        _cleanup_free_ char *file = join(state_dir, STATE_FILE);
-        _cleanup_free_ char *bad = join(state_dir, STATE_FILE_BAD);
+        _cleanup_free_ char *state_dir = env_join(e->tmpdir, "state");
+        _cleanup_free_ char *file = env_join(state_dir, STATE_FILE);
+        _cleanup_free_ char *bad = env_join(state_dir, STATE_FILE_BAD);
         _cleanup_attached_ Attached a = {};
         struct stat st;
         int r;
 
-        log = join(dir, "loopmgrd.log");
+        log = env_join(dir, "loopmgrd.log");
         ATTACH_OK(e, path, O_RDWR, &a, 0);
         expect_props(e, a.diskseq, true, 1, LOOPMGR_STATE_ATTACHED, "before the restart");
         assert_int_equal(env_kill_daemon(e, SIGTERM), 0);
@@ -1736,7 +1688,7 @@ static void test_fault_corrupt_state(void **state) {
  * the Attach must time out and leave nothing behind. */
 static void test_fault_udev_stalled(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *dir = make_dir(e, "udev-stall"), *rule = NULL;
+        _cleanup_free_ char *dir = env_make_dir(e, "udev-stall"), *rule = NULL;
         _cleanup_free_ char *path = make_image_in(e, dir, 4 * MiB);
         _cleanup_attached_ Attached a = {};
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -1814,7 +1766,7 @@ static bool udev_stop_allowed(const char **ret_reason) {
 
 static bool udev_running(void) {
         _cleanup_free_ char *out = NULL;
-        return run(&out, NULL, "udevadm", "control", "--ping", "--timeout=2", NULL) == 0;
+        return env_run(&out, NULL, "udevadm", "control", "--ping", "--timeout=2", NULL) == 0;
 }
 
 static void udev_restart(void) {
@@ -1822,7 +1774,7 @@ static void udev_restart(void) {
         udev_stopped = false;
         if (udev_running())
                 return;
-        int r = run(&out, NULL, "sh", "-c",
+        int r = env_run(&out, NULL, "sh", "-c",
                     "p=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd); "
                     "\"$p\" --daemon </dev/null >/dev/null 2>&1",
                     NULL);
@@ -1837,13 +1789,13 @@ static void udev_restart(void) {
         free(out);
         out = NULL;
         if (udev_was_env_sh &&
-            run(&out, NULL, "sh", "-c", "pgrep -o -x systemd-udevd > " ENV_GLOBAL_DIR "/udevd.pid",
+            env_run(&out, NULL, "sh", "-c", "pgrep -o -x systemd-udevd > " ENV_GLOBAL_DIR "/udevd.pid",
                 NULL) != 0)
                 print_error("could not record the new udevd in " ENV_GLOBAL_DIR "/udevd.pid\n");
         /* Events of the outage are lost: replay them as tests/env.sh does for a fresh udevd. */
-        (void) run(NULL, NULL, "udevadm", "trigger", "--type=devices", "--subsystem-match=block",
+        (void) env_run(NULL, NULL, "udevadm", "trigger", "--type=devices", "--subsystem-match=block",
                    "--action=add", NULL);
-        (void) run(NULL, NULL, "udevadm", "settle", "--timeout=30", NULL);
+        (void) env_run(NULL, NULL, "udevadm", "settle", "--timeout=30", NULL);
         print_message("  udevd restarted\n");
 }
 
@@ -1856,14 +1808,14 @@ static void test_fault_udev_stopped(void **state) {
                               reason);
                 skip();
         }
-        _cleanup_free_ char *dir = make_dir(e, "udev-stopped");
+        _cleanup_free_ char *dir = env_make_dir(e, "udev-stopped");
         _cleanup_free_ char *path = make_image_in(e, dir, 4 * MiB);
         _cleanup_attached_ Attached a = {};
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
 
         udev_was_env_sh = pid_file_alive(ENV_GLOBAL_DIR "/udevd.pid", "systemd-udevd");
         udev_stopped = true;
-        run_ok("udevadm", "control", "--exit");
+        env_run_ok("udevadm", "control", "--exit");
         for (unsigned i = 0; i < 50 && udev_running(); i++)
                 sleep_usec(100 * USEC_PER_MSEC);
         if (udev_running())
@@ -1891,34 +1843,6 @@ static void test_fault_udev_stopped(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-
-static int skip_reason(const char **ret) {
-        if (geteuid() != 0) {
-                *ret = "not running as root";
-                return 1;
-        }
-        if (access("/dev/loop-control", F_OK) < 0) {
-                *ret = "no /dev/loop-control";
-                return 1;
-        }
-        const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
-        if (!address || !*address) {
-                *ret = "DBUS_SYSTEM_BUS_ADDRESS is not set (run under tests/env.sh)";
-                return 1;
-        }
-        sd_bus *bus = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        int r = sd_bus_open_system(&bus);
-        if (r >= 0)
-                r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                       "org.freedesktop.DBus", "GetId", &error, NULL, "");
-        sd_bus_flush_close_unref(bus);
-        if (r < 0) {
-                *ret = "the bus in DBUS_SYSTEM_BUS_ADDRESS is unreachable";
-                return 1;
-        }
-        return 0;
-}
 
 #define T(f) cmocka_unit_test_setup_teardown(f, NULL, test_teardown)
 
@@ -1959,7 +1883,7 @@ int main(void) {
         };
         const char *reason;
 
-        if (skip_reason(&reason)) {
+        if (env_skip_reason(&reason)) {
                 printf("skipping: %s\n", reason);
                 return 77;
         }

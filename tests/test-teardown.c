@@ -147,46 +147,10 @@ static char *make_image(Env *e, uint64_t size) {
         return path;
 }
 
-/* A fresh directory <tmpdir>/<prefix>-<n>. */
-static char *make_dir(Env *e, const char *prefix) {
-        char *path;
-        assert_true(asprintf(&path, "%s/%s-%u", e->tmpdir, prefix, ++e->file_counter) > 0);
-        if (mkdir(path, 0700) < 0) {
-                int saved = errno;
-                free(path);
-                fail_msg("mkdir under %s: %s", e->tmpdir, strerror(saved));
-        }
-        return path;
-}
-
-static int vrun(char **ret_out, char **ret_err, const char *arg0, va_list ap) {
-        char *argv[32] = {(char *) arg0};
-        size_t n = 1;
-        for (const char *a; (a = va_arg(ap, const char *)) && n < ELEMENTSOF(argv) - 1;)
-                argv[n++] = (char *) a;
-        argv[n] = NULL;
-        return run_command(argv, NULL, ret_out, ret_err);
-}
-
-/* The command must exit 0. */
-static void run_ok_impl(const char *file, int line, const char *arg0, ...) {
-        _cleanup_free_ char *out = NULL, *err = NULL;
-        va_list ap;
-        va_start(ap, arg0);
-        int r = vrun(&out, &err, arg0, ap);
-        va_end(ap);
-        if (r != 0) {
-                print_error("%s:%d: %s exited with %d%s%s\nstdout: %s\nstderr: %s\n", file, line,
-                            arg0, r, r < 0 ? ": " : "", r < 0 ? strerror(-r) : "", out ?: "",
-                            err ?: "");
-                _fail(file, line);
-        }
-}
-#define run_ok(...) run_ok_impl(__FILE__, __LINE__, __VA_ARGS__, NULL)
 
 static void mkfs_ext4(const char *target) {
         /* nodiscard: discarding a loop device punches holes, slow and pointless here. */
-        run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
+        env_run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
 }
 
 static void mount_ok(Env *e, const char *source, const char *target) {
@@ -409,7 +373,7 @@ static void detach_gone_or_pending(Env *e, const Attached *a) {
 
 static void test_mounted(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_attached_ Attached a = {};
 
         mkfs_ext4(path);
@@ -505,7 +469,7 @@ static void kill_child(pid_t pid) {
 
 static void test_mounted_other_namespace(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = make_dir(e, "ns-mnt");
+        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = env_make_dir(e, "ns-mnt");
         _cleanup_attached_ Attached a = {};
         size_t n = 0;
 
@@ -608,7 +572,7 @@ static void test_held_open(void **state) {
 
 static void test_wait_timeout(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_attached_ Attached a = {};
         _cleanup_free_ char *st = NULL;
 
@@ -653,7 +617,7 @@ static bool partition_node_present(const char *disk, const char *part) {
 
 static void test_mounted_partition(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 64 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_free_ char *part = NULL;
         _cleanup_attached_ Attached a = {};
         char disk[32];
@@ -710,7 +674,7 @@ static void test_mounted_partition(void **state) {
  * (which makes the daemon re-check the openers of every device). */
 static void test_probe_does_not_disturb_mounts(void **state) {
         Env *e = *state;
-        _cleanup_free_ char *path = make_image(e, 32 * MiB), *mnt = make_dir(e, "mnt");
+        _cleanup_free_ char *path = make_image(e, 32 * MiB), *mnt = env_make_dir(e, "mnt");
         _cleanup_attached_ Attached a = {};
         unsigned iterations = 1000, busy = 0, other = 0;
         int first_other = 0;
@@ -779,34 +743,6 @@ static void test_probe_does_not_disturb_mounts(void **state) {
 
 /* ------------------------------------------------------------------------------------------ */
 
-static int skip_reason(const char **ret) {
-        if (geteuid() != 0) {
-                *ret = "not running as root";
-                return 1;
-        }
-        if (access("/dev/loop-control", F_OK) < 0) {
-                *ret = "no /dev/loop-control";
-                return 1;
-        }
-        const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
-        if (!address || !*address) {
-                *ret = "DBUS_SYSTEM_BUS_ADDRESS is not set (run under tests/env.sh)";
-                return 1;
-        }
-        sd_bus *bus = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        int r = sd_bus_open_system(&bus);
-        if (r >= 0)
-                r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                       "org.freedesktop.DBus", "GetId", &error, NULL, "");
-        sd_bus_flush_close_unref(bus);
-        if (r < 0) {
-                *ret = "the bus in DBUS_SYSTEM_BUS_ADDRESS is unreachable";
-                return 1;
-        }
-        return 0;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, NULL, test_teardown)
 
 static int group_setup(void **state) {
@@ -830,7 +766,7 @@ int main(void) {
         };
         const char *reason;
 
-        if (skip_reason(&reason)) {
+        if (env_skip_reason(&reason)) {
                 printf("skipping: %s\n", reason);
                 return 77;
         }
