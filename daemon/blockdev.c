@@ -76,32 +76,6 @@ int blockdev_get_name(const char *root, dev_t devnum, char *ret_name, size_t siz
         return 0;
 }
 
-int blockdev_parse_devnum(const char *s, dev_t *ret) {
-        _cleanup_free_ char *copy = NULL;
-        uint64_t ma, mi;
-        char *colon;
-
-        assert(s);
-
-        copy = strdup(s);
-        if (!copy)
-                return -ENOMEM;
-        colon = strchr(copy, ':');
-        if (!colon)
-                return -EINVAL;
-        *colon = '\0';
-
-        if (safe_atou64(copy, &ma) < 0 || safe_atou64(colon + 1, &mi) < 0)
-                return -EINVAL;
-        /* The kernel's dev_t has 12 bits of major and 20 of minor. */
-        if (ma >= (1U << 12) || mi >= (1U << 20))
-                return -EINVAL;
-
-        if (ret)
-                *ret = makedev((unsigned) ma, (unsigned) mi);
-        return 0;
-}
-
 int blockdev_get_partition(const char *root, dev_t devnum, PartitionInfo *ret) {
         _cleanup_free_ char *p = NULL, *s = NULL;
         uint64_t start, size;
@@ -137,7 +111,7 @@ int blockdev_get_partition(const char *root, dev_t devnum, PartitionInfo *ret) {
         r = read_one_line_file(p, &s);
         if (r < 0)
                 return r;
-        r = blockdev_parse_devnum(s, &parent);
+        r = parse_devnum(s, &parent);
         if (r < 0)
                 return -EBADMSG;
         if (parent == devnum)
@@ -301,7 +275,7 @@ int dm_linear_parse_params(const char *params, dev_t *ret_device, uint64_t *ret_
         if (!dev)
                 return -ENOMEM;
 
-        r = blockdev_parse_devnum(dev, &d);
+        r = parse_devnum(dev, &d);
         if (r < 0)
                 return r;
         /* safe_atou64() refuses junk, so trailing text (more parameters) is refused too. */

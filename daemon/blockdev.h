@@ -17,9 +17,6 @@
  * -ENOENT when the device does not exist (any more). ret_name is at least `size` bytes. */
 int blockdev_get_name(const char *root, dev_t devnum, char *ret_name, size_t size);
 
-/* "7:5" as printed by the kernel's sysfs "dev" attribute. */
-int blockdev_parse_devnum(const char *s, dev_t *ret);
-
 typedef struct PartitionInfo {
         dev_t parent;   /* the whole disk */
         uint64_t start; /* bytes on the parent */

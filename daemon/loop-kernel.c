@@ -180,29 +180,6 @@ static int sysfs_exists(const char *root, const char *name, const char *attr) {
 }
 
 /* "7:5" as printed by the kernel's sysfs "dev" attribute. */
-static int parse_devnum(const char *s, dev_t *ret) {
-        _cleanup_free_ char *copy = NULL;
-        uint64_t ma, mi;
-        char *colon;
-
-        copy = strdup(s);
-        if (!copy)
-                return -ENOMEM;
-        colon = strchr(copy, ':');
-        if (!colon)
-                return -EBADMSG;
-        *colon = '\0';
-
-        if (safe_atou64(copy, &ma) < 0 || safe_atou64(colon + 1, &mi) < 0)
-                return -EBADMSG;
-        /* The kernel's dev_t has 12 bits of major and 20 of minor. */
-        if (ma >= (1U << 12) || mi >= (1U << 20))
-                return -EBADMSG;
-
-        *ret = makedev((unsigned) ma, (unsigned) mi);
-        return 0;
-}
-
 /*
  * LOOP_GET_STATUS64 reports lo_device/lo_rdevice as huge_encode_dev(), i.e. new_encode_dev():
  * minor bits 0-7 in bits 0-7, major (12 bits) in bits 8-19, minor bits 8-19 in bits 20-31.
@@ -427,7 +404,7 @@ int loop_read_sysfs(const char *root, const char *name, LoopStatus *ret) {
                 return r;
         r = parse_devnum(dev, &s.devnum);
         if (r < 0)
-                return r;
+                return r == -EINVAL ? -EBADMSG : r;     /* garbage in a sysfs attribute */
 
         /* diskseq exists since 5.15; older kernels have no identity beyond the name. */
         r = sysfs_read_u64(root, name, "diskseq", &s.diskseq);

@@ -5,6 +5,8 @@
 #include <limits.h>
 #include <stdio.h>
 
+#include <sys/sysmacros.h>
+
 #include "util.h"
 
 /* sysfs attributes are at most a page; the biggest thing we read is loop/backing_file, a path.
@@ -118,4 +120,27 @@ char *path_join_root(const char *root, const char *path) {
                 return NULL;
 
         return r;
+}
+
+int parse_devnum(const char *s, dev_t *ret) {
+        _cleanup_free_ char *copy = NULL;
+        uint64_t ma, mi;
+        char *colon;
+
+        copy = strdup(s);
+        if (!copy)
+                return -ENOMEM;
+        colon = strchr(copy, ':');
+        if (!colon)
+                return -EINVAL;
+        *colon = '\0';
+
+        if (safe_atou64(copy, &ma) < 0 || safe_atou64(colon + 1, &mi) < 0)
+                return -EINVAL;
+        /* The kernel's dev_t has 12 bits of major and 20 of minor. */
+        if (ma >= (1U << 12) || mi >= (1U << 20))
+                return -EINVAL;
+
+        *ret = makedev((unsigned) ma, (unsigned) mi);
+        return 0;
 }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
@@ -92,5 +93,7 @@ static inline bool streq_ptr(const char *a, const char *b) {
 int read_one_line_file(const char *path, char **ret);
 /* Parses an unsigned decimal integer, refusing signs, junk and overflow. */
 int safe_atou64(const char *s, uint64_t *ret);
+/* Parses "MAJOR:MINOR" as the kernel prints it (sysfs "dev"); -EINVAL for anything else. */
+int parse_devnum(const char *s, dev_t *ret);
 /* Joins a root directory (NULL or "/" means the real root) and an absolute path. */
 char *path_join_root(const char *root, const char *path);

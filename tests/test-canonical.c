@@ -892,7 +892,7 @@ static dev_t sysfs_devnum(const char *syspath) {
         dev_t d = 0;
 
         assert_int_equal(read_one_line_file(syspath, &s), 0);
-        assert_int_equal(blockdev_parse_devnum(s, &d), 0);
+        assert_int_equal(parse_devnum(s, &d), 0);
         return d;
 }
 

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
+#include <sys/sysmacros.h>
+
 #include <cmocka.h>
 
 #include "util.h"
@@ -153,6 +155,25 @@ static void check_join(const char *root, const char *path, const char *expect) {
         assert_string_equal(s, expect);
 }
 
+static void test_parse_devnum(void **state) {
+        dev_t d = 0;
+
+        assert_int_equal(parse_devnum("7:5", &d), 0);
+        assert_true(d == makedev(7, 5));
+        assert_int_equal(parse_devnum("4095:1048575", &d), 0);
+        assert_true(d == makedev(4095, 1048575));
+
+        d = makedev(1, 1);
+        assert_int_equal(parse_devnum("7", &d), -EINVAL);
+        assert_int_equal(parse_devnum("7:x", &d), -EINVAL);
+        assert_int_equal(parse_devnum(":5", &d), -EINVAL);
+        assert_int_equal(parse_devnum("-7:5", &d), -EINVAL);
+        assert_int_equal(parse_devnum("4096:0", &d), -EINVAL);     /* 12-bit major */
+        assert_int_equal(parse_devnum("7:1048576", &d), -EINVAL);  /* 20-bit minor */
+        assert_int_equal(parse_devnum("", &d), -EINVAL);
+        assert_true(d == makedev(1, 1));        /* untouched on failure */
+}
+
 static void test_path_join_root(void **state) {
         check_join(NULL, "/sys/block", "/sys/block");
         check_join("/", "/sys/block", "/sys/block");
@@ -173,6 +194,7 @@ int main(void) {
                 cmocka_unit_test(test_read_one_line_file_long),
                 cmocka_unit_test(test_read_one_line_file_errors),
                 cmocka_unit_test(test_safe_atou64),
+                cmocka_unit_test(test_parse_devnum),
                 cmocka_unit_test(test_path_join_root),
         };
 
