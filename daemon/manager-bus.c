@@ -184,23 +184,31 @@ static int prepare_request(int fd, const AttachOptions *o, AttachRequest *req,
         return 0;
 }
 
+/* Reads the (h fd, a{sv} options) arguments of Attach and Resolve and validates both. */
+static int read_fd_request(sd_bus_message *message, AttachOptions *o, AttachRequest *req,
+                           sd_bus_error *error) {
+        int fd, r;
+
+        r = sd_bus_message_read(message, "h", &fd);
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
+                        "The file descriptor argument is invalid (handle index out of range?).");
+        r = attach_options_parse(message, o, error);
+        if (r < 0)
+                return r;
+        return prepare_request(fd, o, req, error);
+}
+
 static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         AttachRequest req = {};
         AttachOptions o;
         uid_t uid = (uid_t) -1;
-        int fd, r;
+        int r;
 
         /* Everything about the request is validated before polkit is asked, and this runs
          * again from the top when polkit answered (polkit.h): nothing changes before that. */
-        r = sd_bus_message_read(message, "h", &fd);
-        if (r < 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                        "The file descriptor argument is invalid (handle index out of range?).");
-        r = attach_options_parse(message, &o, error);
-        if (r < 0)
-                return r;
-        r = prepare_request(fd, &o, &req, error);
+        r = read_fd_request(message, &o, &req, error);
         if (r < 0)
                 return r;
         r = bus_sender_uid_or_deny(message, &uid, error);
@@ -402,16 +410,9 @@ static int method_resolve(sd_bus_message *message, void *userdata, sd_bus_error 
         AttachRequest req = {};
         AttachOptions o;
         const Identity *id;
-        int fd, r;
+        int r;
 
-        r = sd_bus_message_read(message, "h", &fd);
-        if (r < 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                        "The file descriptor argument is invalid (handle index out of range?).");
-        r = attach_options_parse(message, &o, error);
-        if (r < 0)
-                return r;
-        r = prepare_request(fd, &o, &req, error);
+        r = read_fd_request(message, &o, &req, error);
         if (r < 0)
                 return r;
 
