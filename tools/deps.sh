@@ -11,12 +11,16 @@ packages=(
     # build
     meson ninja-build pkg-config gcc libc6-dev
     libsystemd-dev libudev-dev libmount-dev libblkid-dev libcmocka-dev
+    # ACLs on /run/media/<user> (Device.Mount), as udisks sets them
+    libacl1-dev
     # runtime of the test environment (tests/env.sh) and the daemon
     dbus dbus-daemon dbus-bin systemd udev polkitd
     # tools the tests and the demo call: losetup (mount), addpart/delpart/flock/setpriv
     # (util-linux), mkfs.ext4/e2fsck/debugfs (e2fsprogs), pgrep (procps), jq, and
     # mkfs.btrfs/btrfs for the btrfs sub-volume scenario of tests/test-aliases.c (btrfs-progs)
     util-linux mount e2fsprogs procps jq btrfs-progs
+    # the desktop tests: mksquashfs (squashfs images to open), desktop-file-validate
+    squashfs-tools desktop-file-utils
     # checks in tools/test.sh and meson test: clang-format, xmllint
     clang-format libxml2-utils
     # the libFuzzer targets of fuzz/ (tools/test.sh step 6): clang and its fuzzer and
