@@ -26,28 +26,16 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "ctl-agent.h"
+#include "ctl-common.h"
 #include "ctl-mount.h"
 #include "ctl-output.h"
 #include "ctl-util.h"
 #include "loopmgr-bus.h"
 
-enum {
-        EXIT_USAGE = 2,
-        EXIT_CONFLICT = 3,       /* Overlap, Busy, Cycle */
-        EXIT_NOT_AUTHORISED = 4, /* AccessDenied, InteractiveAuthorizationRequired */
-        EXIT_NOT_FOUND = 5,      /* NotFound, or the file does not exist */
-        EXIT_TIMEOUT = 6,
-};
-
-#define USEC_PER_SEC UINT64_C(1000000)
 /* Headroom over the daemon's own udev/teardown timeout for the D-Bus call itself: requests are
  * serialised in the daemon, so ours may wait behind others before its timer starts. */
 #define CALL_MARGIN_USEC (60 * USEC_PER_SEC)
-/* A person typing a password into a polkit agent needs longer than the default 25 s. */
-#define CALL_INTERACTIVE_USEC (300 * USEC_PER_SEC)
-
-#define OBJECT_MANAGER_INTERFACE "org.freedesktop.DBus.ObjectManager"
-#define PROPERTIES_INTERFACE     "org.freedesktop.DBus.Properties"
 /* The daemon appearing on or leaving the bus. */
 #define MATCH_DAEMON_OWNER_CHANGED                                                                 \
         "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"                \
@@ -73,14 +61,15 @@ typedef enum OptionFlag {
         OPT_OPTIONS = 1 << 15,
         OPT_TYPES = 1 << 16,
         OPT_VERBOSE = 1 << 17,
-        _OPT_COUNT = 18,
+        OPT_WRITABLE = 1 << 18,
+        _OPT_COUNT = 19,
 } OptionFlag;
 
 static const char *const option_flag_names[_OPT_COUNT] = {
         "--offset",      "--size-limit", "--read-only",      "--partscan", "--direct-io",
         "--sector-size", "--exclusive",  "--lifetime",       "--no-wait",  "--timeout",
         "--wait",        "--recursive",  "--all-references", "--json",     "--no-legend",
-        "--options",     "--types",      "--verbose",
+        "--options",     "--types",      "--verbose",        "--writable",
 };
 
 /* -o is --offset for every command but mount, where it is mount(8)'s -o: the values are kept
@@ -98,24 +87,27 @@ static bool arg_partscan;
 static const char *arg_direct_io;
 static uint32_t arg_sector_size;
 static bool arg_exclusive;
-static const char *arg_lifetime;
-static bool arg_no_wait;
-static uint64_t arg_timeout_usec;
+const char *arg_lifetime;
+bool arg_no_wait;
+uint64_t arg_timeout_usec;
 static bool arg_wait;
 static bool arg_recursive;
 static bool arg_all_references;
-static bool arg_json;
+bool arg_json;
+bool arg_writable;
+static bool arg_no_ask_password;
 static bool arg_no_legend;
 static char *arg_mount_options; /* the -o/--options of mount, joined with commas */
 static const char *arg_fstype;
 static bool arg_verbose;
 static OArg *arg_o;
 static size_t arg_n_o;
-static bool arg_interactive; /* derived from stdin being a terminal, not a flag */
+/* Derived from stdin being a terminal and --no-ask-password: may polkit ask the user? */
+static bool arg_interactive;
 
 /* ---- messages and exit statuses ---------------------------------------------------------- */
 
-_printf_(2, 3) static int log_fail(int status, const char *fmt, ...) {
+_printf_(2, 3) int log_fail(int status, const char *fmt, ...) {
         va_list ap;
 
         fflush(stdout);
@@ -139,7 +131,7 @@ _printf_(1, 2) static int log_usage(const char *fmt, ...) {
 }
 
 /* Exit status for a failure of a local system call on a path the user named. */
-static int exit_status_from_local_errno(int err) {
+int exit_status_from_local_errno(int err) {
         switch (err) {
         case ENOENT:
         case ENOTDIR:
@@ -156,7 +148,7 @@ static int exit_status_from_local_errno(int err) {
 
 /* Exit status for a failed method call, from the errno that loopmgr_error_map and sd-bus's
  * built-in map give the error name. */
-static int exit_status_from_bus_error(const sd_bus_error *error, int r) {
+int exit_status_from_bus_error(const sd_bus_error *error, int r) {
         int err = sd_bus_error_is_set(error) ? sd_bus_error_get_errno(error) : -r;
 
         switch (err) {
@@ -178,7 +170,7 @@ static int exit_status_from_bus_error(const sd_bus_error *error, int r) {
 }
 
 /* The daemon's messages are sentences meant for the user: print them unchanged. */
-static int log_bus_error(const sd_bus_error *error, int r, const char *what) {
+int log_bus_error(const sd_bus_error *error, int r, const char *what) {
         if (sd_bus_error_is_set(error) && error->message && error->message[0])
                 log_fail(0, "%s", error->message);
         else if (sd_bus_error_is_set(error))
@@ -188,19 +180,19 @@ static int log_bus_error(const sd_bus_error *error, int r, const char *what) {
         return exit_status_from_bus_error(error, r);
 }
 
-static int log_oom(void) {
+int log_oom(void) {
         return log_fail(EXIT_FAILURE, "Out of memory.");
 }
 
-static int log_create_error(int r) {
+int log_create_error(int r) {
         return log_fail(EXIT_FAILURE, "Failed to build the D-Bus message: %s", strerror(-r));
 }
 
-static int log_parse_error(int r) {
+int log_parse_error(int r) {
         return log_fail(EXIT_FAILURE, "Failed to parse the reply of loopmgrd: %s", strerror(-r));
 }
 
-static int flush_stdout(void) {
+int flush_stdout(void) {
         if (fflush(stdout) != 0 || ferror(stdout))
                 return log_fail(EXIT_FAILURE, "Failed to write to standard output: %s",
                                 strerror(errno));
@@ -334,6 +326,10 @@ static void help(void) {
                "  mount IMAGE DIR        Attach IMAGE (sharing an identical device) and mount\n"
                "                         it on DIR, like mount -o loop without aliases\n"
                "  umount DIR             Unmount DIR and drop one reference on its device\n"
+               "  open IMAGE             Attach IMAGE and have loopmgrd mount it for you under\n"
+               "                         /run/media/USER/; print the mount point (no root\n"
+               "                         needed)\n"
+               "  close IMAGE|DIR        Unmount what open mounted; the device goes with it\n"
                "\n"
                "Options:\n"
                "  -h --help              Show this help\n"
@@ -347,11 +343,14 @@ static void help(void) {
                "     --direct-io=MODE    auto, on or off (attach)\n"
                "  -b --sector-size=SIZE  512, 1024, 2048 or 4096 (attach)\n"
                "     --exclusive         Fail if any device already shows these bytes (attach)\n"
-               "     --lifetime=WHAT     persistent, or client: keep the device only while\n"
-               "                         this command runs in the foreground (attach)\n"
+               "     --lifetime=WHAT     persistent, or client: keep the device (open: the\n"
+               "                         mount) only while this command runs in the\n"
+               "                         foreground (attach, open)\n"
                "     --no-wait           Do not wait for udev to process the device (attach)\n"
-               "     --timeout=SEC       Bound on waiting for udev (attach) or for the\n"
-               "                         teardown (detach --wait)\n"
+               "                         or for the device to go (close)\n"
+               "     --timeout=SEC       Bound on waiting for udev (attach), for the\n"
+               "                         teardown (detach --wait) or for the device to go\n"
+               "                         (close; default 10 s)\n"
                "     --wait              Return only when the device is torn down (detach)\n"
                "     --recursive         Detach devices stacked on this one first (detach)\n"
                "     --all-references    Drop every reference, not only ours (detach)\n"
@@ -360,6 +359,8 @@ static void help(void) {
                "  -o --options=OPTS      Mount options, as for mount -o (mount)\n"
                "  -t --types=FSTYPE      File system type; default: probe it (mount)\n"
                "  -v --verbose           Print the device (mount) or the detach state (umount)\n"
+               "     --writable          Open the image read-write (open; default read-only)\n"
+               "     --no-ask-password   Never ask for a password: no polkit agent (all)\n"
                "\n"
                "BYTES takes the suffixes K, M, G and T (powers of 1024). Exit status: 0 ok,\n"
                "1 failure, 2 usage, 3 overlap/busy/cycle, 4 not authorised, 5 not found,\n"
@@ -403,6 +404,8 @@ static const Verb verbs[] = {
                  OPT_DIRECT_IO | OPT_SECTOR_SIZE | OPT_TIMEOUT,
          verb_mount},
         {"umount", 1, "DIR", OPT_VERBOSE, verb_umount},
+        {"open", 1, "IMAGE", OPT_WRITABLE | OPT_LIFETIME | OPT_JSON, verb_open},
+        {"close", 1, "IMAGE|DIR", OPT_NO_WAIT | OPT_TIMEOUT | OPT_JSON, verb_close},
 };
 
 static int push_o(const char *value, bool options) {
@@ -468,6 +471,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 ARG_JSON,
                 ARG_NO_LEGEND,
                 ARG_OPTIONS,
+                ARG_WRITABLE,
+                ARG_NO_ASK_PASSWORD,
         };
         /* clang-format off */
         static const struct option options[] = {
@@ -491,6 +496,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 { "options",        required_argument, NULL, ARG_OPTIONS        },
                 { "types",          required_argument, NULL, 't'                },
                 { "verbose",        no_argument,       NULL, 'v'                },
+                { "writable",       no_argument,       NULL, ARG_WRITABLE       },
+                { "no-ask-password", no_argument,      NULL, ARG_NO_ASK_PASSWORD },
                 {}
         };
         /* clang-format on */
@@ -641,6 +648,16 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                         arg_given |= OPT_NO_LEGEND;
                         break;
 
+                case ARG_WRITABLE:
+                        arg_writable = true;
+                        arg_given |= OPT_WRITABLE;
+                        break;
+
+                case ARG_NO_ASK_PASSWORD:
+                        /* Meaningful for every command: not one of the OPT_* bits. */
+                        arg_no_ask_password = true;
+                        break;
+
                 case ':':
                         if (strncmp(argv[optind - 1], "--", 2) != 0 && optopt > 0 && optopt < 0x100)
                                 return log_usage("Option '-%c' needs an argument.", optopt);
@@ -683,6 +700,9 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                         return log_usage("%s cannot be used with %s.", option_flag_names[i],
                                          verb->name);
 
+        if (streq(verb->name, "close") && arg_no_wait && (arg_given & OPT_TIMEOUT))
+                return log_usage("--timeout bounds the wait for the device to go and cannot be "
+                                 "combined with --no-wait.");
         if (streq(verb->name, "attach") && arg_no_wait && (arg_given & OPT_TIMEOUT))
                 return log_usage("--timeout bounds the wait for udev and cannot be combined "
                                  "with --no-wait.");
@@ -696,7 +716,7 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static uint64_t call_timeout_usec(void) {
+uint64_t call_timeout_usec(void) {
         uint64_t t = arg_timeout_usec > 0 ? arg_timeout_usec : LOOPMGR_DEFAULT_TIMEOUT_USEC;
 
         t += CALL_MARGIN_USEC;
@@ -724,7 +744,7 @@ static bool is_device_object(const char *s) {
 /* Opens what the user named for attach/resolve. O_NONBLOCK keeps a FIFO given by mistake
  * from hanging the open; it is cleared again, the daemon gets a plain fd. Returns 0 or a
  * negative errno. */
-static int open_backing(const char *path, int flags, int *ret_fd) {
+int open_backing(const char *path, int flags, int *ret_fd) {
         _cleanup_close_ int fd = -EBADF;
         int fl;
 
@@ -744,7 +764,7 @@ static int open_backing(const char *path, int flags, int *ret_fd) {
 /* Finds the device object for what the user typed: a device object path is taken as it is,
  * everything else goes through Manager.GetDevice, relative file names made absolute first
  * because the daemon does not share our working directory. */
-static int resolve_device(sd_bus *bus, const char *arg, char **ret_object) {
+int resolve_device(sd_bus *bus, const char *arg, char **ret_object) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_free_ char *query = NULL, *cwd = NULL;
@@ -789,7 +809,7 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 /* An event loop that ends with 0 on SIGINT/SIGTERM, with the bus attached so that the daemon
  * can still talk to us while we wait. sd-bus ends the loop with EXIT_FAILURE when the bus
  * connection is lost. */
-static int event_new_with_signals(sd_bus *bus, sd_event **ret) {
+int event_new_with_signals(sd_bus *bus, sd_event **ret) {
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         sigset_t mask;
         int r;
@@ -1233,8 +1253,8 @@ static int attach_append_options(sd_bus_message *m, bool read_only) {
 
 /* Manager.Attach of fd with the attach options given on the command line. Returns what
  * sd_bus_call() returns; error is set when the daemon answered with one. */
-static int call_attach(sd_bus *bus, int fd, bool read_only, sd_bus_error *error,
-                       sd_bus_message **ret_reply) {
+int call_attach(sd_bus *bus, int fd, bool read_only, sd_bus_error *error,
+                sd_bus_message **ret_reply) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
@@ -1247,7 +1267,7 @@ static int call_attach(sd_bus *bus, int fd, bool read_only, sd_bus_error *error,
         if (r < 0)
                 return r;
 
-        return sd_bus_call(bus, m, call_timeout_usec(), error, ret_reply);
+        return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
 }
 
 static int verb_attach(sd_bus *bus, char **args) {
@@ -1339,8 +1359,7 @@ static int verb_attach(sd_bus *bus, char **args) {
 /* Manager.Detach of object with the detach options given on the command line; mount and
  * umount allow none of them, so there it drops exactly one reference of the caller. Returns
  * what sd_bus_call() returns. */
-static int call_detach(sd_bus *bus, const char *object, sd_bus_error *error,
-                       sd_bus_message **ret_reply) {
+int call_detach(sd_bus *bus, const char *object, sd_bus_error *error, sd_bus_message **ret_reply) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
@@ -1364,7 +1383,7 @@ static int call_detach(sd_bus *bus, const char *object, sd_bus_error *error,
         if (r < 0)
                 return r;
 
-        return sd_bus_call(bus, m, call_timeout_usec(), error, ret_reply);
+        return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
 }
 
 static int verb_detach(sd_bus *bus, char **args) {
@@ -1893,7 +1912,7 @@ static int verb_resolve(sd_bus *bus, char **args) {
         if (r < 0)
                 return log_create_error(r);
 
-        r = sd_bus_call(bus, m, call_timeout_usec(), &error, &reply);
+        r = ctl_call(bus, m, call_timeout_usec(), &error, &reply);
         if (r < 0)
                 return log_bus_error(&error, r, "Resolve");
 
@@ -2365,7 +2384,7 @@ static int require_root(const char *verb) {
 /* Drops the one reference an Attach of ours took. Never all references: when the device was
  * reused, the references of whoever attached it first must keep it (libmount detaches such a
  * device when the mount fails, util-linux PR #4646; we must not). */
-static void drop_reference(sd_bus *bus, const char *object, const char *node) {
+void drop_reference(sd_bus *bus, const char *object, const char *node) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         int r;
@@ -2385,7 +2404,7 @@ static void drop_reference(sd_bus *bus, const char *object, const char *node) {
  * is taken: if the Attach does not reuse one, the new device is given back. Returns 0 with
  * the Attach reply (read position at the start), or a negative errno when this does not help.
  */
-static int attach_share_writable(sd_bus *bus, const char *image, sd_bus_message **ret_reply) {
+int attach_share_writable(sd_bus *bus, const char *image, sd_bus_message **ret_reply) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_close_ int fd = -EBADF;
@@ -2640,14 +2659,19 @@ static int run(int argc, char *argv[]) {
                                 strerror(-r));
 
         /* Without a terminal nobody could answer a password prompt: let polkit say no at
-         * once (InteractiveAuthorizationRequired) instead of waiting for an agent. */
-        arg_interactive = isatty(STDIN_FILENO) > 0;
+         * once (InteractiveAuthorizationRequired) instead of waiting for an agent. With one,
+         * an agent of the user's session may answer, and if there is none, ctl_call() starts
+         * pkttyagent on this terminal and asks again. */
+        arg_interactive = isatty(STDIN_FILENO) > 0 && !arg_no_ask_password;
         r = sd_bus_set_allow_interactive_authorization(bus, arg_interactive);
         if (r < 0)
                 return log_fail(EXIT_FAILURE, "Failed to set up the bus connection: %s",
                                 strerror(-r));
+        ctl_agent_set_allowed(arg_interactive);
 
-        return verb->run(bus, args);
+        r = verb->run(bus, args);
+        ctl_agent_close();
+        return r;
 }
 
 int main(int argc, char *argv[]) {

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <inttypes.h>
+#include <pwd.h>
 #include <stdio.h>
+#include <sys/mount.h>
 #include <sys/sysmacros.h>
 
 #include "bus-util.h"
@@ -9,6 +11,7 @@
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager.h"
+#include "mount.h"
 #include "polkit.h"
 
 #define DEFINE_GETTER(name, type, expr)                                                        \
@@ -46,6 +49,11 @@ DEFINE_GETTER(base_device, "t", d->has_identity ? (uint64_t) d->identity.base_de
 DEFINE_GETTER(base_inode, "t", d->has_identity ? d->identity.base_inode : 0);
 DEFINE_GETTER(base_offset, "t", d->has_identity ? d->identity.offset : 0);
 DEFINE_GETTER(base_size, "t", d->has_identity ? d->identity.size : 0);
+DEFINE_GETTER(mount_point, "s", d->mount_point ?: "");
+DEFINE_GETTER(mount_user, "u", d->mount_point ? (uint32_t) d->mount_uid : UINT32_MAX);
+DEFINE_GETTER(id_type, "s", d->id_type ?: "");
+DEFINE_GETTER(id_label, "s", d->id_label ?: "");
+DEFINE_GETTER(id_uuid, "s", d->id_uuid ?: "");
 
 static int property_get_openers(sd_bus *bus, const char *path, const char *interface,
                                 const char *property, sd_bus_message *reply, void *userdata,
@@ -243,6 +251,242 @@ static int method_set_capacity(sd_bus_message *message, void *userdata, sd_bus_e
         return sd_bus_reply_method_return(message, NULL);
 }
 
+/* The caller's newest reference on d that no mount holds. */
+static Reference *own_reference(Device *d, uid_t uid) {
+        for (Reference *r = d->references; r; r = r->next)
+                if (r->uid == uid && r->lifetime != LIFETIME_MOUNT)
+                        return r;
+        return NULL;
+}
+
+/* release-reference: the mount takes the caller's reference over, or, when the mount holds one
+ * already, the caller's surplus one is dropped. */
+static int release_to_mount(Device *d, Reference *own) {
+        Manager *m = d->manager;
+        char *owner;
+
+        if (d->mount_ref_id && device_find_reference(d, d->mount_ref_id)) {
+                (void) device_drop_reference_id(d, own->id);
+                if (d->managed)
+                        (void) manager_save_state(m);
+                manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+                return 0;
+        }
+        owner = strdup(d->mount_point);
+        if (!owner)
+                return -ENOMEM;
+        free(own->owner);
+        own->owner = owner;
+        own->lifetime = LIFETIME_MOUNT;
+        own->confirmed = true;
+        d->mount_ref_id = own->id;
+        if (d->managed)
+                (void) manager_save_state(m);
+        return 0;
+}
+
+static int authorize_mount(Device *d, sd_bus_message *message, uid_t uid, bool others,
+                           const char *fstype, bool no_user_interaction, sd_bus_error *error) {
+        _cleanup_free_ char *what = NULL;
+        char owner[12];
+        int r;
+
+        if (others)
+                r = asprintf(&what, "%s the file system of %s, which %s",
+                             d->mount_point ? "unmount" : "mount", d->node,
+                             d->mount_point ? "another user mounted" : "another user or program set up");
+        else
+                r = asprintf(&what, "mount the file system of %s", d->node);
+        if (r < 0)
+                return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
+        (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
+
+        return polkit_verify_async(d->manager->polkit, message, uid,
+                                   others ? POLKIT_ACTION_MOUNT_OTHERS : POLKIT_ACTION_MOUNT, what,
+                                   (char *[]) {
+                                           "device", d->node,
+                                           "file", d->status.backing_file ?: "",
+                                           "owner-uid", owner,
+                                           "managed", d->managed ? "true" : "false",
+                                           "fstype", (char *) (fstype ?: d->id_type ?: ""),
+                                           "operation", d->mount_point ? "unmount" : "mount",
+                                           NULL,
+                                   },
+                                   no_user_interaction, error);
+}
+
+static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_free_ char *bad = NULL, *user = NULL, *mount_point = NULL, *what = NULL,
+                            *elsewhere = NULL;
+        Device *d = userdata;
+        Manager *m = d->manager;
+        struct libmnt_table *t;
+        unsigned long flags = 0;
+        uid_t uid = (uid_t) -1;
+        Reference *own;
+        struct passwd *pw;
+        MountOptions o;
+        gid_t gid;
+        int r;
+
+        r = mount_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+        if (o.fstype && !mount_fstype_allowed(o.fstype))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Option 'fstype': '%s' is not a file system type loopmgr "
+                                         "mounts (ext2 ext3 ext4 xfs btrfs squashfs erofs vfat "
+                                         "msdos exfat ntfs3 iso9660 udf f2fs).", o.fstype);
+        r = mount_parse_extra_options(o.options, &flags, &bad);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Option 'options': mount option '%s' is not allowed (only "
+                                         "ro, noexec, noatime, nodiratime, relatime, sync, dirsync; "
+                                         "nosuid and nodev are always set).", bad ?: "");
+        r = bus_sender_uid_or_deny(message, &uid, error);
+        if (r < 0)
+                return r;
+        if (d->state != DEVICE_ATTACHED)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY, "%s is being torn down.",
+                                         d->node);
+
+        own = own_reference(d, uid);
+        if (o.release_reference && !own)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Option 'release-reference': you hold no reference on %s "
+                                         "to hand over to the mount.", d->node);
+
+        if (d->mount_point) {
+                /* Already mounted by us: the same mount again, for its user. */
+                if (uid != 0 && uid != d->mount_uid)
+                        return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
+                                                 "%s is mounted on %s for another user.", d->node,
+                                                 d->mount_point);
+                if (o.release_reference) {
+                        r = release_to_mount(d, own);
+                        if (r < 0)
+                                return bus_error_set_errnof(error, r, "Out of memory.");
+                }
+                return sd_bus_reply_method_return(message, "s", d->mount_point);
+        }
+
+        t = manager_mount_table(m);
+        if (t) {
+                r = mount_find_target(t, d->status.devnum, &elsewhere);
+                mnt_unref_table(t);
+                if (r < 0)
+                        return bus_error_set_errnof(error, r, "Out of memory.");
+        }
+        if (elsewhere)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
+                                         "%s is already mounted on %s (not by loopmgr).", d->node,
+                                         elsewhere);
+        {
+                const ForeignMounts *f = manager_foreign_mounts(m);
+                for (size_t i = 0; i < f->n; i++)
+                        if (f->mounts[i].devnum == d->status.devnum)
+                                return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
+                                                         "%s is already mounted on %s in the mount "
+                                                         "namespace of process %d.", d->node,
+                                                         f->mounts[i].target ?: "?",
+                                                         (int) f->mounts[i].pid);
+        }
+
+        pw = getpwuid(uid);
+        if (!pw || !pw->pw_name || !*pw->pw_name || strchr(pw->pw_name, '/') ||
+            pw->pw_name[0] == '.')
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "uid %u has no usable user name for a directory in "
+                                         MOUNT_MEDIA_DIR ".", (unsigned) uid);
+        user = strdup(pw->pw_name);
+        if (!user)
+                return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
+        gid = pw->pw_gid;
+
+        if (uid != 0) {
+                bool mine = device_has_reference_of(d, uid) || (d->managed && d->owner_uid == uid);
+
+                r = authorize_mount(d, message, uid, !mine, o.fstype, o.no_user_interaction, error);
+                if (r <= 0)
+                        return r < 0 ? r : 1;   /* 0: polkit was asked; we run again */
+        }
+
+        r = mount_device(m, d,
+                         &(MountRequest) {
+                                 .uid = uid,
+                                 .gid = gid,
+                                 .user = user,
+                                 .fstype = o.fstype,
+                                 .flags = flags,
+                                 .read_only = d->status.read_only || (flags & MS_RDONLY),
+                         },
+                         &mount_point, &what);
+        if (r == -EMEDIUMTYPE)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_NO_FILE_SYSTEM,
+                                         "%s holds %s.", d->node, what ?: "no file system");
+        if (r == -ESTALE)
+                return bus_error_set_errnof(error, -ENODEV, "%s was detached or rebound meanwhile.",
+                                            d->node);
+        if (r == -EOPNOTSUPP)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_NOT_SUPPORTED, "Cannot mount %s: %s.",
+                                         d->node, what ?: "not supported by this kernel");
+        if (r < 0)
+                return bus_error_set_errnof(error, r, "Cannot mount %s: %s: %s.", d->node,
+                                            what ?: "error", strerror(-r));
+
+        d->mount_point = TAKE_PTR(mount_point);
+        d->mount_uid = uid;
+        d->mount_ref_id = 0;
+        own = own_reference(d, uid);
+        if (o.release_reference && own && release_to_mount(d, own) < 0)
+                log_warning("%s: out of memory handing the reference over to the mount", d->node);
+        manager_emit_device_changed(m, d, (char *[]) { "MountPoint", "MountUser", NULL });
+        return sd_bus_reply_method_return(message, "s", d->mount_point);
+}
+
+static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        Manager *m = d->manager;
+        UnmountOptions o;
+        uid_t uid = (uid_t) -1;
+        uint64_t ref_id;
+        int r;
+
+        r = unmount_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+        r = bus_sender_uid_or_deny(message, &uid, error);
+        if (r < 0)
+                return r;
+        if (!d->mount_point)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_MOUNTED,
+                                         "%s has no mount made by loopmgr.", d->node);
+        /* Its user needs nobody's permission to unmount it. */
+        if (uid != 0 && uid != d->mount_uid) {
+                r = authorize_mount(d, message, uid, true, NULL, o.no_user_interaction, error);
+                if (r <= 0)
+                        return r < 0 ? r : 1;
+        }
+
+        r = mount_unmount(m, d, o.force);
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
+                                         "%s is in use (open files or a process working inside "
+                                         "it); close them, or unmount with force.",
+                                         d->mount_point);
+        if (r < 0)
+                return bus_error_set_errnof(error, r, "Cannot unmount %s: %s.", d->mount_point,
+                                            strerror(-r));
+
+        ref_id = d->mount_ref_id;
+        manager_device_clear_mount(m, d);
+        r = sd_bus_reply_method_return(message, NULL);
+        /* The reference the mount held goes with it; the last one detaches the device (the
+         * teardown completes once the file system let go of it). May free d. */
+        (void) manager_release_reference(m, d, ref_id);
+        return r;
+}
+
 #define PROP(name, sig, getter) \
         SD_BUS_PROPERTY(name, sig, property_get_##getter, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE)
 #define PROP_CONST(name, sig, getter) \
@@ -278,6 +522,12 @@ static const sd_bus_vtable device_vtable[] = {
         PROP("BaseInode", "t", base_inode),
         PROP("BaseOffset", "t", base_offset),
         PROP("BaseSize", "t", base_size),
+        /* Device.Mount (docs/API.md) */
+        PROP("MountPoint", "s", mount_point),
+        PROP("MountUser", "u", mount_user),
+        PROP("IdType", "s", id_type),
+        PROP("IdLabel", "s", id_label),
+        PROP("IdUUID", "s", id_uuid),
         SD_BUS_METHOD_WITH_ARGS("Detach", SD_BUS_ARGS("a{sv}", options),
                                 SD_BUS_RESULT("s", state), method_detach,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
@@ -286,6 +536,12 @@ static const sd_bus_vtable device_vtable[] = {
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("SetCapacity", SD_BUS_ARGS("a{sv}", options),
                                 SD_BUS_NO_RESULT, method_set_capacity,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Mount", SD_BUS_ARGS("a{sv}", options),
+                                SD_BUS_RESULT("s", mount_point), method_mount,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Unmount", SD_BUS_ARGS("a{sv}", options),
+                                SD_BUS_NO_RESULT, method_unmount,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END
 };

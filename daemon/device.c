@@ -79,6 +79,7 @@ int device_new(Manager *m, const LoopStatus *status, bool managed, Device **ret)
         if (!d)
                 return -ENOMEM;
         d->manager = m;
+        d->mount_uid = (uid_t) -1;
         d->status = *status;
         d->status.backing_file = NULL;
         if (status->backing_file) {
@@ -128,6 +129,10 @@ Device *device_free(Device *d) {
         strv_free(d->openers);
         chain_done(&d->chain);
         loop_status_done(&d->status);
+        free(d->mount_point);
+        free(d->id_type);
+        free(d->id_label);
+        free(d->id_uuid);
         free(d->path);
         free(d->node);
         free(d);
@@ -144,7 +149,7 @@ int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *ow
         ref->uid = uid;
         ref->lifetime = lifetime;
         ref->confirmed = true;
-        if (lifetime == LIFETIME_CLIENT && owner) {
+        if ((lifetime == LIFETIME_CLIENT || lifetime == LIFETIME_MOUNT) && owner) {
                 ref->owner = strdup(owner);
                 if (!ref->owner) {
                         free(ref);
@@ -193,12 +198,15 @@ int device_drop_reference_id(Device *d, uint64_t id) {
 }
 
 int device_drop_reference(Device *d, uid_t uid) {
-        /* The list is newest first, so this drops the newest reference of uid. */
-        for (Reference **i = &d->references; *i; i = &(*i)->next)
-                if ((*i)->uid == uid) {
-                        reference_unlink(d, i);
-                        return 1;
-                }
+        /* The list is newest first, so this drops the newest reference of uid; one a mount
+         * holds only when there is no other (the mount would otherwise lose it under the
+         * user's file manager). */
+        for (int pass = 0; pass < 2; pass++)
+                for (Reference **i = &d->references; *i; i = &(*i)->next)
+                        if ((*i)->uid == uid && (pass == 1 || (*i)->lifetime != LIFETIME_MOUNT)) {
+                                reference_unlink(d, i);
+                                return 1;
+                        }
         return 0;
 }
 
@@ -376,11 +384,27 @@ int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs) {
         if (tb != mounts)
                 mnt_unref_table(tb);
 
-        /* Block devices stacked on it (device-mapper, md, ...). */
-        sys = path_join_root(d->manager->root, "/sys/block");
-        if (!sys || asprintf(&holders, "%s/%s/holders", sys, d->status.name) < 0)
+        /* Block devices stacked on it (device-mapper, md, ...). Loop devices are virtual
+         * block devices: their real sysfs directory spares the walk through the /sys/block
+         * symlink, half the cost of this per-device lookup (GetManagedObjects does it for
+         * every device). /sys/block is the fallback for trees that lack it (tests). */
+        sys = path_join_root(d->manager->root, "/sys/devices/virtual/block");
+        if (!sys || asprintf(&holders, "%s/%s/holders", sys, d->status.name) < 0) {
+                holders = NULL;
                 return -ENOMEM;
+        }
         dir = opendir(holders);
+        if (!dir && errno == ENOENT) {
+                free(sys);
+                free(holders);
+                holders = NULL;
+                sys = path_join_root(d->manager->root, "/sys/block");
+                if (!sys || asprintf(&holders, "%s/%s/holders", sys, d->status.name) < 0) {
+                        holders = NULL;
+                        return -ENOMEM;
+                }
+                dir = opendir(holders);
+        }
         if (dir) {
                 struct dirent *de;
 

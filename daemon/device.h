@@ -32,7 +32,8 @@ struct Reference {
         uint64_t id;            /* unique within this run of the daemon */
         uid_t uid;
         Lifetime lifetime;
-        char *owner;            /* unique bus name of the holder, for lifetime = client */
+        char *owner;            /* unique bus name of the holder, for lifetime = client; the
+                                 * mount point (mount_escape()d), for lifetime = mount */
         bool confirmed;         /* the Attach that took it was answered */
         Reference *next;
 };
@@ -74,6 +75,14 @@ struct Device {
         uint64_t openers_iteration;     /* event-loop iteration that computed them */
         bool udev_ready;        /* udev processed this binding (by-diskseq link exists) */
         Waiter *waiters;
+
+        /* Device.Mount (mount.h): the loopmgr mount of this device, if any. */
+        char *mount_point;      /* /run/media/<user>/<name>, NULL when none */
+        uid_t mount_uid;        /* whose mount */
+        uint64_t mount_ref_id;  /* the reference the mount holds (lifetime mount), 0 if none */
+        char *id_type;          /* what libblkid found, NULL when nothing (yet) */
+        char *id_label;
+        char *id_uuid;
 };
 
 int device_new(Manager *m, const LoopStatus *status, bool managed, Device **ret);
@@ -93,7 +102,8 @@ Reference *device_find_reference(Device *d, uint64_t id);
 /* Drops the reference with this id; returns 1 if it was there. */
 int device_drop_reference_id(Device *d, uint64_t id);
 bool device_has_reference_of(Device *d, uid_t uid);
-/* Drops one reference of uid (the newest); returns 1 if one was dropped, 0 if none. */
+/* Drops one reference of uid (the newest, a mount's only when uid holds no other); returns 1
+ * if one was dropped, 0 if none. */
 int device_drop_reference(Device *d, uid_t uid);
 void device_drop_all_references(Device *d);
 /* Drops the client-lifetime references held by `owner`; returns how many. */

@@ -771,6 +771,12 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
         if (r < 0)
                 return -EBUSY;
 
+        if (c->prepare) {
+                r = c->prepare(name, c->userdata);
+                if (r < 0)
+                        return r;
+        }
+
         lc.fd = (uint32_t) plan->fd;
         lc.block_size = plan->sector_size;
         lc.info.lo_offset = c->offset;

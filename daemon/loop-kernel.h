@@ -28,6 +28,12 @@ typedef struct LoopConfig {
         bool autoclear;
         bool partscan;
         DirectIOMode direct_io;
+        /* Optional: called with "loopN" once that device is locked and known to be free, right
+         * before the kernel binds it, so that files udev reads for the binding's first event
+         * (the udev properties of mount.h) exist in time. An error skips the device and fails
+         * the attach. May be called for several devices when one is taken by somebody else. */
+        int (*prepare)(const char *name, void *userdata);
+        void *userdata;
 } LoopConfig;
 
 /* One loop device as the kernel reports it (sysfs, plus LOOP_GET_STATUS64 for ids). */

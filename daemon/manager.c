@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/param.h>
 #include <sys/sysmacros.h>
 #include <systemd/sd-daemon.h>
 
@@ -16,6 +17,7 @@
 #include "loopmgr-bus.h"
 #include "manager-bus.h"
 #include "manager.h"
+#include "mount.h"
 #include "range-index.h"
 #include "udev-watch.h"
 
@@ -55,9 +57,11 @@ Manager *manager_free(Manager *m) {
         for (size_t i = 0; i < m->n_slots; i++)
                 device_free(m->devices[i]);
         free(m->devices);
+        free(m->by_diskseq);
         range_index_free(m->index);
 
         state_done(&m->restored);
+        state_writer_free(m->state_writer);
         foreign_mounts_done(&m->foreign);
         mnt_unref_table(m->mounts);
         sd_event_source_disable_unref(m->mount_source);
@@ -76,16 +80,81 @@ Device *manager_get_device_by_number(Manager *m, unsigned number) {
         return number < m->n_slots ? m->devices[number] : NULL;
 }
 
+static size_t diskseq_hash(uint64_t diskseq, size_t size) {
+        /* Fibonacci hashing: diskseqs are consecutive numbers. */
+        return (size_t) ((diskseq * UINT64_C(0x9e3779b97f4a7c15)) >> 32) & (size - 1);
+}
+
+static void diskseq_index_put(Device **table, size_t size, Device *d) {
+        size_t i = diskseq_hash(d->status.diskseq, size);
+
+        while (table[i])
+                i = (i + 1) & (size - 1);
+        table[i] = d;
+}
+
+/* Called with d already in m->devices: the table stays at most half full. */
+static int diskseq_index_add(Manager *m, Device *d) {
+        if (m->n_devices * 2 > m->by_diskseq_size) {
+                size_t size = MAX(m->by_diskseq_size * 2, (size_t) 64);
+                Device **t = calloc(size, sizeof(Device *));
+
+                if (!t)
+                        return -ENOMEM;
+                for (size_t i = 0; i < m->by_diskseq_size; i++)
+                        if (m->by_diskseq[i])
+                                diskseq_index_put(t, size, m->by_diskseq[i]);
+                free(m->by_diskseq);
+                m->by_diskseq = t;
+                m->by_diskseq_size = size;
+        }
+        diskseq_index_put(m->by_diskseq, m->by_diskseq_size, d);
+        return 0;
+}
+
+static void diskseq_index_remove(Manager *m, Device *d) {
+        size_t mask = m->by_diskseq_size - 1, i, j;
+
+        if (m->by_diskseq_size == 0)
+                return;
+        for (i = diskseq_hash(d->status.diskseq, m->by_diskseq_size); m->by_diskseq[i] != d;
+             i = (i + 1) & mask)
+                if (!m->by_diskseq[i])
+                        return;
+        m->by_diskseq[i] = NULL;
+
+        /* Backward shift: move up what would otherwise be cut off from its home slot. */
+        for (j = (i + 1) & mask; m->by_diskseq[j]; j = (j + 1) & mask) {
+                size_t home = diskseq_hash(m->by_diskseq[j]->status.diskseq, m->by_diskseq_size);
+
+                /* Stays if its home lies cyclically in (i, j]. */
+                if (i < j ? (home > i && home <= j) : (home > i || home <= j))
+                        continue;
+                m->by_diskseq[i] = m->by_diskseq[j];
+                m->by_diskseq[j] = NULL;
+                i = j;
+        }
+}
+
 Device *manager_get_device_by_diskseq(Manager *m, uint64_t diskseq) {
-        for (size_t i = 0; i < m->n_slots; i++)
-                if (m->devices[i] && m->devices[i]->status.diskseq == diskseq)
-                        return m->devices[i];
+        if (m->by_diskseq_size == 0)
+                return NULL;
+        for (size_t i = diskseq_hash(diskseq, m->by_diskseq_size); m->by_diskseq[i];
+             i = (i + 1) & (m->by_diskseq_size - 1))
+                if (m->by_diskseq[i]->status.diskseq == diskseq)
+                        return m->by_diskseq[i];
         return NULL;
 }
 
 Device *manager_get_device_by_devnum(Manager *m, dev_t devnum) {
+        Device *d;
+
         if (major(devnum) != LOOP_MAJOR_NUMBER)
                 return NULL;
+        /* Without partitions (max_part=0, the default) the minor is the loop number. */
+        d = manager_get_device_by_number(m, minor(devnum));
+        if (d && d->status.devnum == devnum)
+                return d;
         for (size_t i = 0; i < m->n_slots; i++)
                 if (m->devices[i] && m->devices[i]->status.devnum == devnum)
                         return m->devices[i];
@@ -101,40 +170,63 @@ Device *manager_get_device_by_path(Manager *m, const char *path) {
 }
 
 int manager_save_state(Manager *m) {
-        _cleanup_(state_done) State s = {};
+        StateWriter *w;
         int r;
 
+        /* Start-up: while the record read back is being matched with the kernel, the registry
+         * holds only part of it. The files keep all of it until manager_resume() saves. */
+        if (m->restored.n_devices > 0 || m->restored.has_intent)
+                return 0;
+
+        if (!m->state_writer) {
+                r = state_writer_new(m->state_dir, &m->state_writer);
+                if (r < 0)
+                        return log_warning_errno(r, "Failed to write the state file in %s: %m",
+                                                 m->state_dir);
+        }
+        w = m->state_writer;
+
+        /* The writer compares what it is given with what it wrote last and appends only the
+         * difference to the journal: no allocation for devices that did not change. */
+        state_writer_begin(w);
         for (size_t i = 0; i < m->n_slots; i++) {
                 Device *d = m->devices[i];
-                StateDevice *sd;
+                StateDevice sd;
+                size_t k;
 
                 if (!d || !d->managed)
                         continue;
-                r = state_add_device(&s, d->status.name, d->status.diskseq,
-                                     d->state == DEVICE_DETACH_PENDING, d->owner_uid, &sd);
-                if (r < 0)
-                        return r;
-                /* The list is newest first; record oldest first so a reload keeps the order. */
-                for (size_t k = d->n_references; k > 0; k--) {
-                        Reference *ref = d->references;
-
-                        for (size_t j = 1; j < k; j++)
-                                ref = ref->next;
-                        r = state_device_add_ref(sd, ref->uid, ref->lifetime, ref->owner,
-                                                 ref->confirmed);
-                        if (r < 0)
-                                return r;
+                sd = (StateDevice) {
+                        .diskseq = d->status.diskseq,
+                        .pending = d->state == DEVICE_DETACH_PENDING,
+                        .owner_uid = d->owner_uid,
+                        .n_refs = d->n_references,
+                };
+                memcpy(sd.name, d->status.name, sizeof(sd.name));
+                sd.refs = state_writer_refs(w, sd.n_refs);
+                if (!sd.refs && sd.n_refs > 0) {
+                        r = -ENOMEM;
+                        goto fail;
                 }
+                /* The list is newest first; record oldest first so a reload keeps the order. */
+                k = sd.n_refs;
+                for (Reference *ref = d->references; ref && k > 0; ref = ref->next)
+                        sd.refs[--k] = (StateRef) { .uid = ref->uid, .lifetime = ref->lifetime,
+                                                    .owner = ref->owner,
+                                                    .confirmed = ref->confirmed };
+                assert(k == 0);
+                r = state_writer_device(w, &sd);
+                if (r < 0)
+                        goto fail;
         }
 
-        s.has_intent = m->has_intent;
-        s.intent = m->intent;
-
-        r = state_save(m->state_dir, &s);
+        r = state_writer_commit(w, m->has_intent, &m->intent);
         if (r < 0)
-                return log_warning_errno(r, "Failed to write the state file in %s: %m",
-                                         m->state_dir);
+                goto fail;
         return 0;
+
+fail:
+        return log_warning_errno(r, "Failed to write the state file in %s: %m", m->state_dir);
 }
 
 static int manager_add_device(Manager *m, Device *d) {
@@ -159,6 +251,17 @@ static int manager_add_device(Manager *m, Device *d) {
         }
         m->devices[n] = d;
         m->n_devices++;
+        {
+                int r = diskseq_index_add(m, d);
+
+                if (r < 0) {
+                        m->devices[n] = NULL;
+                        m->n_devices--;
+                        if (d->has_identity)
+                                (void) range_index_remove(m->index, &d->identity, d);
+                        return r;
+                }
+        }
 
         /* The ownership record is written before anybody can see the device, so a crash
          * right after this point cannot lose the reference. */
@@ -166,6 +269,7 @@ static int manager_add_device(Manager *m, Device *d) {
                 int r = manager_save_state(m);
 
                 if (r < 0) {
+                        diskseq_index_remove(m, d);
                         m->devices[n] = NULL;
                         m->n_devices--;
                         if (d->has_identity)
@@ -257,6 +361,7 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
         (void) sd_bus_emit_object_removed(m->bus, d->path);
 
         if (m->devices[d->status.number] == d) {
+                diskseq_index_remove(m, d);
                 m->devices[d->status.number] = NULL;
                 m->n_devices--;
                 if (d->has_identity)
@@ -278,6 +383,8 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
                 waiter_free(w);
         }
 
+        if (d->managed)
+                udev_props_remove(m->root, d->status.name, d->status.diskseq);
         log_debug("%s (diskseq %" PRIu64 ") is gone", d->node, d->status.diskseq);
         {
                 Device *lower = device_lower(m, d);
@@ -440,6 +547,10 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
         if (d && d->openers)
                 /* Only devices whose Openers somebody has seen: the first read computes. */
                 manager_refresh_openers(m, d, NULL);
+        /* IdType/IdLabel/IdUUID: udev ran its rules after a change of the content. */
+        if (from_udev && d && d->managed && d->status.diskseq == diskseq &&
+            d->state == DEVICE_ATTACHED)
+                mount_update_ids(m, d);
         if (!from_udev || !d || d->udev_ready || d->status.diskseq != diskseq)
                 return;
 
@@ -574,6 +685,8 @@ static int on_mounts_changed(sd_event_source *s, int fd, uint32_t revents, void 
         for (size_t i = 0; i < m->n_slots; i++)
                 if (m->devices[i])
                         manager_refresh_openers(m, m->devices[i], mounts);
+        /* Device.Mount mounts unmounted by other means (may free devices). */
+        mount_check_table(m, mounts);
         mnt_unref_table(mounts);
         return 0;
 }
@@ -843,6 +956,28 @@ static int device_revive(Manager *m, Device *d) {
         return 1;
 }
 
+/* loop_attach()'s prepare hook: the udev properties file of the device about to be bound
+ * (mount.h), written before the kernel binds it so udev's first event imports it. */
+typedef struct UdevPrepare {
+        Manager *m;
+        uid_t uid;
+        char name[16];  /* the last device prepared */
+} UdevPrepare;
+
+static int udev_prepare(const char *name, void *userdata) {
+        UdevPrepare *p = userdata;
+        int r;
+
+        if (p->name[0] && !streq(p->name, name))
+                udev_props_remove(p->m->root, p->name, 0);
+        (void) snprintf(p->name, sizeof(p->name), "%s", name);
+        r = udev_props_write(p->m->root, name, p->uid, 0);
+        if (r < 0)
+                /* Desktop shells lose a hint, the device works all the same. */
+                log_debug_errno(r, "Cannot write the udev properties of %s: %m", name);
+        return 0;
+}
+
 /* Replies now, or queues the reply until udev has processed the binding. */
 static int attach_reply_or_wait(Manager *m, sd_bus_message *message, Device *d, bool reused,
                                 uid_t uid, uint64_t ref_id, const AttachOptions *o) {
@@ -935,6 +1070,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 return 1;
         }
 
+        UdevPrepare prepare = { .m = m, .uid = req->uid };
         config = (LoopConfig) {
                 .offset = o->offset,
                 .size_limit = o->size_limit,
@@ -942,6 +1078,8 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 .read_only = req->read_only,
                 .partscan = o->partscan,
                 .direct_io = o->direct_io,
+                .prepare = udev_prepare,
+                .userdata = &prepare,
         };
 
         /* Record the intent first: if we die between the bind and recording the device, the
@@ -968,7 +1106,11 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         if (r < 0) {
                 m->has_intent = false;
                 (void) manager_save_state(m);
-        }
+                if (prepare.name[0])
+                        udev_props_remove(m->root, prepare.name, 0);
+        } else
+                /* Now with the diskseq, which tells this binding's file from a later one's. */
+                (void) udev_props_write(m->root, st.name, req->uid, st.diskseq);
         if (r == -EBUSY || r == -ENOSPC || r == -EAGAIN)
                 return bus_error_set_errnof(error, -ENOSPC,
                         "The kernel has no free loop device (%s).", strerror(-r));
@@ -1066,6 +1208,30 @@ static int device_teardown(Manager *m, Device *d) {
         }
         log_info("%s is still open; teardown pending until it is closed", d->node);
         return 0;
+}
+
+void manager_device_clear_mount(Manager *m, Device *d) {
+        free(d->mount_point);
+        d->mount_point = NULL;
+        d->mount_uid = (uid_t) -1;
+        d->mount_ref_id = 0;
+        manager_emit_device_changed(m, d, (char *[]) { "MountPoint", "MountUser", NULL });
+}
+
+int manager_release_reference(Manager *m, Device *d, uint64_t ref_id) {
+        int r;
+
+        if (ref_id == 0 || device_drop_reference_id(d, ref_id) <= 0)
+                return 0;
+        if (d->managed)
+                (void) manager_save_state(m);
+        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
+        if (d->n_references > 0 || !d->managed || d->state != DEVICE_ATTACHED)
+                return 0;
+        r = device_teardown(m, d);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to detach %s: %m", d->node);
+        return r;
 }
 
 void manager_waiter_timeout(Manager *m, Waiter *w) {
@@ -1421,10 +1587,27 @@ int manager_start(Manager *m) {
                  * kernel (the bindings it named are adopted as unmanaged). */
                 log_warning("The state file in %s is corrupt or truncated; rebuilding it from "
                             "the kernel, its devices are adopted as unmanaged.", m->state_dir);
-                if (asprintf(&from, "%s/" STATE_FILE_NAME, m->state_dir) >= 0 &&
-                    asprintf(&to, "%s/" STATE_FILE_NAME ".corrupt", m->state_dir) >= 0)
+                if (asprintf(&from, "%s/" STATE_FILE_NAME, m->state_dir) < 0)
+                        from = NULL;
+                else if (asprintf(&to, "%s/" STATE_FILE_NAME ".corrupt", m->state_dir) < 0)
+                        to = NULL;
+                else
                         (void) rename(from, to);
-        } else if (r < 0 && r != -ENOENT)
+                /* The damage may be in the journal: keep it next to the snapshot. */
+                free(from);
+                free(to);
+                from = to = NULL;
+                if (asprintf(&from, "%s/" STATE_JOURNAL_NAME, m->state_dir) < 0)
+                        from = NULL;
+                else if (asprintf(&to, "%s/" STATE_JOURNAL_NAME ".corrupt", m->state_dir) < 0)
+                        to = NULL;
+                else
+                        (void) rename(from, to);
+        } else if (r == -ESTALE)
+                /* /run survived a reboot: the bindings it names are gone with that kernel. */
+                log_info("The state file in %s is from an earlier boot; starting afresh.",
+                         m->state_dir);
+        else if (r < 0 && r != -ENOENT)
                 log_warning_errno(r, "Failed to read the state file in %s, starting afresh: %m",
                                   m->state_dir);
 
@@ -1439,7 +1622,10 @@ int manager_start(Manager *m) {
         m->restored_intent = m->restored.intent;
         manager_rescan(m);
         state_done(&m->restored);
+        /* Before the references are resumed: a mount's reference lives as long as its mount. */
+        mount_adopt(m);
         manager_resume(m);
+        udev_props_cleanup(m->root);
 
         r = sd_bus_request_name(m->bus, LOOPMGR_BUS_NAME, 0);
         if (r < 0)

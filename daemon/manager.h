@@ -45,10 +45,15 @@ typedef struct Manager {
         Device **devices;       /* indexed by loop number */
         size_t n_slots;
         size_t n_devices;
+        /* The same devices by diskseq (open addressing, linear probing): object paths name
+         * devices by diskseq, and sd-bus looks up every path it serves. */
+        Device **by_diskseq;
+        size_t by_diskseq_size; /* a power of two, or 0 */
         RangeIndex *index;      /* devices with an identity, by base object and range */
         uint64_t last_reference_id;
 
         State restored;         /* the ownership record read at start-up, until reconciled */
+        StateWriter *state_writer;      /* writes it: snapshot + journal */
         struct PolkitRegistry *polkit; /* polkit.h: authorisation queries and limits; main owns it */
         bool has_intent;        /* an attach between "recorded" and "bound and recorded" */
         StateIntent intent;
@@ -133,6 +138,12 @@ void manager_emit_device_changed(Manager *m, Device *d, char **properties);
 
 /* Writes the ownership record (managed devices, their references, pending teardowns). */
 int manager_save_state(Manager *m);
+
+/* Device.Mount (mount.h): forgets d's loopmgr mount (MountPoint, MountUser). */
+void manager_device_clear_mount(Manager *m, Device *d);
+/* Drops the reference ref_id of d (0: nothing to drop); when it was the last one of a managed
+ * device, requests the teardown. Returns 1 when d is gone (freed), 0 if not, <0 on error. */
+int manager_release_reference(Manager *m, Device *d, uint64_t ref_id);
 
 /* A waiter's timer fired: answers it with Timeout and undoes what its call did. Takes w. */
 void manager_waiter_timeout(Manager *m, Waiter *w);

@@ -29,7 +29,10 @@ typedef enum OptionSet {
         OPTION_SET_ATTACH = 1 << 0,
         OPTION_SET_DETACH = 1 << 1,
         OPTION_SET_COMMON = 1 << 2,
-        OPTION_SET_ALL = OPTION_SET_ATTACH | OPTION_SET_DETACH | OPTION_SET_COMMON,
+        OPTION_SET_MOUNT = 1 << 3,
+        OPTION_SET_UNMOUNT = 1 << 4,
+        OPTION_SET_ALL = OPTION_SET_ATTACH | OPTION_SET_DETACH | OPTION_SET_COMMON |
+                         OPTION_SET_MOUNT | OPTION_SET_UNMOUNT,
 } OptionSet;
 
 typedef enum OptionId {
@@ -47,6 +50,10 @@ typedef enum OptionId {
         OPTION_WAIT,
         OPTION_RECURSIVE,
         OPTION_ALL_REFERENCES,
+        OPTION_FSTYPE,
+        OPTION_MOUNT_OPTIONS,
+        OPTION_RELEASE_REFERENCE,
+        OPTION_FORCE,
         _OPTION_MAX,
 } OptionId;
 
@@ -73,6 +80,10 @@ static const OptionDef option_table[_OPTION_MAX] = {
         [OPTION_WAIT]                = { LOOPMGR_OPT_WAIT,                'b', OPTION_SET_DETACH },
         [OPTION_RECURSIVE]           = { LOOPMGR_OPT_RECURSIVE,           'b', OPTION_SET_DETACH },
         [OPTION_ALL_REFERENCES]      = { LOOPMGR_OPT_ALL_REFERENCES,      'b', OPTION_SET_DETACH },
+        [OPTION_FSTYPE]              = { LOOPMGR_OPT_FSTYPE,              's', OPTION_SET_MOUNT },
+        [OPTION_MOUNT_OPTIONS]       = { LOOPMGR_OPT_MOUNT_OPTIONS,       's', OPTION_SET_MOUNT },
+        [OPTION_RELEASE_REFERENCE]   = { LOOPMGR_OPT_RELEASE_REFERENCE,   'b', OPTION_SET_MOUNT },
+        [OPTION_FORCE]               = { LOOPMGR_OPT_FORCE,               'b', OPTION_SET_UNMOUNT },
 };
 /* clang-format on */
 
@@ -108,6 +119,10 @@ static const char *set_method_name(OptionSet set) {
                 return "attach";
         case OPTION_SET_DETACH:
                 return "detach";
+        case OPTION_SET_MOUNT:
+                return "mount";
+        case OPTION_SET_UNMOUNT:
+                return "unmount";
         default:
                 return "this method";
         }
@@ -398,6 +413,74 @@ static int common_option_handler(OptionId id, const OptionValue *v, void *userda
         }
 }
 
+static int mount_option_handler(OptionId id, const OptionValue *v, void *userdata,
+                                sd_bus_error *error) {
+        MountOptions *o = userdata;
+
+        switch (id) {
+        case OPTION_FSTYPE:
+                o->fstype = v->string;
+                return 0;
+
+        case OPTION_MOUNT_OPTIONS:
+                o->options = v->string;
+                return 0;
+
+        case OPTION_RELEASE_REFERENCE:
+                o->release_reference = v->boolean;
+                return 0;
+
+        case OPTION_NO_USER_INTERACTION:
+                o->no_user_interaction = v->boolean;
+                return 0;
+
+        default:
+                assert(false);
+                return -EINVAL;
+        }
+}
+
+static int unmount_option_handler(OptionId id, const OptionValue *v, void *userdata,
+                                  sd_bus_error *error) {
+        UnmountOptions *o = userdata;
+
+        switch (id) {
+        case OPTION_FORCE:
+                o->force = v->boolean;
+                return 0;
+
+        case OPTION_NO_USER_INTERACTION:
+                o->no_user_interaction = v->boolean;
+                return 0;
+
+        default:
+                assert(false);
+                return -EINVAL;
+        }
+}
+
+int mount_options_parse(sd_bus_message *m, MountOptions *ret, sd_bus_error *error) {
+        MountOptions o = {};
+        int r;
+
+        r = options_parse(m, OPTION_SET_MOUNT, mount_option_handler, &o, error);
+        if (r < 0)
+                return r;
+        *ret = o;
+        return 0;
+}
+
+int unmount_options_parse(sd_bus_message *m, UnmountOptions *ret, sd_bus_error *error) {
+        UnmountOptions o = {};
+        int r;
+
+        r = options_parse(m, OPTION_SET_UNMOUNT, unmount_option_handler, &o, error);
+        if (r < 0)
+                return r;
+        *ret = o;
+        return 0;
+}
+
 void attach_options_init(AttachOptions *o) {
         assert(o);
 
@@ -512,6 +595,8 @@ const char *lifetime_to_string(Lifetime l) {
                 return "persistent";
         case LIFETIME_CLIENT:
                 return "client";
+        case LIFETIME_MOUNT:
+                return "mount";
         }
         return NULL;
 }

@@ -21,6 +21,7 @@ typedef enum Sharing {
 typedef enum Lifetime {
         LIFETIME_PERSISTENT,
         LIFETIME_CLIENT,
+        LIFETIME_MOUNT,         /* internal: held by a Device.Mount mount; never from clients */
 } Lifetime;
 
 typedef struct AttachOptions {
@@ -50,6 +51,21 @@ typedef struct CommonOptions {
         bool no_user_interaction;
 } CommonOptions;
 
+/* Device.Mount (docs/API.md). The strings point into the message; their values are checked by
+ * the caller (mount.h), only their types here. */
+typedef struct MountOptions {
+        const char *fstype;     /* NULL = probe */
+        const char *options;    /* NULL = none */
+        bool release_reference;
+        bool no_user_interaction;
+} MountOptions;
+
+/* Device.Unmount */
+typedef struct UnmountOptions {
+        bool force;
+        bool no_user_interaction;
+} UnmountOptions;
+
 void attach_options_init(AttachOptions *o);   /* defaults of SPEC §3 */
 void detach_options_init(DetachOptions *o);
 
@@ -59,6 +75,8 @@ void detach_options_init(DetachOptions *o);
 int attach_options_parse(sd_bus_message *m, AttachOptions *ret, sd_bus_error *error);
 int detach_options_parse(sd_bus_message *m, DetachOptions *ret, sd_bus_error *error);
 int common_options_parse(sd_bus_message *m, CommonOptions *ret, sd_bus_error *error);
+int mount_options_parse(sd_bus_message *m, MountOptions *ret, sd_bus_error *error);
+int unmount_options_parse(sd_bus_message *m, UnmountOptions *ret, sd_bus_error *error);
 
 const char *direct_io_mode_to_string(DirectIOMode m);
 const char *sharing_to_string(Sharing s);

@@ -30,6 +30,8 @@
 #define POLKIT_ACTION_ATTACH            "org.loopmgr.attach"
 #define POLKIT_ACTION_ATTACH_PATH       "org.loopmgr.attach-path"
 #define POLKIT_ACTION_DETACH_OTHERS     "org.loopmgr.detach-others"
+#define POLKIT_ACTION_MOUNT             "org.loopmgr.mount"
+#define POLKIT_ACTION_MOUNT_OTHERS      "org.loopmgr.mount-others"
 
 /* Authorisation queries waiting for polkit, per caller connection and in total. A caller
  * beyond them gets LimitsExceeded at once; polkit is not asked. */

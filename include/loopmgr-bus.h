@@ -23,6 +23,9 @@
 #define LOOPMGR_ERROR_TIMEOUT         LOOPMGR_ERROR_PREFIX "Timeout"
 #define LOOPMGR_ERROR_NO_FREE_DEVICE  LOOPMGR_ERROR_PREFIX "NoFreeDevice"
 #define LOOPMGR_ERROR_CYCLE           LOOPMGR_ERROR_PREFIX "Cycle"
+/* Device.Mount / Device.Unmount */
+#define LOOPMGR_ERROR_NO_FILE_SYSTEM  LOOPMGR_ERROR_PREFIX "NoFileSystem"
+#define LOOPMGR_ERROR_NOT_MOUNTED     LOOPMGR_ERROR_PREFIX "NotMounted"
 
 /*
  * One errno per error name, used in both directions: the daemon's *-bus.c files turn a
@@ -38,6 +41,8 @@ static const sd_bus_error_map loopmgr_error_map[] = {
         SD_BUS_ERROR_MAP(LOOPMGR_ERROR_TIMEOUT,        ETIMEDOUT),
         SD_BUS_ERROR_MAP(LOOPMGR_ERROR_NO_FREE_DEVICE, ENOSPC),
         SD_BUS_ERROR_MAP(LOOPMGR_ERROR_CYCLE,          ELOOP),
+        SD_BUS_ERROR_MAP(LOOPMGR_ERROR_NO_FILE_SYSTEM, EMEDIUMTYPE),
+        SD_BUS_ERROR_MAP(LOOPMGR_ERROR_NOT_MOUNTED,    ENOTCONN),
         SD_BUS_ERROR_MAP_END
 };
 
@@ -58,6 +63,13 @@ static const sd_bus_error_map loopmgr_error_map[] = {
 #define LOOPMGR_OPT_WAIT              "wait"              /* b */
 #define LOOPMGR_OPT_RECURSIVE         "recursive"         /* b */
 #define LOOPMGR_OPT_ALL_REFERENCES    "all-references"    /* b */
+
+/* Device.Mount options (docs/API.md); auth.no_user_interaction as above */
+#define LOOPMGR_OPT_FSTYPE            "fstype"            /* s */
+#define LOOPMGR_OPT_MOUNT_OPTIONS     "options"           /* s: comma-separated */
+#define LOOPMGR_OPT_RELEASE_REFERENCE "release-reference" /* b */
+/* Device.Unmount options */
+#define LOOPMGR_OPT_FORCE             "force"             /* b */
 
 /* Values of the Device State property and of Detach's reply. "attached" is also what
  * Detach returns when the caller's reference was dropped but others keep the device. */

@@ -42,7 +42,8 @@ SOCKET=$STATE/system_bus_socket
 ADDRESS=unix:path=$SOCKET
 POLKIT_ACTIONS_SRC=$REPO/policy/org.loopmgr.policy
 POLKIT_ACTIONS_DST=/usr/share/polkit-1/actions/org.loopmgr.policy
-POLKIT_ACTION_IDS=(org.loopmgr.attach org.loopmgr.attach-path org.loopmgr.detach-others)
+POLKIT_ACTION_IDS=(org.loopmgr.attach org.loopmgr.attach-path org.loopmgr.detach-others
+    org.loopmgr.mount org.loopmgr.mount-others)
 BUS_NAME=org.loopmgr.LoopManager1
 
 log() {

@@ -66,17 +66,15 @@
 
 #include "integration-util.h"
 #include "loopmgr-bus.h"
+#include "polkit-util.h"
 
 #define MiB (1024ULL * 1024ULL)
 
-#define RULES_DIR  "/etc/polkit-1/rules.d"
-#define RULES_FILE RULES_DIR "/49-loopmgr-test.rules"
-#define RULES_TMP  RULES_DIR "/.49-loopmgr-test.tmp"
+#define RULES_FILE PK_RULES_DIR "/49-loopmgr-test.rules"
 #define LOCK_FILE  "/run/loopmgr-test-polkit.lock"
 
-#define POLKIT_NAME      "org.freedesktop.PolicyKit1"
-#define POLKIT_PATH      "/org/freedesktop/PolicyKit1/Authority"
-#define POLKIT_INTERFACE "org.freedesktop.PolicyKit1.Authority"
+#define POLKIT_NAME      PK_POLKIT_NAME
+#define POLKIT_INTERFACE PK_POLKIT_INTERFACE
 
 #define ERROR_ACCESS_DENIED   "org.freedesktop.DBus.Error.AccessDenied"
 #define ERROR_INTERACTIVE     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
@@ -97,7 +95,7 @@ enum { U1, U2, ROOT, N_USERS = 2 };
 static bool group_failed;
 
 /* ------------------------------------------------------------------------------------------ */
-/* The agent protocol: one request, one reply, each a single SOCK_SEQPACKET message. */
+/* What the tests ask the agents (polkit-util.h) to do. */
 
 typedef enum AgentOp {
         OP_ATTACH,        /* open(target, flags) as the user, then Manager.Attach(fd, options) */
@@ -107,22 +105,6 @@ typedef enum AgentOp {
         OP_SET_AUTOCLEAR, /* Device.SetAutoclear(arg != 0, options) */
         OP_SET_CAPACITY,  /* Device.SetCapacity(options) */
 } AgentOp;
-
-typedef struct AgentOption {
-        char key[64];
-        char type; /* b t u s */
-        uint64_t number;
-        char string[64];
-} AgentOption;
-
-typedef struct AgentRequest {
-        AgentOp op;
-        char target[PATH_MAX];
-        int arg;          /* OP_ATTACH: open flags; OP_SET_AUTOCLEAR: the value */
-        bool interactive; /* the message's allow-interactive-authorization flag */
-        unsigned n_options;
-        AgentOption options[8];
-} AgentRequest;
 
 typedef struct AgentReply {
         int r;          /* 0, or a negative errno */
@@ -135,15 +117,7 @@ typedef struct AgentReply {
         uint64_t diskseq;
         bool reused;
         char state[64];
-        char unique_name[64]; /* the hello message: the agent's bus name */
-        uid_t uid;            /* the hello message: geteuid() after the switch */
 } AgentReply;
-
-typedef struct Agent {
-        pid_t pid;
-        int fd;
-        char *unique_name;
-} Agent;
 
 typedef struct TestUser {
         uid_t uid;
@@ -155,7 +129,7 @@ typedef struct TestUser {
 typedef struct Ctx {
         Env e;
         TestUser users[N_USERS];
-        Agent agents[N_USERS];
+        PkAgent agents[N_USERS];
         char *shared_dir; /* <tmpdir>/shared, 0755, root's */
         char *instance;   /* the environment's state directory */
         char *srcdir;     /* for tests/env.sh */
@@ -166,344 +140,21 @@ typedef struct Ctx {
         bool polkit_stopped; /* start it again */
 } Ctx;
 
-/* ------------------------------------------------------------------------------------------ */
-/* The agent (child side) */
-
-static int agent_append_options(sd_bus_message *m, const AgentRequest *q) {
-        int r;
-
-        r = sd_bus_message_open_container(m, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        for (unsigned i = 0; i < q->n_options; i++) {
-                const AgentOption *o = &q->options[i];
-                char sig[2] = {o->type, 0};
-
-                r = sd_bus_message_open_container(m, 'e', "sv");
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_append_basic(m, 's', o->key);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_open_container(m, 'v', sig);
-                if (r < 0)
-                        return r;
-                switch (o->type) {
-                case 'b': {
-                        int v = o->number != 0;
-                        r = sd_bus_message_append_basic(m, 'b', &v);
-                        break;
-                }
-                case 't':
-                        r = sd_bus_message_append_basic(m, 't', &o->number);
-                        break;
-                case 'u': {
-                        uint32_t v = (uint32_t) o->number;
-                        r = sd_bus_message_append_basic(m, 'u', &v);
-                        break;
-                }
-                case 's':
-                        r = sd_bus_message_append_basic(m, 's', o->string);
-                        break;
-                default:
-                        return -EINVAL;
-                }
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_close_container(m);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_close_container(m);
-                if (r < 0)
-                        return r;
-        }
-        return sd_bus_message_close_container(m);
-}
-
+/* Truncating copy (the reply fields are fixed-size). */
 static void copy_string(char *dst, size_t size, const char *src) {
-        snprintf(dst, size, "%s", src ?: "");
-}
-
-static void agent_handle(sd_bus *bus, const AgentRequest *q, AgentReply *p) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_close_ int fd = -EBADF;
-        const char *path, *interface, *member;
-        int r;
-
-        switch (q->op) {
-        case OP_ATTACH:
-        case OP_ATTACH_PATH:
-        case OP_DETACH:
-                path = LOOPMGR_MANAGER_PATH;
-                interface = LOOPMGR_MANAGER_INTERFACE;
-                member = q->op == OP_ATTACH        ? "Attach"
-                         : q->op == OP_ATTACH_PATH ? "AttachPath"
-                                                   : "Detach";
-                break;
-        case OP_DEVICE_DETACH:
-        case OP_SET_AUTOCLEAR:
-        case OP_SET_CAPACITY:
-                path = q->target;
-                interface = LOOPMGR_DEVICE_INTERFACE;
-                member = q->op == OP_DEVICE_DETACH   ? "Detach"
-                         : q->op == OP_SET_AUTOCLEAR ? "SetAutoclear"
-                                                     : "SetCapacity";
-                break;
-        default:
-                p->r = -EINVAL;
-                return;
-        }
-
-        if (q->op == OP_ATTACH) {
-                /* As the user: exactly what that user could hand the daemon. */
-                fd = open(q->target, q->arg | O_CLOEXEC);
-                if (fd < 0) {
-                        p->open_errno = errno;
-                        p->r = -errno;
-                        return;
-                }
-        }
-
-        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, path, interface, member);
-        if (r >= 0)
-                r = sd_bus_message_set_allow_interactive_authorization(m, q->interactive);
-        if (r >= 0) {
-                switch (q->op) {
-                case OP_ATTACH:
-                        r = sd_bus_message_append_basic(m, 'h', &fd);
-                        break;
-                case OP_ATTACH_PATH:
-                        r = sd_bus_message_append_basic(m, 's', q->target);
-                        break;
-                case OP_DETACH:
-                        r = sd_bus_message_append_basic(m, 'o', q->target);
-                        break;
-                case OP_SET_AUTOCLEAR: {
-                        int v = q->arg != 0;
-                        r = sd_bus_message_append_basic(m, 'b', &v);
-                        break;
-                }
-                default:
-                        break;
-                }
-        }
-        if (r >= 0)
-                r = agent_append_options(m, q);
-        if (r < 0) {
-                p->r = r;
-                return;
-        }
-
-        p->called = true;
-        r = sd_bus_call(bus, m, 45 * USEC_PER_SEC, &error, &reply);
-        if (r < 0) {
-                p->r = r;
-                copy_string(p->error_name, sizeof(p->error_name), error.name);
-                copy_string(p->error_message, sizeof(p->error_message), error.message);
-                return;
-        }
-
-        if (q->op == OP_ATTACH || q->op == OP_ATTACH_PATH) {
-                const char *object, *node;
-                uint64_t diskseq;
-                int reused;
-                r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
-                if (r >= 0) {
-                        copy_string(p->object, sizeof(p->object), object);
-                        copy_string(p->node, sizeof(p->node), node);
-                        p->diskseq = diskseq;
-                        p->reused = reused;
-                }
-        } else if (q->op == OP_DETACH || q->op == OP_DEVICE_DETACH) {
-                const char *state;
-                r = sd_bus_message_read(reply, "s", &state);
-                if (r >= 0)
-                        copy_string(p->state, sizeof(p->state), state);
-        }
-        if (r < 0) {
-                /* The call worked but the reply is not what the API says. */
-                p->r = r;
-                copy_string(p->error_name, sizeof(p->error_name), "(malformed reply)");
-        }
-}
-
-static _Noreturn void agent_main(int fd, pid_t parent, uid_t uid, gid_t gid) {
-        AgentReply hello = {};
-        sd_bus *bus = NULL;
-        int r;
-
-        /* Nothing of the test process but the socket: the parent's bus connection and held
-         * device nodes must not be used, or kept open, by another user. */
-        if (dup2(fd, 3) < 0)
-                _exit(2);
-        fd = 3;
-        if (close_range(4, ~0U, 0) < 0)
-                _exit(2);
-
-        if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
-                _exit(3);
-        /* The parent-death signal is reset by the change of credentials, so set it now. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-                _exit(4);
-
-        hello.uid = geteuid();
-        if (getuid() != uid || getegid() != gid || getgid() != gid)
-                hello.r = -EPERM;
-        else {
-                r = sd_bus_open_system(&bus);
-                if (r >= 0) {
-                        const char *name;
-                        r = sd_bus_get_unique_name(bus, &name);
-                        if (r >= 0)
-                                copy_string(hello.unique_name, sizeof(hello.unique_name), name);
-                }
-                hello.r = r < 0 ? r : 0;
-        }
-        if (send(fd, &hello, sizeof(hello), MSG_NOSIGNAL) != sizeof(hello) || hello.r < 0)
-                _exit(5);
-
-        for (;;) {
-                AgentRequest q;
-                AgentReply p = {};
-                ssize_t n = recv(fd, &q, sizeof(q), 0);
-                if (n == 0)
-                        break;
-                if (n != sizeof(q))
-                        _exit(6);
-                agent_handle(bus, &q, &p);
-                if (send(fd, &p, sizeof(p), MSG_NOSIGNAL) != sizeof(p))
-                        _exit(7);
-        }
-        sd_bus_flush_close_unref(bus);
-        _exit(0);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* The agent (parent side) */
-
-static int recv_timeout(int fd, void *buf, size_t size, int timeout_msec) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int r = poll(&p, 1, timeout_msec);
-        if (r < 0)
-                return -errno;
-        if (r == 0)
-                return -ETIMEDOUT;
-        ssize_t n = recv(fd, buf, size, MSG_DONTWAIT);
-        if (n < 0)
-                return -errno;
-        if (n == 0)
-                return -ECONNRESET;
-        if ((size_t) n != size)
-                return -EBADMSG;
-        return 0;
-}
-
-static void agent_stop(Agent *a) {
-        int status;
-
-        a->fd = safe_close(a->fd);
-        if (a->pid > 0) {
-                /* EOF makes it exit; a stuck call gets SIGKILL after 5 s. */
-                uint64_t deadline = now_usec() + 5 * USEC_PER_SEC;
-                for (;;) {
-                        pid_t w = waitpid(a->pid, &status, WNOHANG);
-                        if (w == a->pid || (w < 0 && errno != EINTR))
-                                break;
-                        if (now_usec() >= deadline) {
-                                print_error("agent %d did not exit, killing it\n", (int) a->pid);
-                                (void) kill(a->pid, SIGKILL);
-                                (void) waitpid(a->pid, &status, 0);
-                                break;
-                        }
-                        sleep_usec(10 * USEC_PER_MSEC);
-                }
-        }
-        a->pid = 0;
-        free(a->unique_name);
-        a->unique_name = NULL;
-}
-
-static int agent_start(Ctx *c, unsigned who) {
-        Agent *a = &c->agents[who];
-        const TestUser *u = &c->users[who];
-        int pair[2];
-        AgentReply hello;
-        int r;
-
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-                return -errno;
-        pid_t parent = getpid();
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0) {
-                r = -errno;
-                safe_close(pair[0]);
-                safe_close(pair[1]);
-                return r;
-        }
-        if (pid == 0)
-                agent_main(pair[1], parent, u->uid, u->gid);
-        safe_close(pair[1]);
-        *a = (Agent){.pid = pid, .fd = pair[0]};
-
-        r = recv_timeout(a->fd, &hello, sizeof(hello), 15 * 1000);
-        if (r < 0) {
-                agent_stop(a);
-                print_error("the agent for %s did not start: %s\n", user_names[who], strerror(-r));
-                return r;
-        }
-        if (hello.r < 0 || hello.uid != u->uid) {
-                print_error("the agent for %s (uid %u) cannot use the bus %s: %s (euid %u); is "
-                            "the socket reachable by that user?\n",
-                            user_names[who], (unsigned) u->uid, getenv("DBUS_SYSTEM_BUS_ADDRESS"),
-                            strerror(-hello.r), (unsigned) hello.uid);
-                agent_stop(a);
-                return hello.r < 0 ? hello.r : -EPERM;
-        }
-        a->unique_name = strdup(hello.unique_name);
-        if (!a->unique_name) {
-                agent_stop(a);
-                return -ENOMEM;
-        }
-        return 0;
-}
-
-static void request_options(AgentRequest *q, unsigned n, va_list ap) {
-        assert_true(n <= ELEMENTSOF(q->options));
-        for (unsigned i = 0; i < n; i++) {
-                AgentOption *o = &q->options[i];
-                const char *key = va_arg(ap, const char *);
-                const char *sig = va_arg(ap, const char *);
-
-                copy_string(o->key, sizeof(o->key), key);
-                o->type = sig[0];
-                switch (sig[0]) {
-                case 't':
-                        o->number = va_arg(ap, uint64_t);
-                        break;
-                case 'u':
-                        o->number = va_arg(ap, unsigned);
-                        break;
-                case 'b':
-                        o->number = va_arg(ap, int) != 0;
-                        break;
-                case 's':
-                        copy_string(o->string, sizeof(o->string), va_arg(ap, const char *));
-                        break;
-                default:
-                        fail_msg("option type %s is not supported by the agent", sig);
-                }
-        }
-        q->n_options = n;
+        size_t n = src ? strnlen(src, size - 1) : 0;
+        if (n > 0)
+                memcpy(dst, src, n);
+        dst[n] = 0;
 }
 
 /* Sends one request to the agent of `who` and waits for its reply. Devices it attached are
  * tracked for the cleanup at once. */
 static void agent_call(Ctx *c, unsigned who, AgentOp op, const char *target, int arg,
                        bool interactive, AgentReply *ret, unsigned n_options, ...) {
-        Agent *a = &c->agents[who];
-        static AgentRequest q;
+        PkAgent *a = &c->agents[who];
+        static PkRequest q;
+        static PkReply p;
         va_list ap;
         int r;
 
@@ -511,19 +162,70 @@ static void agent_call(Ctx *c, unsigned who, AgentOp op, const char *target, int
         if (a->fd < 0)
                 fail_msg("the agent for %s is not running", user_names[who]);
 
-        q = (AgentRequest){.op = op, .arg = arg, .interactive = interactive};
-        copy_string(q.target, sizeof(q.target), target);
+        switch (op) {
+        case OP_ATTACH:
+                pk_request_call(&q, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, "Attach");
+                r = pk_request_arg(&q, 'h', (uint64_t) arg, target);
+                break;
+        case OP_ATTACH_PATH:
+                pk_request_call(&q, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, "AttachPath");
+                r = pk_request_arg(&q, 's', 0, target);
+                break;
+        case OP_DETACH:
+                pk_request_call(&q, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, "Detach");
+                r = pk_request_arg(&q, 'o', 0, target);
+                break;
+        case OP_DEVICE_DETACH:
+                pk_request_call(&q, target, LOOPMGR_DEVICE_INTERFACE, "Detach");
+                r = 0;
+                break;
+        case OP_SET_AUTOCLEAR:
+                pk_request_call(&q, target, LOOPMGR_DEVICE_INTERFACE, "SetAutoclear");
+                r = pk_request_arg(&q, 'b', arg != 0, NULL);
+                break;
+        case OP_SET_CAPACITY:
+                pk_request_call(&q, target, LOOPMGR_DEVICE_INTERFACE, "SetCapacity");
+                r = 0;
+                break;
+        default:
+                fail_msg("unknown agent operation %d", (int) op);
+        }
+        assert_int_equal(r, 0);
+        q.interactive = interactive;
         va_start(ap, n_options);
-        request_options(&q, n_options, ap);
+        r = pk_request_options_va(&q, n_options, ap);
         va_end(ap);
+        if (r < 0)
+                fail_msg("options for the agent: %s", strerror(-r));
 
-        if (send(a->fd, &q, sizeof(q), MSG_NOSIGNAL) != sizeof(q))
-                fail_msg("sending a request to the agent for %s: %s", user_names[who],
-                         strerror(errno));
-        *ret = (AgentReply){};
-        r = recv_timeout(a->fd, ret, sizeof(*ret), AGENT_TIMEOUT_MSEC);
+        r = pk_agent_call(a, &q, &p, AGENT_TIMEOUT_MSEC);
         if (r < 0)
                 fail_msg("no reply from the agent for %s: %s", user_names[who], strerror(-r));
+
+        *ret = (AgentReply){.r = p.r, .open_errno = p.open_errno, .called = p.called};
+        copy_string(ret->error_name, sizeof(ret->error_name), p.error_name);
+        copy_string(ret->error_message, sizeof(ret->error_message), p.error_message);
+        if (p.r >= 0 && (op == OP_ATTACH || op == OP_ATTACH_PATH)) {
+                const PkValue *object = pk_reply_value(&p, 0, 'o'), *node = pk_reply_value(&p, 1, 's'),
+                              *diskseq = pk_reply_value(&p, 2, 't'),
+                              *reused = pk_reply_value(&p, 3, 'b');
+                if (!object || !node || !diskseq || !reused || p.n_values != 4) {
+                        ret->r = -EBADMSG;
+                        copy_string(ret->error_name, sizeof(ret->error_name), "(malformed reply)");
+                } else {
+                        copy_string(ret->object, sizeof(ret->object), object->string);
+                        copy_string(ret->node, sizeof(ret->node), node->string);
+                        ret->diskseq = diskseq->number;
+                        ret->reused = reused->number != 0;
+                }
+        } else if (p.r >= 0 && (op == OP_DETACH || op == OP_DEVICE_DETACH)) {
+                const PkValue *state = pk_reply_value(&p, 0, 's');
+                if (!state || p.n_values != 1) {
+                        ret->r = -EBADMSG;
+                        copy_string(ret->error_name, sizeof(ret->error_name), "(malformed reply)");
+                } else
+                        copy_string(ret->state, sizeof(ret->state), state->string);
+        }
         if (ret->r >= 0 && ret->node[0]) {
                 if (strncmp(ret->node, "/dev/", 5) != 0)
                         fail_msg("%s got a device with Node '%s'", user_names[who], ret->node);
@@ -599,15 +301,10 @@ static void expect_state_impl(const AgentReply *p, const char *state, const char
 /* ------------------------------------------------------------------------------------------ */
 /* polkit */
 
-typedef enum Verdict {
-        VERDICT_NO,
-        VERDICT_YES,
-        VERDICT_CHALLENGE,
-} Verdict;
-
-static const char *verdict_name(Verdict v) {
-        return v == VERDICT_YES ? "yes" : v == VERDICT_NO ? "no" : "challenge";
-}
+typedef PkVerdict Verdict;
+#define VERDICT_NO        PK_VERDICT_NO
+#define VERDICT_YES       PK_VERDICT_YES
+#define VERDICT_CHALLENGE PK_VERDICT_CHALLENGE
 
 static const char *subject_name(Ctx *c, unsigned who) {
         const char *name = NULL;
@@ -618,36 +315,6 @@ static const char *subject_name(Ctx *c, unsigned who) {
         if (!c->agents[who].unique_name)
                 fail_msg("the agent for %s is not running", user_names[who]);
         return c->agents[who].unique_name;
-}
-
-/* What polkitd answers, without interaction, for the bus name `subject`. */
-static int polkit_verdict(Env *e, const char *subject, const char *action, Verdict *ret,
-                          sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        int authorized, challenge, r;
-
-        r = sd_bus_message_new_method_call(e->bus, &m, POLKIT_NAME, POLKIT_PATH, POLKIT_INTERFACE,
-                                           "CheckAuthorization");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_append(m, "(sa{sv})s", "system-bus-name", 1, "name", "s", subject,
-                                  action);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_append(m, "a{ss}us", 0, 0U, "");
-        if (r < 0)
-                return r;
-        r = sd_bus_call(e->bus, m, 10 * USEC_PER_SEC, error, &reply);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_read(reply, "bb", &authorized, &challenge);
-        if (r < 0)
-                return r;
-        *ret = authorized ? VERDICT_YES : challenge ? VERDICT_CHALLENGE : VERDICT_NO;
-        return 0;
 }
 
 typedef struct Expect {
@@ -666,7 +333,7 @@ static void await_verdicts(Ctx *c, const Expect *x, size_t n) {
                 for (;;) {
                         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                         Verdict v = VERDICT_NO;
-                        int r = polkit_verdict(&c->e, subject_name(c, x[i].who), action, &v,
+                        int r = pk_check(c->e.bus, subject_name(c, x[i].who), action, &v,
                                                &error);
                         if (r >= 0 && v == x[i].verdict)
                                 break;
@@ -678,42 +345,17 @@ static void await_verdicts(Ctx *c, const Expect *x, size_t n) {
                                                  error.message ?: "");
                                 fail_msg("polkit still says %s for %s / %s after %u s, expected "
                                          "%s (rules in %s)",
-                                         verdict_name(v),
+                                         pk_verdict_name(v),
                                          x[i].who == ROOT ? "root" : user_names[x[i].who], action,
                                          (unsigned) (RULES_TIMEOUT / USEC_PER_SEC),
-                                         verdict_name(x[i].verdict), RULES_FILE);
+                                         pk_verdict_name(x[i].verdict), RULES_FILE);
                         }
                         sleep_usec(50 * USEC_PER_MSEC);
                 }
         }
 }
 
-static void rules_remove(void) {
-        (void) unlink(RULES_TMP);
-        if (unlink(RULES_FILE) < 0 && errno != ENOENT)
-                print_error("cannot remove %s: %s\n", RULES_FILE, strerror(errno));
-}
-
-/* Replaces the rules file at once (rename), so polkitd never reads half of it. */
-static void rules_write(const char *text) {
-        _cleanup_close_ int fd = open(RULES_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd < 0)
-                fail_msg("%s: %s", RULES_TMP, strerror(errno));
-        size_t n = strlen(text);
-        if (write(fd, text, n) != (ssize_t) n || fsync(fd) < 0)
-                fail_msg("writing %s: %s", RULES_TMP, strerror(errno));
-        /* polkitd runs as its own user; the directory is its, the file must be readable. */
-        if (fchmod(fd, 0644) < 0)
-                fail_msg("chmod %s: %s", RULES_TMP, strerror(errno));
-        if (rename(RULES_TMP, RULES_FILE) < 0)
-                fail_msg("rename to %s: %s", RULES_FILE, strerror(errno));
-}
-
-#define RULE(action, user, result)                                                                 \
-        "polkit.addRule(function(action, subject) {\n"                                             \
-        "        if (action.id == \"org.loopmgr." action "\" && subject.user == \"" user "\")\n"   \
-        "                return polkit.Result." result ";\n"                                       \
-        "});\n"
+#define RULE(action, user, result) PK_RULE("org.loopmgr." action, user, result)
 
 /* A NULL-terminated list of RULE()s, joined into one file. */
 #define RULES(...) ((const char *const[]){__VA_ARGS__, NULL})
@@ -729,13 +371,15 @@ static void set_rules_impl(Ctx *c, const char *const *rules, const Expect *x, si
         for (const char *const *r = rules; *r; r++)
                 fputs(*r, f);
         assert_int_equal(fclose(f), 0);
-        rules_write(text);
+        int r = pk_rules_write(RULES_FILE, text);
+        if (r < 0)
+                fail_msg("writing %s: %s", RULES_FILE, strerror(-r));
         await_verdicts(c, x, n);
 }
 #define set_rules(c, rules, ...) set_rules_impl((c), (rules), EXPECTS(__VA_ARGS__))
 
 static void no_rules(Ctx *c, const Expect *x, size_t n) {
-        rules_remove();
+        pk_rules_remove(RULES_FILE);
         await_verdicts(c, x, n);
 }
 
@@ -986,16 +630,6 @@ static bool process_is(pid_t pid, const char *comm) {
         return read_one_line_file(path, &s) >= 0 && streq(s, comm);
 }
 
-static bool process_gone(pid_t pid) {
-        _cleanup_free_ char *path = NULL, *s = NULL;
-        if (asprintf(&path, "/proc/%d/stat", (int) pid) < 0)
-                return false;
-        if (read_one_line_file(path, &s) < 0)
-                return true;
-        const char *p = strrchr(s, ')');
-        return p && (p[2] == 'Z' || p[2] == 'X');
-}
-
 /* The pid owning `name` on the bus, 0 when nobody does. */
 static int bus_owner_pid(Env *e, const char *name, pid_t *ret) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -1041,7 +675,7 @@ static void polkit_stop(Ctx *c) {
         uint64_t deadline = now_usec() + 10 * USEC_PER_SEC;
         for (;;) {
                 r = bus_owner_pid(&c->e, POLKIT_NAME, &owner);
-                if (r >= 0 && owner == 0 && process_gone(pid))
+                if (r >= 0 && owner == 0 && pk_process_gone(pid))
                         break;
                 if (now_usec() >= deadline)
                         fail_msg("polkitd (pid %d) did not go away within 10 s of SIGTERM",
@@ -1211,36 +845,6 @@ static int rm_one(const char *path, const struct stat *st, int type, struct FTW 
         return 0;
 }
 
-static int ensure_user(const char *name, TestUser *ret) {
-        struct passwd *pw = getpwnam(name);
-        if (!pw) {
-                char *argv[] = {(char *) "useradd",
-                                (char *) "--system",
-                                (char *) "--no-create-home",
-                                (char *) "--shell",
-                                (char *) "/usr/sbin/nologin",
-                                (char *) name,
-                                NULL};
-                _cleanup_free_ char *err = NULL;
-                int r = run_command(argv, NULL, NULL, &err);
-                if (r != 0) {
-                        print_error("useradd %s failed (%d): %s\n", name, r, err ?: "");
-                        return r < 0 ? r : -EPROTO;
-                }
-                print_message("created the system user %s for this test (it stays)\n", name);
-                pw = getpwnam(name);
-                if (!pw)
-                        return -ENOENT;
-        }
-        if (pw->pw_uid == 0) {
-                print_error("user %s is root\n", name);
-                return -EPERM;
-        }
-        ret->uid = pw->pw_uid;
-        ret->gid = pw->pw_gid;
-        return 0;
-}
-
 /* The directory of the bus socket in DBUS_SYSTEM_BUS_ADDRESS is the env.sh instance. */
 static int find_instance(char **ret) {
         const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
@@ -1265,34 +869,10 @@ static int find_instance(char **ret) {
         return 0;
 }
 
-static int take_lock(Ctx *c) {
-        c->lock_fd = open(LOCK_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (c->lock_fd < 0) {
-                print_error("%s: %m\n", LOCK_FILE);
-                return -errno;
-        }
-        uint64_t deadline = now_usec() + 240 * USEC_PER_SEC;
-        bool said = false;
-        while (flock(c->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-                if (errno != EWOULDBLOCK)
-                        return -errno;
-                if (!said) {
-                        print_message("waiting for another test-polkit run (%s)\n", LOCK_FILE);
-                        said = true;
-                }
-                if (now_usec() >= deadline) {
-                        print_error("%s has been held for 4 minutes\n", LOCK_FILE);
-                        return -ETIMEDOUT;
-                }
-                sleep_usec(200 * USEC_PER_MSEC);
-        }
-        return 0;
-}
-
 static void ctx_free(Ctx *c) {
         Env *e = &c->e;
         for (unsigned i = 0; i < N_USERS; i++) {
-                agent_stop(&c->agents[i]);
+                pk_agent_stop(&c->agents[i]);
                 free(c->users[i].dir);
         }
         monitor_stop(c);
@@ -1315,15 +895,6 @@ static void ctx_free(Ctx *c) {
         free(c);
 }
 
-static int make_dir(const char *path, mode_t mode, uid_t uid, gid_t gid) {
-        if (mkdir(path, mode) < 0)
-                return -errno;
-        /* mkdir() applies the umask. */
-        if (chmod(path, mode) < 0 || chown(path, uid, gid) < 0)
-                return -errno;
-        return 0;
-}
-
 static int group_teardown(void **state);
 
 static int group_setup(void **state) {
@@ -1339,15 +910,15 @@ static int group_setup(void **state) {
         e = &c->e;
         c->lock_fd = -EBADF;
         for (unsigned i = 0; i < N_USERS; i++)
-                c->agents[i] = (Agent){.fd = -EBADF};
+                c->agents[i] = PK_AGENT_NULL;
 
-        if (take_lock(c) < 0)
+        if (pk_lock(LOCK_FILE, 240 * USEC_PER_SEC, &c->lock_fd) < 0)
                 goto fail;
         /* A file left by a run that was killed would decide for this one. */
-        rules_remove();
+        pk_rules_remove(RULES_FILE);
 
         for (unsigned i = 0; i < N_USERS; i++)
-                if (ensure_user(user_names[i], &c->users[i]) < 0)
+                if (pk_ensure_user(user_names[i], &c->users[i].uid, &c->users[i].gid) < 0)
                         goto fail;
 
         if (find_instance(&c->instance) < 0) {
@@ -1381,7 +952,7 @@ static int group_setup(void **state) {
                         c->users[i].dir = NULL;
                         goto fail;
                 }
-                r = make_dir(c->users[i].dir, 0700, c->users[i].uid, c->users[i].gid);
+                r = pk_make_dir(c->users[i].dir, 0700, c->users[i].uid, c->users[i].gid);
                 if (r < 0) {
                         print_error("%s: %s\n", c->users[i].dir, strerror(-r));
                         goto fail;
@@ -1391,7 +962,7 @@ static int group_setup(void **state) {
                 c->shared_dir = NULL;
                 goto fail;
         }
-        r = make_dir(c->shared_dir, 0755, 0, 0);
+        r = pk_make_dir(c->shared_dir, 0755, 0, 0);
         if (r < 0) {
                 print_error("%s: %s\n", c->shared_dir, strerror(-r));
                 goto fail;
@@ -1432,33 +1003,11 @@ fail:
 }
 
 /* Processes of the test users still running (agents that did not go away). */
-static void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
-
 static size_t user_processes(Ctx *c) {
-        _cleanup_(closedirp) DIR *d = NULL;
-        size_t n = 0;
-
-        d = opendir("/proc");
-        if (!d)
-                return 0;
-        for (struct dirent *de; (de = readdir(d));) {
-                struct stat st;
-                if (de->d_name[0] < '1' || de->d_name[0] > '9')
-                        continue;
-                if (fstatat(dirfd(d), de->d_name, &st, 0) < 0)
-                        continue;
-                for (unsigned i = 0; i < N_USERS; i++)
-                        if (c->users[i].uid != 0 && st.st_uid == c->users[i].uid &&
-                            !process_gone(atoi(de->d_name))) {
-                                print_error("process %s of %s is still running\n", de->d_name,
-                                            user_names[i]);
-                                n++;
-                        }
-        }
-        return n;
+        uid_t uids[N_USERS];
+        for (unsigned i = 0; i < N_USERS; i++)
+                uids[i] = c->users[i].uid;
+        return pk_user_processes(uids, N_USERS);
 }
 
 static int group_teardown(void **state) {
@@ -1472,8 +1021,8 @@ static int group_teardown(void **state) {
         e = &c->e;
 
         for (unsigned i = 0; i < N_USERS; i++)
-                agent_stop(&c->agents[i]);
-        rules_remove();
+                pk_agent_stop(&c->agents[i]);
+        pk_rules_remove(RULES_FILE);
         if (c->polkit_stopped && polkit_restart(c) < 0)
                 ok = false;
         if (e->bus && env_cleanup_test(e) > 0)
@@ -1512,8 +1061,10 @@ static int group_teardown(void **state) {
 static int test_setup(void **state) {
         Ctx *c = *state;
         for (unsigned i = 0; i < N_USERS; i++)
-                if (agent_start(c, i) < 0)
+                if (pk_agent_start(&c->agents[i], c->users[i].uid, c->users[i].gid) < 0) {
+                        print_error("cannot start the agent for %s\n", user_names[i]);
                         return -1;
+                }
         return 0;
 }
 
@@ -1525,9 +1076,9 @@ static int test_teardown(void **state) {
 
         /* The users' connections go first: nothing of theirs may act during the cleanup. */
         for (unsigned i = 0; i < N_USERS; i++)
-                agent_stop(&c->agents[i]);
+                pk_agent_stop(&c->agents[i]);
         monitor_stop(c);
-        rules_remove();
+        pk_rules_remove(RULES_FILE);
         if (c->polkit_stopped) {
                 print_error("the test left polkitd stopped; starting it again\n");
                 if (polkit_restart(c) < 0) {

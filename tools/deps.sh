@@ -21,12 +21,25 @@ packages=(
     util-linux mount e2fsprogs procps jq btrfs-progs
     # the desktop tests: mksquashfs (squashfs images to open), desktop-file-validate
     squashfs-tools desktop-file-utils
+    # tests/test-mount.c: vfat images (mounted with uid=/gid=)
+    dosfstools
     # checks in tools/test.sh and meson test: clang-format, xmllint
     clang-format libxml2-utils
     # the libFuzzer targets of fuzz/ (tools/test.sh step 6): clang and its fuzzer and
     # sanitizer runtimes
     clang libclang-rt-14-dev
 )
+
+# tools/deps.sh --bench: also what bench/run.sh needs besides the above: the peers it measures
+# loopmgrd against (udisks2: udisksd and udisksctl), fio for the data path, gnuplot for the
+# plots.
+bench_packages=(udisks2 fio gnuplot-nox)
+for arg in "$@"; do
+    case $arg in
+    --bench) packages+=("${bench_packages[@]}") ;;
+    *) echo "deps: unknown argument '$arg' (known: --bench)" >&2; exit 2 ;;
+    esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

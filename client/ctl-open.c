@@ -1,0 +1,703 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/*
+ * loopmgrctl open / close: disk images for desktop users (issue 7).
+ *
+ * open attaches the image through the caller's own fd (read-only unless --writable, sharing an
+ * identical device), asks loopmgrd to mount it under /run/media/<user>/ and hands the attach's
+ * reference over to the mount (release-reference), so that the device lives exactly as long as
+ * the mount. Opening an image that is open already returns the same mount point: the Attach
+ * reuses the device and Mount returns its mount (dropping the surplus reference).
+ *
+ * close finds the device by its mount point or by its image, asks loopmgrd to unmount it, and
+ * waits for the device object to go when the mount held the last reference.
+ *
+ * Mounting and unmounting are the daemon's (Device.Mount/Unmount); the client never calls
+ * mount(2), so it needs no privileges.
+ */
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "ctl-agent.h"
+#include "ctl-common.h"
+#include "ctl-mount.h"
+#include "ctl-output.h"
+#include "loopmgr-bus.h"
+
+/* Device.Mount/Unmount (issue7-api.md); defined in loopmgr-bus.h by the daemon side. */
+#ifndef LOOPMGR_ERROR_NO_FILE_SYSTEM
+#define LOOPMGR_ERROR_NO_FILE_SYSTEM LOOPMGR_ERROR_PREFIX "NoFileSystem"
+#endif
+#ifndef LOOPMGR_ERROR_NOT_MOUNTED
+#define LOOPMGR_ERROR_NOT_MOUNTED LOOPMGR_ERROR_PREFIX "NotMounted"
+#endif
+#define OPT_RELEASE_REFERENCE "release-reference"
+
+/* The wait of close for the device to go, unless --timeout. */
+#define CLOSE_TIMEOUT_USEC (10 * USEC_PER_SEC)
+
+/* What close needs to know of a device. */
+typedef struct OpenDevice {
+        char *object;
+        char *node;
+        char *mount_point;
+        char *state;
+        uint32_t references;
+} OpenDevice;
+
+static void open_device_done(OpenDevice *d) {
+        free(d->object);
+        free(d->node);
+        free(d->mount_point);
+        free(d->state);
+        *d = (OpenDevice){};
+}
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static int set_string(char **field, const char *s) {
+        char *c = strdup(s);
+
+        if (!c)
+                return -ENOMEM;
+        free(*field);
+        *field = c;
+        return 0;
+}
+
+/* Reads an a{sv} of Device properties: the few close needs, others skipped. */
+static int open_device_read(sd_bus_message *m, OpenDevice *d) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *key, *contents, *s;
+                char **field = NULL;
+                char type;
+
+                r = sd_bus_message_read(m, "s", &key);
+                if (r >= 0)
+                        r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r < 0)
+                        return r;
+
+                if (streq(contents, "s")) {
+                        if (streq(key, "Node"))
+                                field = &d->node;
+                        else if (streq(key, "MountPoint"))
+                                field = &d->mount_point;
+                        else if (streq(key, "State"))
+                                field = &d->state;
+                }
+                if (field) {
+                        r = sd_bus_message_read(m, "v", "s", &s);
+                        if (r >= 0)
+                                r = set_string(field, s);
+                } else if (streq(key, "References") && streq(contents, "u"))
+                        r = sd_bus_message_read(m, "v", "u", &d->references);
+                else
+                        r = sd_bus_message_skip(m, "v");
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+        return sd_bus_message_exit_container(m);
+}
+
+/* GetAll of the Device interface of object. Returns what sd_bus_call() returns. */
+static int open_device_get(sd_bus *bus, const char *object, sd_bus_error *error, OpenDevice *d) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll", error,
+                               &reply, "s", LOOPMGR_DEVICE_INTERFACE);
+        if (r < 0)
+                return r;
+        r = open_device_read(reply, d);
+        if (r < 0)
+                return r;
+        return set_string(&d->object, object);
+}
+
+/* The device whose loopmgr mount is dir. 0 and *d filled, -ENOENT when none, -ENOMEM, or an
+ * exit status (positive) after a failed call. */
+static int find_by_mount_point(sd_bus *bus, const char *dir, OpenDevice *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                               OBJECT_MANAGER_INTERFACE, "GetManagedObjects", &error, &reply, NULL);
+        if (r < 0)
+                return log_bus_error(&error, r, "GetManagedObjects");
+
+        r = sd_bus_message_enter_container(reply, 'a', "{oa{sa{sv}}}");
+        if (r < 0)
+                return log_parse_error(r);
+        while ((r = sd_bus_message_enter_container(reply, 'e', "oa{sa{sv}}")) > 0) {
+                const char *object;
+
+                r = sd_bus_message_read(reply, "o", &object);
+                if (r >= 0)
+                        r = sd_bus_message_enter_container(reply, 'a', "{sa{sv}}");
+                if (r < 0)
+                        return log_parse_error(r);
+                while ((r = sd_bus_message_enter_container(reply, 'e', "sa{sv}")) > 0) {
+                        _cleanup_(open_device_done) OpenDevice d = {};
+                        const char *interface;
+
+                        r = sd_bus_message_read(reply, "s", &interface);
+                        if (r < 0)
+                                return log_parse_error(r);
+                        if (!streq(interface, LOOPMGR_DEVICE_INTERFACE)) {
+                                r = sd_bus_message_skip(reply, "a{sv}");
+                        } else {
+                                r = open_device_read(reply, &d);
+                                if (r >= 0 && streq_ptr(d.mount_point, dir)) {
+                                        r = set_string(&d.object, object);
+                                        if (r < 0)
+                                                return r;
+                                        *ret = d;
+                                        d = (OpenDevice){};
+                                        return 0;
+                                }
+                        }
+                        if (r == -ENOMEM)
+                                return r;
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(reply);
+                        if (r < 0)
+                                return log_parse_error(r);
+                }
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(reply);
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        return log_parse_error(r);
+        }
+        if (r < 0)
+                return log_parse_error(r);
+        return -ENOENT;
+}
+
+static char *make_absolute(const char *path) {
+        _cleanup_free_ char *cwd = NULL;
+        char *p;
+
+        if (path[0] == '/')
+                return strdup(path);
+        cwd = getcwd(NULL, 0);
+        if (!cwd)
+                return NULL;
+        if (asprintf(&p, "%s/%s", streq(cwd, "/") ? "" : cwd, path) < 0)
+                return NULL;
+        return p;
+}
+
+/* "Cannot open IMAGE: <the daemon's sentence>", and the exit status for the error. */
+static int log_open_error(const char *image, const sd_bus_error *error, int r, const char *what) {
+        if (sd_bus_error_is_set(error) && error->message && error->message[0])
+                log_fail(0, "Cannot open %s: %s", image, error->message);
+        else
+                log_fail(0, "Cannot open %s: %s failed: %s", image, what,
+                         sd_bus_error_is_set(error) ? error->name : strerror(-r));
+        return exit_status_from_bus_error(error, r);
+}
+
+static int call_mount(sd_bus *bus, const char *object, sd_bus_error *error,
+                      sd_bus_message **ret_reply) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, object,
+                                           LOOPMGR_DEVICE_INTERFACE, "Mount");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 1, OPT_RELEASE_REFERENCE, "b", 1);
+        if (r < 0)
+                return r;
+        return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
+}
+
+static int close_device(sd_bus *bus, const OpenDevice *d, const char *what);
+
+/* --lifetime client: the image stays open while the command runs. */
+typedef struct OpenWait {
+        const char *object;
+        bool closed; /* unmounted or detached by someone else */
+} OpenWait;
+
+static int on_open_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        OpenWait *w = userdata;
+        const char *object;
+
+        if (sd_bus_message_read(m, "o", &object) < 0 || !streq(object, w->object))
+                return 0;
+        w->closed = true;
+        return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)), 0);
+}
+
+/* PropertiesChanged of our device: MountPoint "" means someone closed it. */
+static int on_open_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        OpenWait *w = userdata;
+        const char *interface;
+        int r;
+
+        if (sd_bus_message_read(m, "s", &interface) < 0 ||
+            !streq(interface, LOOPMGR_DEVICE_INTERFACE))
+                return 0;
+        if (sd_bus_message_enter_container(m, 'a', "{sv}") < 0)
+                return 0;
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *key, *value;
+
+                if (sd_bus_message_read(m, "s", &key) < 0)
+                        return 0;
+                if (streq(key, "MountPoint")) {
+                        if (sd_bus_message_read(m, "v", "s", &value) < 0)
+                                return 0;
+                        if (!value[0]) {
+                                w->closed = true;
+                                return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)),
+                                                     0);
+                        }
+                } else if (sd_bus_message_skip(m, "v") < 0)
+                        return 0;
+                if (sd_bus_message_exit_container(m) < 0)
+                        return 0;
+        }
+        return 0;
+}
+
+/* SIGINT/SIGTERM: close the image. The bus is taken off the event loop first: sd-bus closes a
+ * connection attached to a loop when that loop exits, and close needs it. */
+static int on_open_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        sd_bus *bus = userdata;
+
+        (void) sd_bus_detach_event(bus);
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+static int open_event_new(sd_bus *bus, sd_event **ret) {
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        sigset_t mask;
+        int r;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return -errno;
+
+        r = sd_event_default(&event);
+        if (r >= 0)
+                r = sd_event_add_signal(event, NULL, SIGINT, on_open_signal, bus);
+        if (r >= 0)
+                r = sd_event_add_signal(event, NULL, SIGTERM, on_open_signal, bus);
+        if (r >= 0)
+                r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
+        if (r >= 0)
+                r = sd_bus_set_exit_on_disconnect(bus, true);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(event);
+        return 0;
+}
+
+static int open_wait_client(sd_bus *bus, sd_event *event, OpenWait *w, const char *image,
+                            const char *node, const char *mount_point) {
+        OpenDevice d = {
+                .object = (char *) w->object,
+                .node = (char *) node,
+                .mount_point = (char *) mount_point,
+        };
+        int r;
+
+        if (isatty(STDERR_FILENO))
+                log_fail(0, "Keeping %s open until this command is interrupted.", image);
+
+        r = sd_event_loop(event);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Event loop failed: %s", strerror(-r));
+        if (w->closed) {
+                log_fail(0, "%s was closed by someone else.", image);
+                return 0;
+        }
+        if (r != 0 || !sd_bus_is_open(bus))
+                return log_fail(EXIT_FAILURE,
+                                "Lost the connection to loopmgrd; %s stays open on %s "
+                                "('loopmgrctl close %s' closes it).",
+                                image, mount_point, mount_point);
+        return close_device(bus, &d, image);
+}
+
+int verb_open(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL, *mount_reply = NULL;
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot_removed = NULL, *slot_changed = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *image = args[0], *object, *node, *mount_point;
+        bool client = streq_ptr(arg_lifetime, "client");
+        OpenWait wait = {};
+        uint64_t diskseq;
+        struct stat st;
+        int reused, r;
+
+        r = open_backing(image, arg_writable ? O_RDWR : O_RDONLY, &fd);
+        if (r == -ENOENT)
+                return log_fail(EXIT_NOT_FOUND, "Cannot open %s: no such file.", image);
+        if (arg_writable && (r == -EACCES || r == -EPERM || r == -EROFS))
+                return log_fail(EXIT_NOT_AUTHORISED,
+                                "Cannot open %s writable: %s. Open it without --writable to "
+                                "mount it read-only.",
+                                image, strerror(-r));
+        if (r < 0)
+                return log_fail(exit_status_from_local_errno(-r), "Cannot open %s: %s.", image,
+                                strerror(-r));
+
+        if (fstat(fd, &st) < 0)
+                return log_fail(EXIT_FAILURE, "Cannot open %s: %s.", image, strerror(errno));
+        if (S_ISDIR(st.st_mode))
+                return log_fail(EXIT_FAILURE,
+                                "Cannot open %s: it is a directory, not a disk "
+                                "image.",
+                                image);
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return log_fail(EXIT_FAILURE,
+                                "Cannot open %s: it is neither a regular file nor "
+                                "a block device.",
+                                image);
+        if (S_ISREG(st.st_mode) && st.st_size == 0)
+                return log_fail(EXIT_FAILURE, "Cannot open %s: the file is empty.", image);
+
+        if (client) {
+                /* Before Attach: SIGINT and SIGTERM are blocked from here on, and handled by the
+                 * event loop that waits once the image is open. */
+                r = open_event_new(bus, &event);
+                if (r < 0)
+                        return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s",
+                                        strerror(-r));
+        }
+
+        r = call_attach(bus, fd, !arg_writable, &error, &reply);
+        if (r < 0 && !arg_writable && sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP) &&
+            attach_share_writable(bus, image, &reply) >= 0)
+                /* Open writable already (by us or by someone who let us share it): a second,
+                 * read-only device would alias it. The mount is that device's. */
+                r = 0;
+        if (r < 0 && arg_writable && sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP)) {
+                r = log_open_error(image, &error, r, "Attach");
+                log_fail(0, "If it is open read-only, 'loopmgrctl close %s' first.", image);
+                return r;
+        }
+        if (r < 0)
+                return log_open_error(image, &error, r, "Attach");
+
+        /* The daemon holds its own duplicate now; ours would count as an opener. */
+        fd = safe_close(fd);
+
+        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        if (r < 0)
+                return log_parse_error(r);
+
+        if (client) {
+                /* Subscribed before Mount: nobody can close it before we listen. */
+                wait.object = object;
+                r = sd_bus_match_signal(bus, &slot_removed, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                        OBJECT_MANAGER_INTERFACE, "InterfacesRemoved",
+                                        on_open_removed, &wait);
+                if (r >= 0)
+                        r = sd_bus_match_signal(bus, &slot_changed, LOOPMGR_BUS_NAME, object,
+                                                PROPERTIES_INTERFACE, "PropertiesChanged",
+                                                on_open_changed, &wait);
+                if (r < 0) {
+                        drop_reference(bus, object, node);
+                        return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s",
+                                        strerror(-r));
+                }
+        }
+
+        sd_bus_error_free(&error);
+        r = call_mount(bus, object, &error, &mount_reply);
+        if (r < 0) {
+                int status = log_open_error(image, &error, r, "Mount");
+
+                /* Only the reference this Attach took: if the device was reused, whoever
+                 * attached it first keeps theirs. */
+                drop_reference(bus, object, node);
+                return status;
+        }
+
+        r = sd_bus_message_read(mount_reply, "s", &mount_point);
+        if (r < 0)
+                return log_parse_error(r);
+
+        if (arg_json) {
+                fputs("{\"device\":", stdout);
+                json_write_string(stdout, node);
+                fputs(",\"object\":", stdout);
+                json_write_string(stdout, object);
+                fputs(",\"mount_point\":", stdout);
+                json_write_string(stdout, mount_point);
+                printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
+                       reused ? "true" : "false");
+        } else
+                printf("%s\n", mount_point);
+        r = flush_stdout();
+        if (r != 0 || !client)
+                return r;
+
+        return open_wait_client(bus, event, &wait, image, node, mount_point);
+}
+
+typedef struct CloseWait {
+        const char *object;
+        bool gone;
+} CloseWait;
+
+static int on_close_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        CloseWait *w = userdata;
+        const char *object;
+
+        if (sd_bus_message_read(m, "o", &object) >= 0 && streq(object, w->object))
+                w->gone = true;
+        return 0;
+}
+
+/* Dispatches what arrived until w->gone or the deadline; 0, -ETIMEDOUT, or a bus errno. */
+static int close_wait(sd_bus *bus, CloseWait *w, uint64_t deadline) {
+        int r;
+
+        while (!w->gone) {
+                uint64_t n;
+
+                r = sd_bus_process(bus, NULL);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        continue;
+                n = now_usec();
+                if (n >= deadline)
+                        return -ETIMEDOUT;
+                r = sd_bus_wait(bus, deadline - n);
+                if (r < 0 && r != -EINTR)
+                        return r;
+        }
+        return 0;
+}
+
+static bool error_means_gone(const sd_bus_error *error) {
+        return sd_bus_error_has_names(error, SD_BUS_ERROR_UNKNOWN_OBJECT,
+                                      SD_BUS_ERROR_UNKNOWN_INTERFACE, SD_BUS_ERROR_UNKNOWN_METHOD,
+                                      LOOPMGR_ERROR_NOT_FOUND);
+}
+
+static int close_print(const OpenDevice *d, const char *state) {
+        if (arg_json) {
+                fputs("{\"device\":", stdout);
+                json_write_string(stdout, strempty(d->node));
+                fputs(",\"object\":", stdout);
+                json_write_string(stdout, d->object);
+                fputs(",\"mount_point\":", stdout);
+                json_write_string(stdout, strempty(d->mount_point));
+                fputs(",\"state\":", stdout);
+                json_write_string(stdout, state);
+                fputs("}\n", stdout);
+        }
+        return flush_stdout();
+}
+
+/* Unmount of d's mount, then what became of the device: gone (waited for unless --no-wait),
+ * going, or kept by other references. `what` names it in messages (what the user typed).
+ * Returns an exit status. */
+static int close_device(sd_bus *bus, const OpenDevice *d, const char *what) {
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(open_device_done) OpenDevice after = {};
+        uint64_t timeout = arg_timeout_usec > 0 ? arg_timeout_usec : CLOSE_TIMEOUT_USEC;
+        CloseWait w = {};
+        int r;
+
+        /* Before Unmount: the object may go while it answers. */
+        w.object = d->object;
+        r = sd_bus_match_signal(bus, &slot, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                OBJECT_MANAGER_INTERFACE, "InterfacesRemoved", on_close_removed,
+                                &w);
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s", strerror(-r));
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, d->object,
+                                           LOOPMGR_DEVICE_INTERFACE, "Unmount");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 0);
+        if (r < 0)
+                return log_create_error(r);
+        r = ctl_call(bus, m, call_timeout_usec(), &error, &reply);
+        if (r < 0) {
+                if (!sd_bus_error_is_set(&error) || !error.message || !error.message[0])
+                        return log_bus_error(&error, r, "Unmount");
+                /* NotMounted: someone closed it in between; Busy names what is in use. */
+                log_fail(0, "Cannot close %s: %s", what, error.message);
+                if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
+                        return EXIT_NOT_FOUND;
+                return exit_status_from_bus_error(&error, r);
+        }
+
+        /* What became of the device: gone, going, or kept by other references. */
+        r = close_wait(bus, &w, 0);
+        if (r < 0 && r != -ETIMEDOUT)
+                return log_fail(EXIT_FAILURE, "Lost the connection to the bus: %s", strerror(-r));
+        if (!w.gone) {
+                sd_bus_error_free(&error);
+                r = open_device_get(bus, d->object, &error, &after);
+                if (r < 0 && error_means_gone(&error))
+                        w.gone = true;
+                else if (r == -ENOMEM)
+                        return log_oom();
+                else if (r < 0)
+                        return log_bus_error(&error, r, "GetAll");
+        }
+
+        if (!w.gone &&
+            (after.references > 0 && !streq_ptr(after.state, LOOPMGR_STATE_DETACH_PENDING))) {
+                if (!arg_json)
+                        printf("Unmounted %s; %s stays attached: %" PRIu32 " other "
+                               "reference%s hold%s it.\n",
+                               d->mount_point, d->node, after.references,
+                               after.references == 1 ? "" : "s", after.references == 1 ? "s" : "");
+                return close_print(d, LOOPMGR_STATE_ATTACHED);
+        }
+
+        if (!w.gone && arg_no_wait) {
+                if (!arg_json)
+                        printf("Unmounted %s; %s is being detached.\n", d->mount_point, d->node);
+                return close_print(d, LOOPMGR_STATE_PENDING);
+        }
+
+        r = close_wait(bus, &w, now_usec() + timeout);
+        if (r == -ETIMEDOUT) {
+                close_print(d, LOOPMGR_STATE_PENDING);
+                return log_fail(EXIT_TIMEOUT,
+                                "Unmounted %s, but %s was not detached within %" PRIu64 " s: "
+                                "something still has it open ('loopmgrctl status %s' shows "
+                                "what). loopmgrd detaches it when that goes.",
+                                d->mount_point, d->node,
+                                (timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, d->node);
+        }
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Lost the connection to the bus: %s", strerror(-r));
+
+        if (!arg_json)
+                printf("Unmounted %s and detached %s.\n", d->mount_point, d->node);
+        return close_print(d, LOOPMGR_STATE_DETACHED);
+}
+
+int verb_close(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(open_device_done) OpenDevice d = {};
+        _cleanup_free_ char *path = NULL, *object = NULL;
+        const char *arg = args[0];
+        struct stat st;
+        bool by_dir, inaccessible = false;
+        int r;
+
+        /* A directory is a mount point; anything else names an image. A directory we may not
+         * enter (another user's /run/media/<user>, 0750) is matched as it is written. */
+        if (stat(arg, &st) >= 0) {
+                by_dir = S_ISDIR(st.st_mode);
+                path = by_dir ? realpath(arg, NULL) : make_absolute(arg);
+        } else if (errno == EACCES) {
+                size_t l;
+
+                by_dir = inaccessible = true;
+                path = make_absolute(arg);
+                /* "DIR/" names DIR; the daemon's mount points have no trailing slash. */
+                for (l = path ? strlen(path) : 0; l > 1 && path[l - 1] == '/'; l--)
+                        path[l - 1] = 0;
+        } else if (errno == ENOENT)
+                return log_fail(EXIT_NOT_FOUND, "Cannot close %s: no such file or directory.", arg);
+        else
+                return log_fail(exit_status_from_local_errno(errno), "Cannot close %s: %s.", arg,
+                                strerror(errno));
+        if (!path)
+                return errno == ENOMEM ? log_oom()
+                                       : log_fail(EXIT_FAILURE, "Cannot close %s: %s.", arg,
+                                                  strerror(errno));
+
+        if (by_dir) {
+                r = find_by_mount_point(bus, path, &d);
+                if (r == -ENOMEM)
+                        return log_oom();
+                if (r > 0)
+                        return r;
+                if (r == -ENOENT && inaccessible)
+                        return log_fail(EXIT_NOT_AUTHORISED,
+                                        "Cannot close %s: %s, and it is not a mount point of "
+                                        "loopmgr's.",
+                                        arg, strerror(EACCES));
+                if (r == -ENOENT) {
+                        _cleanup_free_ char *target = NULL, *source = NULL;
+
+                        if (ctl_find_mount(path, &target, &source) >= 0 && streq(target, path))
+                                return log_fail(EXIT_NOT_FOUND,
+                                                "Cannot close %s: it is mounted from %s, but not "
+                                                "by loopmgr; use umount(8).",
+                                                path, source ?: "something");
+                        return log_fail(EXIT_NOT_FOUND,
+                                        "Cannot close %s: it is not a mount point of loopmgr's "
+                                        "(those are under /run/media/<user>/).",
+                                        path);
+                }
+        } else {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                const char *o;
+
+                r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                       LOOPMGR_MANAGER_INTERFACE, "GetDevice", &error, &reply, "s",
+                                       path);
+                if (r < 0 && sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_FOUND))
+                        return log_fail(EXIT_NOT_FOUND, "Cannot close %s: it is not open.", arg);
+                if (r < 0)
+                        return log_bus_error(&error, r, "GetDevice");
+                r = sd_bus_message_read(reply, "o", &o);
+                if (r < 0)
+                        return log_parse_error(r);
+                object = strdup(o);
+                if (!object)
+                        return log_oom();
+
+                r = open_device_get(bus, object, &error, &d);
+                if (r < 0 && error_means_gone(&error))
+                        return log_fail(EXIT_NOT_FOUND, "Cannot close %s: it is not open.", arg);
+                if (r == -ENOMEM)
+                        return log_oom();
+                if (r < 0)
+                        return log_bus_error(&error, r, "GetAll");
+                if (!d.mount_point || !d.mount_point[0])
+                        return log_fail(EXIT_NOT_FOUND,
+                                        "Cannot close %s: %s shows it, but loopmgr has not "
+                                        "mounted it ('loopmgrctl detach %s' drops a reference).",
+                                        arg, strempty(d.node), strempty(d.node));
+        }
+
+        return close_device(bus, &d, arg);
+}

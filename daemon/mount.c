@@ -1,0 +1,879 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <acl/libacl.h>
+#include <blkid.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/acl.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "device.h"
+#include "log.h"
+#include "manager.h"
+#include "mount.h"
+#include "util.h"
+
+#ifndef BLKGETDISKSEQ
+#define BLKGETDISKSEQ _IOR(0x12, 128, __u64)
+#endif
+
+/* The longest mount directory name we make (NAME_MAX is 255; room for a suffix). */
+#define MOUNT_NAME_MAX 200U
+/* name, name1 ... name999 */
+#define MOUNT_SUFFIX_MAX 1000U
+
+static const char *const allowed_types[] = {
+        "ext2",  "ext3",  "ext4",  "xfs",     "btrfs", "squashfs", "erofs", "vfat",
+        "msdos", "exfat", "ntfs3", "iso9660", "udf",   "f2fs",     NULL,
+};
+
+/* No owners on disk: everything would belong to root without uid=/gid=. */
+static const char *const ownerless_types[] = {
+        "vfat", "msdos", "exfat", "ntfs", "ntfs3", "iso9660", "udf", NULL,
+};
+
+static const char *const read_only_types[] = {
+        "squashfs", "erofs", "iso9660", "udf", NULL,
+};
+
+static bool in_list(const char *const *l, const char *s) {
+        if (!s)
+                return false;
+        for (; *l; l++)
+                if (streq(*l, s))
+                        return true;
+        return false;
+}
+
+bool mount_fstype_allowed(const char *fstype) {
+        return in_list(allowed_types, fstype);
+}
+
+bool mount_fstype_ownerless(const char *fstype) {
+        return in_list(ownerless_types, fstype);
+}
+
+bool mount_fstype_read_only(const char *fstype) {
+        return in_list(read_only_types, fstype);
+}
+
+void mount_probe_done(MountProbe *p) {
+        free(p->type);
+        free(p->label);
+        free(p->uuid);
+        free(p->pttype);
+        free(p->usage);
+        *p = (MountProbe){};
+}
+
+static int probe_lookup(blkid_probe pr, const char *name, char **ret) {
+        const char *v = NULL;
+
+        if (blkid_probe_lookup_value(pr, name, &v, NULL) < 0 || !v) {
+                *ret = NULL;
+                return 0;
+        }
+        *ret = strdup(v);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int mount_probe_fd(int fd, MountProbe *ret) {
+        MountProbe p = {};
+        blkid_probe pr;
+        int r;
+
+        pr = blkid_new_probe();
+        if (!pr)
+                return -ENOMEM;
+        errno = 0;
+        if (blkid_probe_set_device(pr, fd, 0, 0) < 0) {
+                r = errno > 0 ? -errno : -EIO;
+                goto finish;
+        }
+        (void) blkid_probe_enable_superblocks(pr, 1);
+        (void) blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID |
+                                                             BLKID_SUBLKS_TYPE |
+                                                             BLKID_SUBLKS_USAGE);
+        (void) blkid_probe_enable_partitions(pr, 1);
+
+        errno = 0;
+        r = blkid_do_safeprobe(pr);
+        if (r == -2 || r == 1) {
+                /* Ambivalent (two signatures) or nothing: no file system we would trust. */
+                r = 0;
+                goto finish;
+        }
+        if (r < 0) {
+                r = errno > 0 ? -errno : -EIO;
+                goto finish;
+        }
+        r = probe_lookup(pr, "TYPE", &p.type);
+        if (r >= 0)
+                r = probe_lookup(pr, "LABEL", &p.label);
+        if (r >= 0)
+                r = probe_lookup(pr, "UUID", &p.uuid);
+        if (r >= 0)
+                r = probe_lookup(pr, "PTTYPE", &p.pttype);
+        if (r >= 0)
+                r = probe_lookup(pr, "USAGE", &p.usage);
+
+finish:
+        blkid_free_probe(pr);
+        if (r < 0) {
+                mount_probe_done(&p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+static const struct {
+        const char *name;
+        unsigned long flag;
+} extra_options[] = {
+        {"ro", MS_RDONLY},         {"noexec", MS_NOEXEC},
+        {"noatime", MS_NOATIME},   {"nodiratime", MS_NODIRATIME},
+        {"relatime", MS_RELATIME}, {"sync", MS_SYNCHRONOUS},
+        {"dirsync", MS_DIRSYNC},
+};
+
+int mount_parse_extra_options(const char *s, unsigned long *flags, char **ret_bad) {
+        const char *p = s;
+
+        if (!s || !*s)
+                return 0;
+        for (;;) {
+                size_t n = strcspn(p, ",");
+                bool found = false;
+
+                for (size_t i = 0; i < ELEMENTSOF(extra_options); i++)
+                        if (strlen(extra_options[i].name) == n &&
+                            strncmp(extra_options[i].name, p, n) == 0) {
+                                *flags |= extra_options[i].flag;
+                                found = true;
+                                break;
+                        }
+                if (!found) {
+                        if (ret_bad)
+                                *ret_bad = strndup(p, n);
+                        return -EINVAL;
+                }
+                if (!p[n])
+                        return 0;
+                p += n + 1;
+        }
+}
+
+int mount_flags_and_data(const char *fstype, const MountRequest *req, unsigned long *ret_flags,
+                         char **ret_data) {
+        unsigned long flags = MS_NOSUID | MS_NODEV | req->flags;
+        char *data = NULL;
+
+        /* Whatever the caller asked for, never a way around nosuid,nodev. */
+        flags &= ~(unsigned long) (MS_REMOUNT | MS_BIND | MS_MOVE | MS_REC | MS_SHARED |
+                                   MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE);
+        if (req->read_only || mount_fstype_read_only(fstype))
+                flags |= MS_RDONLY;
+        if (mount_fstype_ownerless(fstype) &&
+            asprintf(&data, "uid=%u,gid=%u", (unsigned) req->uid, (unsigned) req->gid) < 0)
+                return -ENOMEM;
+        *ret_flags = flags;
+        *ret_data = data;
+        return 0;
+}
+
+int mount_name_from_probe(const MountProbe *p, char **ret) {
+        const char *src = p && p->label && *p->label ? p->label
+                          : p && p->uuid && *p->uuid ? p->uuid
+                                                     : "disk";
+        size_t n = strlen(src);
+        char *s;
+
+        if (n > MOUNT_NAME_MAX) {
+                /* Cut at a character boundary: never leave half a UTF-8 sequence. */
+                n = MOUNT_NAME_MAX;
+                while (n > 0 && ((unsigned char) src[n] & 0xC0) == 0x80)
+                        n--;
+        }
+        s = strndup(src, n);
+        if (!s)
+                return -ENOMEM;
+        for (char *c = s; *c; c++)
+                if (*c == '/' || (unsigned char) *c < 0x20 || *c == 0x7F)
+                        *c = '_';
+        /* Leading dots: hidden names, "." and "..". */
+        for (char *c = s; *c == '.'; c++)
+                *c = '_';
+        if (!*s) {
+                free(s);
+                s = strdup("disk");
+                if (!s)
+                        return -ENOMEM;
+        }
+        *ret = s;
+        return 0;
+}
+
+/* An fd of d's binding: the node, checked to be this very loop device and diskseq. */
+static int open_binding(Manager *m, Device *d, int *ret) {
+        _cleanup_free_ char *path = path_join_root(m->root, d->node);
+        _cleanup_close_ int fd = -EBADF;
+        uint64_t seq = 0;
+        struct stat st;
+
+        if (!path)
+                return -ENOMEM;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISBLK(st.st_mode) || st.st_rdev != d->status.devnum)
+                return -ESTALE;
+        if (ioctl(fd, BLKGETDISKSEQ, &seq) < 0)
+                return -errno;
+        if (seq != d->status.diskseq)
+                return -ESTALE;
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
+static bool streq_or_empty(const char *a, const char *b) {
+        return streq(a ?: "", b ?: "");
+}
+
+/* Stores the probe in d, emitting the properties that changed. */
+static void device_set_ids(Manager *m, Device *d, const MountProbe *p) {
+        char *changed[4];
+        size_t n = 0;
+
+#define SET(field, value, prop)                                                                    \
+        if (!streq_or_empty(d->field, value)) {                                                    \
+                char *v = (value) ? strdup(value) : NULL;                                          \
+                if (!(value) || v) {                                                               \
+                        free(d->field);                                                            \
+                        d->field = v;                                                              \
+                        changed[n++] = (char *) prop;                                              \
+                }                                                                                  \
+        }
+        SET(id_type, p->type, "IdType");
+        SET(id_label, p->label, "IdLabel");
+        SET(id_uuid, p->uuid, "IdUUID");
+#undef SET
+        changed[n] = NULL;
+        if (n > 0)
+                manager_emit_device_changed(m, d, changed);
+}
+
+/* udev's \xNN encoding of *_ENC values, decoded in place. */
+static void udev_decode(char *s) {
+        char *o = s;
+
+        for (const char *c = s; *c; c++) {
+                unsigned v;
+                if (c[0] == '\\' && c[1] == 'x' && isxdigit((unsigned char) c[2]) &&
+                    isxdigit((unsigned char) c[3]) && sscanf(c + 2, "%2x", &v) == 1 && v != 0) {
+                        *o++ = (char) v;
+                        c += 3;
+                } else
+                        *o++ = *c;
+        }
+        *o = 0;
+}
+
+void mount_update_ids(Manager *m, Device *d) {
+        char path[PATH_MAX], buf[8192];
+        MountProbe p = {};
+        ssize_t n;
+        int fd;
+
+        /* What udev's blkid builtin found, from its database: no device I/O and no allocation
+         * on this path, which runs for every udev event of a managed device. Mount probes the
+         * device itself. */
+        if (snprintf(path, sizeof(path), "%s/run/udev/data/b%u:%u", m->root ?: "",
+                     major(d->status.devnum), minor(d->status.devnum)) >= (int) sizeof(path))
+                return;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return;
+        n = read(fd, buf, sizeof(buf) - 1);
+        safe_close(fd);
+        if (n < 0)
+                return;
+        buf[n] = 0;
+
+        for (char *line = buf, *next; line && *line; line = next) {
+                char **field = NULL;
+                char *v;
+
+                next = strchr(line, '\n');
+                if (next)
+                        *next++ = 0;
+                if (strncmp(line, "E:", 2) != 0 || !(v = strchr(line, '=')))
+                        continue;
+                v++;
+                if (strncmp(line + 2, "ID_FS_TYPE=", 11) == 0)
+                        field = &p.type;
+                else if (strncmp(line + 2, "ID_FS_LABEL_ENC=", 16) == 0)
+                        field = &p.label;
+                else if (strncmp(line + 2, "ID_FS_UUID_ENC=", 15) == 0)
+                        field = &p.uuid;
+                if (!field || !*v)
+                        continue;
+                udev_decode(v);
+                *field = v; /* points into buf: p is not freed */
+        }
+        device_set_ids(m, d, &p);
+}
+
+/* Opens (creating when missing) a root-owned directory name in dir_fd, never following a
+ * symbolic link, and makes sure nobody else can write to it. */
+static int open_root_dir(int dir_fd, const char *name, mode_t mode, int *ret) {
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+
+        if (mkdirat(dir_fd, name, mode) < 0 && errno != EEXIST)
+                return -errno;
+        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        /* Not made by root (a user could not have: the parent is root's): something is wrong
+         * here, don't mount anything into it. */
+        if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || st.st_gid != 0)
+                return -EPERM;
+        if ((st.st_mode & 07777) != mode && fchmod(fd, mode) < 0)
+                return -errno;
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
+static int set_user_acl(int fd, uid_t uid) {
+        _cleanup_free_ char *text = NULL;
+        acl_t acl;
+        int r = 0;
+
+        /* As udisks: the directory is root's, the user may list and enter it. */
+        if (asprintf(&text, "u::rwx,g::r-x,o::---,u:%u:r-x,m::r-x", (unsigned) uid) < 0)
+                return -ENOMEM;
+        acl = acl_from_text(text);
+        if (!acl)
+                return -errno;
+        if (acl_set_fd(fd, acl) < 0)
+                r = -errno;
+        acl_free(acl);
+        return r;
+}
+
+static bool user_name_valid(const char *user) {
+        return user && *user && !strchr(user, '/') && !streq(user, ".") && !streq(user, "..") &&
+               strlen(user) <= 255;
+}
+
+/* The fd of /run/media/<user>, made as needed: /run/media root:root 0755, /run/media/<user>
+ * root:root 0750 with the user's ACL. */
+static int open_user_dir(Manager *m, const char *user, uid_t uid, bool create, int *ret) {
+        _cleanup_free_ char *run = path_join_root(m->root, "/run");
+        _cleanup_close_ int run_fd = -EBADF, media_fd = -EBADF, user_fd = -EBADF;
+        int r;
+
+        if (!run)
+                return -ENOMEM;
+        if (!user_name_valid(user))
+                return -EINVAL;
+        run_fd = open(run, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (run_fd < 0)
+                return -errno;
+        if (!create) {
+                media_fd = openat(run_fd, "media", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (media_fd < 0)
+                        return -errno;
+                user_fd = openat(media_fd, user, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (user_fd < 0)
+                        return -errno;
+                *ret = TAKE_FD(user_fd);
+                return 0;
+        }
+        r = open_root_dir(run_fd, "media", 0755, &media_fd);
+        if (r < 0)
+                return r;
+        r = open_root_dir(media_fd, user, 0750, &user_fd);
+        if (r < 0)
+                return r;
+        if (uid != 0) {
+                r = set_user_acl(user_fd, uid);
+                if (r < 0)
+                        return r;
+        }
+        *ret = TAKE_FD(user_fd);
+        return 0;
+}
+
+static int mount_what(char **ret_what, const char *format, ...) _printf_(2, 3);
+static int mount_what(char **ret_what, const char *format, ...) {
+        va_list ap;
+
+        if (!ret_what)
+                return 0;
+        va_start(ap, format);
+        if (vasprintf(ret_what, format, ap) < 0)
+                *ret_what = NULL;
+        va_end(ap);
+        return 0;
+}
+
+int mount_device(Manager *m, Device *d, const MountRequest *req, char **ret_mount_point,
+                 char **ret_what) {
+        _cleanup_(mount_probe_done) MountProbe p = {};
+        _cleanup_close_ int dev_fd = -EBADF, user_fd = -EBADF, dir_fd = -EBADF;
+        _cleanup_free_ char *name = NULL, *candidate = NULL, *source = NULL, *data = NULL,
+                            *target = NULL, *mount_point = NULL;
+        unsigned long flags;
+        const char *fstype;
+        struct stat st;
+        int r;
+
+        /* Held open until the mount holds the device itself: while we have it open, the
+         * binding cannot be replaced (a teardown waits for the last close). */
+        r = open_binding(m, d, &dev_fd);
+        if (r < 0) {
+                mount_what(ret_what, "cannot open %s as this binding", d->node);
+                return r;
+        }
+        r = mount_probe_fd(dev_fd, &p);
+        if (r < 0) {
+                mount_what(ret_what, "cannot probe %s", d->node);
+                return r;
+        }
+        device_set_ids(m, d, &p);
+
+        fstype = req->fstype;
+        if (!fstype) {
+                if (!p.type) {
+                        if (p.pttype)
+                                mount_what(ret_what, "a partition table (%s), no file system",
+                                           p.pttype);
+                        else
+                                mount_what(ret_what, "no recognised file system");
+                        return -EMEDIUMTYPE;
+                }
+                /* blkid says "ntfs"; the kernel's driver is ntfs3. */
+                fstype = streq(p.type, "ntfs") ? "ntfs3" : p.type;
+                if (!mount_fstype_allowed(fstype)) {
+                        mount_what(ret_what, "%s (usage %s), which loopmgr does not mount", p.type,
+                                   p.usage ?: "unknown");
+                        return -EMEDIUMTYPE;
+                }
+        } else if (!mount_fstype_allowed(fstype))
+                return -EPROTONOSUPPORT;
+
+        r = mount_flags_and_data(fstype, req, &flags, &data);
+        if (r < 0)
+                return r;
+
+        r = open_user_dir(m, req->user, req->uid, true, &user_fd);
+        if (r < 0) {
+                mount_what(ret_what, "cannot prepare " MOUNT_MEDIA_DIR "/%s", req->user);
+                return r;
+        }
+        r = mount_name_from_probe(&p, &name);
+        if (r < 0)
+                return r;
+
+        for (unsigned i = 0;; i++) {
+                free(candidate);
+                candidate = NULL;
+                if (i == 0)
+                        candidate = strdup(name);
+                else if (asprintf(&candidate, "%s%u", name, i) < 0)
+                        candidate = NULL;
+                if (!candidate)
+                        return -ENOMEM;
+                if (mkdirat(user_fd, candidate, 0700) >= 0)
+                        break;
+                if (errno != EEXIST) {
+                        mount_what(ret_what, "cannot make " MOUNT_MEDIA_DIR "/%s/%s", req->user,
+                                   candidate);
+                        return -errno;
+                }
+                if (i + 1 >= MOUNT_SUFFIX_MAX) {
+                        mount_what(ret_what, "no free name for " MOUNT_MEDIA_DIR "/%s/%s",
+                                   req->user, name);
+                        return -EEXIST;
+                }
+        }
+
+        dir_fd = openat(user_fd, candidate, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dir_fd < 0) {
+                r = -errno;
+                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
+                return r;
+        }
+        source = path_join_root(m->root, d->node);
+        if (!source || asprintf(&target, "/proc/self/fd/%d", dir_fd) < 0 ||
+            asprintf(&mount_point, MOUNT_MEDIA_DIR "/%s/%s", req->user, candidate) < 0) {
+                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
+                return -ENOMEM;
+        }
+
+        /* The target through our O_PATH fd: whatever happens to the path meanwhile, the mount
+         * lands on the directory we just made. */
+        if (mount(source, target, fstype, flags, data) < 0) {
+                r = -errno;
+                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
+                if (r == -ENODEV) {
+                        /* The kernel knows no such file system type (no driver, no module). */
+                        mount_what(ret_what, "this kernel cannot mount %s file systems", fstype);
+                        return -EOPNOTSUPP;
+                }
+                mount_what(ret_what, "mount -t %s %s %s failed", fstype, d->node, mount_point);
+                return r;
+        }
+
+        /* Trust, but verify: the file system on the directory is this device's. */
+        if (fstatat(user_fd, candidate, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            st.st_dev != d->status.devnum) {
+                log_warning("%s: the mount on %s is not the device's; unmounting it", d->node,
+                            mount_point);
+                (void) umount2(target, MNT_DETACH);
+                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
+                mount_what(ret_what, "the mount on %s did not show %s", mount_point, d->node);
+                return -EIO;
+        }
+
+        log_info("Mounted %s (%s) on %s for uid %u", d->node, fstype, mount_point,
+                 (unsigned) req->uid);
+        *ret_mount_point = TAKE_PTR(mount_point);
+        return 0;
+}
+
+static int split_mount_point(const char *mount_point, char **ret_user, const char **ret_name) {
+        const char *prefix = MOUNT_MEDIA_DIR "/";
+        const char *rest, *slash;
+
+        if (strncmp(mount_point, prefix, strlen(prefix)) != 0)
+                return -EINVAL;
+        rest = mount_point + strlen(prefix);
+        slash = strchr(rest, '/');
+        if (!slash || slash == rest || !slash[1] || strchr(slash + 1, '/'))
+                return -EINVAL;
+        *ret_user = strndup(rest, (size_t) (slash - rest));
+        if (!*ret_user)
+                return -ENOMEM;
+        *ret_name = slash + 1;
+        return 0;
+}
+
+static void remove_mount_dir(Manager *m, const char *mount_point) {
+        _cleanup_free_ char *user = NULL;
+        _cleanup_close_ int user_fd = -EBADF;
+        const char *name;
+
+        if (split_mount_point(mount_point, &user, &name) < 0)
+                return;
+        if (open_user_dir(m, user, 0, false, &user_fd) < 0)
+                return;
+        /* Only an empty directory goes: if something is mounted there still, EBUSY. */
+        if (unlinkat(user_fd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+                log_debug_errno(-errno, "Cannot remove %s: %m", mount_point);
+}
+
+int mount_unmount(Manager *m, Device *d, bool force) {
+        _cleanup_free_ char *path = NULL;
+
+        if (!d->mount_point)
+                return -ENOTCONN;
+        path = path_join_root(m->root, d->mount_point);
+        if (!path)
+                return -ENOMEM;
+        if (umount2(path, UMOUNT_NOFOLLOW | (force ? MNT_DETACH : 0)) < 0) {
+                int r = -errno;
+
+                /* Unmounted by other means already: what counts is that it is gone. */
+                if (r != -EINVAL && r != -ENOENT)
+                        return r;
+                struct libmnt_table *t = manager_mount_table(m);
+                bool still = t && mount_table_has(t, d->status.devnum, d->mount_point);
+                mnt_unref_table(t);
+                if (still)
+                        return r;
+        }
+        remove_mount_dir(m, d->mount_point);
+        log_info("Unmounted %s from %s", d->node, d->mount_point);
+        return 0;
+}
+
+int mount_find_target(struct libmnt_table *t, dev_t devnum, char **ret) {
+        struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+        struct libmnt_fs *fs;
+
+        if (!it)
+                return -ENOMEM;
+        *ret = NULL;
+        while (mnt_table_next_fs(t, it, &fs) == 0)
+                if (mnt_fs_get_devno(fs) == devnum && mnt_fs_get_target(fs)) {
+                        *ret = strdup(mnt_fs_get_target(fs));
+                        break;
+                }
+        mnt_free_iter(it);
+        return 0;
+}
+
+bool mount_table_has(struct libmnt_table *t, dev_t devnum, const char *path) {
+        struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+        struct libmnt_fs *fs;
+        bool found = false;
+
+        if (!it)
+                return true; /* when in doubt, it is still there */
+        while (mnt_table_next_fs(t, it, &fs) == 0)
+                if (mnt_fs_get_devno(fs) == devnum && streq_ptr(mnt_fs_get_target(fs), path)) {
+                        found = true;
+                        break;
+                }
+        mnt_free_iter(it);
+        return found;
+}
+
+static Reference *find_mount_reference(Device *d) {
+        for (Reference *r = d->references; r; r = r->next)
+                if (r->lifetime == LIFETIME_MOUNT)
+                        return r;
+        return NULL;
+}
+
+void mount_adopt(Manager *m) {
+        struct libmnt_table *t = manager_mount_table(m);
+
+        /* Without a mount table nothing can be told: keep every reference as it was. */
+        if (!t) {
+                log_warning("Cannot read the mount table; mounts are not adopted.");
+                return;
+        }
+
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *d = m->devices[i];
+                struct libmnt_iter *it;
+                struct libmnt_fs *fs;
+                Reference *keep;
+
+                if (!d || !d->managed)
+                        continue;
+                it = mnt_new_iter(MNT_ITER_FORWARD);
+                while (it && mnt_table_next_fs(t, it, &fs) == 0) {
+                        _cleanup_free_ char *user = NULL;
+                        const char *name, *target = mnt_fs_get_target(fs);
+                        struct passwd *pw;
+
+                        if (mnt_fs_get_devno(fs) != d->status.devnum || !target ||
+                            split_mount_point(target, &user, &name) < 0)
+                                continue;
+                        pw = getpwnam(user);
+                        if (!pw)
+                                continue;
+                        free(d->mount_point);
+                        d->mount_point = strdup(target);
+                        if (!d->mount_point)
+                                continue;
+                        d->mount_uid = pw->pw_uid;
+                        log_info("%s: adopted its mount on %s (uid %u)", d->node, target,
+                                 (unsigned) pw->pw_uid);
+                        break;
+                }
+                mnt_free_iter(it);
+
+                /* The reference the mount held: still held if the mount is there, dropped
+                 * (unmounted while we were not running) if not. One per mount. */
+                keep = d->mount_point ? find_mount_reference(d) : NULL;
+                for (Reference *r = d->references; r;) {
+                        if (r->lifetime != LIFETIME_MOUNT || r == keep) {
+                                r = r->next;
+                                continue;
+                        }
+                        log_info("%s: its mount is gone; dropping the reference it held", d->node);
+                        (void) device_drop_reference_id(d, r->id);
+                        r = d->references;
+                }
+                d->mount_ref_id = keep ? keep->id : 0;
+        }
+        mnt_unref_table(t);
+}
+
+void mount_check_table(Manager *m, struct libmnt_table *t) {
+        for (size_t i = 0; i < m->n_slots; i++) {
+                Device *d = m->devices[i];
+                uint64_t ref_id;
+
+                if (!d || !d->mount_point || mount_table_has(t, d->status.devnum, d->mount_point))
+                        continue;
+                log_info("%s: %s was unmounted by other means", d->node, d->mount_point);
+                remove_mount_dir(m, d->mount_point);
+                ref_id = d->mount_ref_id;
+                manager_device_clear_mount(m, d);
+                /* May tear the device down and free it. */
+                (void) manager_release_reference(m, d, ref_id);
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* udev properties */
+
+static int udev_dir_open(const char *root, bool create, int *ret) {
+        _cleanup_free_ char *run = path_join_root(root, "/run");
+        _cleanup_close_ int run_fd = -EBADF, lm_fd = -EBADF, fd = -EBADF;
+
+        if (!run)
+                return -ENOMEM;
+        run_fd = open(run, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (run_fd < 0)
+                return -errno;
+        if (create && mkdirat(run_fd, "loopmgr", 0755) < 0 && errno != EEXIST)
+                return -errno;
+        lm_fd = openat(run_fd, "loopmgr", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (lm_fd < 0)
+                return -errno;
+        if (create && mkdirat(lm_fd, "udev", 0755) < 0 && errno != EEXIST)
+                return -errno;
+        fd = openat(lm_fd, "udev", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
+static bool loop_name_ok(const char *name) {
+        unsigned n;
+        return loop_name_to_number(name, &n) >= 0;
+}
+
+int udev_props_write(const char *root, const char *name, uid_t owner, uint64_t diskseq) {
+        _cleanup_close_ int dir_fd = -EBADF, fd = -EBADF;
+        _cleanup_free_ char *text = NULL, *tmp = NULL;
+        struct passwd *pw;
+        size_t n;
+        int r;
+
+        if (!loop_name_ok(name))
+                return -EINVAL;
+        r = udev_dir_open(root, true, &dir_fd);
+        if (r < 0)
+                return r;
+        pw = getpwuid(owner);
+        /* A name udev could misread (blanks, quotes) is left out; the uid is always there. */
+        if (pw && user_name_valid(pw->pw_name) && !strpbrk(pw->pw_name, " \t\n\"'\\"))
+                r = asprintf(&text, "LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=%u\nLOOPMGR_OWNER=%s\n",
+                             (unsigned) owner, pw->pw_name);
+        else
+                r = asprintf(&text, "LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=%u\n", (unsigned) owner);
+        if (r < 0)
+                return -ENOMEM;
+        if (diskseq > 0) {
+                char *t = NULL;
+                if (asprintf(&t, "%sLOOPMGR_DISKSEQ=%" PRIu64 "\n", text, diskseq) < 0)
+                        return -ENOMEM;
+                free(text);
+                text = t;
+        }
+        if (asprintf(&tmp, ".%s.tmp", name) < 0)
+                return -ENOMEM;
+        fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0)
+                return -errno;
+        n = strlen(text);
+        if (write(fd, text, n) != (ssize_t) n) {
+                r = -errno;
+                (void) unlinkat(dir_fd, tmp, 0);
+                return r;
+        }
+        if (renameat(dir_fd, tmp, dir_fd, name) < 0) {
+                r = -errno;
+                (void) unlinkat(dir_fd, tmp, 0);
+                return r;
+        }
+        return 0;
+}
+
+/* The LOOPMGR_DISKSEQ of a properties file, 0 when it has none. */
+static int udev_props_read_diskseq(int dir_fd, const char *name, uint64_t *ret) {
+        _cleanup_close_ int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        char buf[512];
+        ssize_t n;
+        const char *p;
+
+        if (fd < 0)
+                return -errno;
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n < 0)
+                return -errno;
+        buf[n] = 0;
+        *ret = 0;
+        p = strstr(buf, "LOOPMGR_DISKSEQ=");
+        if (p) {
+                char num[32];
+                size_t k = strspn(p + strlen("LOOPMGR_DISKSEQ="), "0123456789");
+                if (k == 0 || k >= sizeof(num))
+                        return 0;
+                memcpy(num, p + strlen("LOOPMGR_DISKSEQ="), k);
+                num[k] = 0;
+                (void) safe_atou64(num, ret);
+        }
+        return 0;
+}
+
+void udev_props_remove(const char *root, const char *name, uint64_t diskseq) {
+        _cleanup_close_ int dir_fd = -EBADF;
+        uint64_t seq = 0;
+
+        if (!loop_name_ok(name) || udev_dir_open(root, false, &dir_fd) < 0)
+                return;
+        if (diskseq != 0 && (udev_props_read_diskseq(dir_fd, name, &seq) < 0 || seq != diskseq))
+                return;
+        (void) unlinkat(dir_fd, name, 0);
+}
+
+void udev_props_cleanup(const char *root) {
+        _cleanup_close_ int dir_fd = -EBADF;
+        DIR *dir;
+
+        if (udev_dir_open(root, false, &dir_fd) < 0)
+                return;
+        dir = fdopendir(dup(dir_fd));
+        if (!dir)
+                return;
+        for (struct dirent *de; (de = readdir(dir));) {
+                _cleanup_(loop_status_done) LoopStatus st = {};
+                uint64_t seq = 0;
+
+                if (de->d_name[0] == '.') {
+                        /* A temporary file of a write that was cut short. */
+                        if (!streq(de->d_name, ".") && !streq(de->d_name, ".."))
+                                (void) unlinkat(dir_fd, de->d_name, 0);
+                        continue;
+                }
+                if (!loop_name_ok(de->d_name))
+                        continue;
+                if (udev_props_read_diskseq(dir_fd, de->d_name, &seq) < 0)
+                        continue;
+                /* Other daemons (test instances) may share the directory: only files whose
+                 * binding is gone are stale. */
+                if (loop_read_sysfs(root, de->d_name, &st) >= 0 && st.bound &&
+                    (seq == 0 || seq == st.diskseq))
+                        continue;
+                log_debug("Removing stale udev properties of %s", de->d_name);
+                (void) unlinkat(dir_fd, de->d_name, 0);
+        }
+        closedir(dir);
+}
