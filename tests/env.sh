@@ -21,6 +21,8 @@
 # udevd is per host: it is started only when none runs, and env.sh stops it again only when the
 # last instance stops. The polkit actions file is installed into /usr/share/polkit-1/actions
 # (polkitd reads no other directory) and removed (or the previous file restored) likewise.
+# udev/90-loopmgr.rules goes into /run/udev/rules.d (unless an installed copy exists) and is
+# removed likewise.
 #
 # The private bus enforces the default policy of Debian's system bus, the installed service
 # policies (/usr/share/dbus-1/system.d, /etc/dbus-1/system.d) and loopmgr's policy straight
@@ -41,6 +43,8 @@ GLOBAL=/run/loopmgr-env
 SOCKET=$STATE/system_bus_socket
 ADDRESS=unix:path=$SOCKET
 POLKIT_ACTIONS_SRC=$REPO/policy/org.loopmgr.policy
+UDEV_RULE_SRC=$REPO/udev/90-loopmgr.rules
+UDEV_RULE_DST=/run/udev/rules.d/90-loopmgr.rules
 POLKIT_ACTIONS_DST=/usr/share/polkit-1/actions/org.loopmgr.policy
 POLKIT_ACTION_IDS=(org.loopmgr.attach org.loopmgr.attach-path org.loopmgr.detach-others
     org.loopmgr.mount org.loopmgr.mount-others)
@@ -231,6 +235,34 @@ uninstall_polkit_actions() {
     rm -f "$GLOBAL/polkit-actions.installed"
 }
 
+# ---- udev rule -------------------------------------------------------------------------------
+
+# udev/90-loopmgr.rules imports the properties loopmgrd writes for its devices
+# (LOOPMGR_MANAGED, LOOPMGR_OWNER...). Meson installs it into udev's rules directory; for a
+# build tree it goes into /run/udev/rules.d (tmpfs, gone at reboot) unless an installed copy
+# is there already.
+install_udev_rule() {
+    [[ -f $UDEV_RULE_SRC ]] || die "$UDEV_RULE_SRC is missing"
+    local d
+    for d in /etc/udev/rules.d /usr/lib/udev/rules.d /lib/udev/rules.d; do
+        [[ -e $d/${UDEV_RULE_SRC##*/} ]] && return 0
+    done
+    cmp -s "$UDEV_RULE_SRC" "$UDEV_RULE_DST" && return 0
+    log "udev: installing $UDEV_RULE_DST"
+    mkdir -p "${UDEV_RULE_DST%/*}"
+    install -m 0644 "$UDEV_RULE_SRC" "$UDEV_RULE_DST.tmp"
+    mv -f "$UDEV_RULE_DST.tmp" "$UDEV_RULE_DST"
+    touch "$GLOBAL/udev-rule.installed"
+    udevadm control --reload 2>/dev/null || log "warning: udevadm control --reload failed"
+}
+
+uninstall_udev_rule() {
+    [[ -e $GLOBAL/udev-rule.installed ]] || return 0
+    log "udev: removing $UDEV_RULE_DST"
+    rm -f "$UDEV_RULE_DST" "$GLOBAL/udev-rule.installed"
+    udevadm control --reload 2>/dev/null || true
+}
+
 # ---- private system bus --------------------------------------------------------------------
 
 write_bus_config() {
@@ -389,6 +421,7 @@ cmd_start() {
     lock
     echo "$STATE" >"$(instance_file)"
     start_udev
+    install_udev_rule
     install_polkit_actions
     start_bus
     start_polkit
@@ -404,8 +437,9 @@ cmd_stop() {
     stop_pidfile "$STATE/dbus.pid" dbus-daemon dbus-daemon
     rm -f "$SOCKET" "$STATE/bus-address" "$STATE/dbus.pid.new" "$(instance_file)"
     if other_instances_alive; then
-        log "other instances are still up: leaving udevd and the polkit actions file to them"
+        log "other instances are still up: leaving udevd, the udev rule and the polkit actions file to them"
     else
+        uninstall_udev_rule
         stop_udev_if_ours
         uninstall_polkit_actions
     fi
