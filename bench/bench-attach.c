@@ -5,8 +5,8 @@
  * client of loopmgrd (bench/run.sh sets up the bus, the daemon and a scratch directory, then
  * runs this; docs/PERFORMANCE.md describes the method).
  *
- * Scenarios, each at two populations (the bindings that exist besides the one measured:
- * none of ours, then --bindings of ours):
+ * Scenarios, each at several populations (the bindings that exist besides the one measured:
+ * none of ours, then each count of --bindings, 100 and 1,000 by default, of ours):
  *   attach    Manager.Attach of a fresh sparse 1 MiB file, wait-udev=true and wait-udev=false
  *             alternated (ABBA), then Manager.Detach(wait=true) timed separately
  *   resolve   Manager.Resolve of the top of file -> loop A -> partition of A -> loop B -> loop C
@@ -85,7 +85,8 @@ static inline void closep(int *fd) {
 /* A row gives up after this many failed iterations: one bad iteration should not cost the
  * numbers, a broken scenario should not cost minutes. */
 #define ROW_MAX_FAILURES 3
-#define MAX_ROWS         32
+#define MAX_ROWS         64
+#define MAX_POPULATIONS  8
 #define MAX_FACTS        64
 
 typedef struct Row {
@@ -112,7 +113,9 @@ typedef struct Bench {
         sd_bus *bus;
         const char *dir;
         FILE *record;
-        unsigned bindings, iterations, warmup, resolve_iterations, gmo_iterations;
+        unsigned bindings[MAX_POPULATIONS]; /* ascending */
+        size_t n_bindings;
+        unsigned iterations, warmup, resolve_iterations, gmo_iterations;
         bool remove_idle;
         uint32_t daemon_pid;
         /* What the daemon's threads did during the last call_timed(), see Row. */
@@ -1128,21 +1131,27 @@ typedef struct Population {
         size_t n;
 } Population;
 
-/* Creates up to b->bindings bindings on separate sparse files, wait-udev=false. Stops at the
- * first failure (NoFreeDevice when the kernel runs out) and keeps what it has. */
-static void populate(Bench *b, Population *p) {
+/* Grows the population to `target` bindings on separate sparse files, wait-udev=false (the
+ * arrays are sized for the largest count of --bindings). Stops at the first failure
+ * (NoFreeDevice when the kernel runs out) and keeps what it has; returns false then. */
+static bool populate(Bench *b, Population *p, unsigned target) {
+        unsigned max = b->n_bindings > 0 ? b->bindings[b->n_bindings - 1] : 1;
+        size_t n0 = p->n;
         double t0, t1, t2;
+        bool complete = true;
 
-        p->devices = calloc(b->bindings ? b->bindings : 1, sizeof(Created *));
-        p->files = calloc(b->bindings ? b->bindings : 1, sizeof(char *));
+        if (!p->devices)
+                p->devices = calloc(max ? max : 1, sizeof(Created *));
+        if (!p->files)
+                p->files = calloc(max ? max : 1, sizeof(char *));
         if (!p->devices || !p->files) {
                 fputs("bench-attach: out of memory\n", stderr);
                 exit(EXIT_FAILURE);
         }
 
-        fprintf(stderr, "bench-attach: creating %u bindings\n", b->bindings);
+        fprintf(stderr, "bench-attach: growing to %u bindings\n", target);
         t0 = now_usec();
-        for (unsigned i = 0; i < b->bindings; i++) {
+        while (p->n < target) {
                 _cleanup_close_ int fd = -EBADF;
                 char *error = NULL;
                 int r;
@@ -1151,6 +1160,7 @@ static void populate(Bench *b, Population *p) {
                 if (r < 0) {
                         fact(b, "creating bindings stopped after %zu: cannot create a file: %s",
                              p->n, strerror(-r));
+                        complete = false;
                         break;
                 }
                 r = attach(b, fd, false, 0, &p->devices[p->n], NULL, &error);
@@ -1158,9 +1168,10 @@ static void populate(Bench *b, Population *p) {
                         (void) unlink(p->files[p->n]);
                         free(p->files[p->n]);
                         p->files[p->n] = NULL;
-                        fact(b, "creating bindings stopped after %zu of %u: %s", p->n, b->bindings,
+                        fact(b, "creating bindings stopped after %zu of %u: %s", p->n, target,
                              error);
                         free(error);
+                        complete = false;
                         break;
                 }
                 p->n++;
@@ -1171,9 +1182,11 @@ static void populate(Bench *b, Population *p) {
         settle_or_warn();
         t2 = now_usec();
         fact(b,
-             "created %zu bindings through the daemon (wait-udev=false) in %.1f s (%.2f ms "
-             "each); udev settled %.1f s later",
-             p->n, (t1 - t0) / 1e6, p->n ? (t1 - t0) / 1e3 / (double) p->n : 0.0, (t2 - t1) / 1e6);
+             "created %zu bindings through the daemon (wait-udev=false, %zu to %zu) in %.1f s "
+             "(%.2f ms each); udev settled %.1f s later",
+             p->n - n0, n0, p->n, (t1 - t0) / 1e6,
+             p->n > n0 ? (t1 - t0) / 1e3 / (double) (p->n - n0) : 0.0, (t2 - t1) / 1e6);
+        return complete;
 }
 
 static void depopulate(Bench *b, Population *p) {
@@ -1237,8 +1250,55 @@ static const Row *find_row(const Bench *b, const char *label, unsigned populatio
         return NULL;
 }
 
-static void print_results(Bench *b, FILE *f, unsigned population, const Snapshot *snaps,
-                          size_t n_snaps) {
+/* A short key for the --metrics lines of a row. */
+static const char *row_key(const char *label) {
+        static const struct {
+                const char *label, *key;
+        } keys[] = {
+                {"GetManagedObjects", "gmo"},
+                {"Attach, wait-udev=true", "attach-udev"},
+                {"Attach, wait-udev=false", "attach-nowait"},
+                {"Detach, wait=true", "detach"},
+                {"Resolve, top of the 4-layer chain", "resolve-chain"},
+                {"Resolve, plain file", "resolve-plain"},
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
+                if (strcmp(keys[i].label, label) == 0)
+                        return keys[i].key;
+        return NULL;
+}
+
+/* "key value" lines for bench/report.sh (targets and plots). */
+static void print_metrics(Bench *b, FILE *f, const Snapshot *snaps, size_t n_snaps) {
+        for (size_t i = 0; i < b->n_rows; i++) {
+                Row *row = &b->rows[i];
+                const char *key = row_key(row->label);
+                Stats st;
+
+                if (!key || !row_usable(row))
+                        continue;
+                st = row_stats(row);
+                fprintf(f, "s4.%u.%s.median %.4f\n", row->population, key, st.median / 1e3);
+                fprintf(f, "s4.%u.%s.p99 %.4f\n", row->population, key, st.p99 / 1e3);
+                if (row->n_sched > 0)
+                        fprintf(f, "s4.%u.%s.cpu %.4f\n", row->population, key,
+                                row->cpu_usec / 1e3 / (double) row->n_sched);
+        }
+        for (size_t i = 0; i < n_snaps; i++) {
+                const Snapshot *s = &snaps[i];
+
+                if (!s->have_rss)
+                        continue;
+                if (strcmp(s->point, "after detaching everything") == 0)
+                        fprintf(f, "s4.after.rss_kb %lu\n", s->rss_kb);
+                else
+                        fprintf(f, "s4.%u.rss_kb %lu\n", s->population, s->rss_kb);
+        }
+}
+
+static void print_results(Bench *b, FILE *f, const unsigned *loaded, size_t n_loaded,
+                          const Snapshot *snaps, size_t n_snaps) {
         Stats stats[MAX_ROWS] = {};
         bool any_notes = false;
 
@@ -1284,39 +1344,43 @@ static void print_results(Bench *b, FILE *f, unsigned population, const Snapshot
                 fputc('\n', f);
         }
 
-        if (population > 0)
+        if (n_loaded == 0)
+                fputs("\n#### Ratio (not computed: no binding could be created for a loaded "
+                      "case)\n\n",
+                      f);
+        for (size_t l = 0; l < n_loaded; l++) {
+                unsigned population = loaded[l];
+
                 fprintf(f,
                         "\n#### Ratio %u bindings / 0 bindings (issue target for Attach: at most "
                         "1.2)\n\n",
                         population);
-        else
-                fputs("\n#### Ratio (not computed: no binding could be created for the loaded "
-                      "case)\n\n",
+                fputs("| scenario | median | p90 | p99 | daemon CPU / call |\n"
+                      "|---|---:|---:|---:|---:|\n",
                       f);
-        fputs("| scenario | median | p90 | p99 | daemon CPU / call |\n|---|---:|---:|---:|---:|\n",
-              f);
-        for (size_t i = 0; population > 0 && i < b->n_rows; i++) {
-                const Row *zero = &b->rows[i], *full;
-                Stats z, w;
+                for (size_t i = 0; i < b->n_rows; i++) {
+                        const Row *zero = &b->rows[i], *full;
+                        Stats z, w;
 
-                if (zero->population != 0)
-                        continue;
-                full = population > 0 ? find_row(b, zero->label, population) : NULL;
-                fprintf(f, "| %s | ", zero->label);
-                if (!full || !row_usable(zero) || !row_usable(full)) {
-                        fputs("n/a (a side failed or did not run) | | | |\n", f);
-                        continue;
+                        if (zero->population != 0)
+                                continue;
+                        full = find_row(b, zero->label, population);
+                        fprintf(f, "| %s | ", zero->label);
+                        if (!full || !row_usable(zero) || !row_usable(full)) {
+                                fputs("n/a (a side failed or did not run) | | | |\n", f);
+                                continue;
+                        }
+                        z = stats[i];
+                        w = stats[full - b->rows];
+                        fprintf(f, "%.2f | %.2f | %.2f | ", w.median / z.median, w.p90 / z.p90,
+                                w.p99 / z.p99);
+                        if (zero->n_sched > 0 && full->n_sched > 0 && zero->cpu_usec > 0)
+                                fprintf(f, "%.2f |\n",
+                                        (full->cpu_usec / (double) full->n_sched) /
+                                                (zero->cpu_usec / (double) zero->n_sched));
+                        else
+                                fputs("n/a |\n", f);
                 }
-                z = stats[i];
-                w = stats[full - b->rows];
-                fprintf(f, "%.2f | %.2f | %.2f | ", w.median / z.median, w.p90 / z.p90,
-                        w.p99 / z.p99);
-                if (zero->n_sched > 0 && full->n_sched > 0 && zero->cpu_usec > 0)
-                        fprintf(f, "%.2f |\n",
-                                (full->cpu_usec / (double) full->n_sched) /
-                                        (zero->cpu_usec / (double) zero->n_sched));
-                else
-                        fputs("n/a |\n", f);
         }
 
         fputs("\n#### Daemon memory\n\n", f);
@@ -1364,13 +1428,40 @@ static void help(void) {
                "  --dir DIR                  scratch directory for the backing files\n"
                "  --record FILE              append \"node diskseq\" of every device made\n"
                "  --markdown FILE            write the result tables there as well\n"
-               "  --bindings N               bindings of ours for the loaded case (1000)\n"
+               "  --bindings N[,N...]        bindings of ours for the loaded cases, ascending\n"
+               "                             (100,1000)\n"
+               "  --metrics FILE             write \"key value\" lines there (bench/report.sh)\n"
                "  --iterations N             attach/detach iterations per mode and case (150)\n"
                "  --resolve-iterations N     Resolve iterations per target and case (1000)\n"
                "  --gmo-iterations N         GetManagedObjects iterations per case (20)\n"
                "  --warmup N                 warm-up iterations before each measurement (10)\n"
                "  --keep-idle-devices        do not LOOP_CTL_REMOVE the loop devices the kernel\n"
                "                             created on demand during the run\n");
+}
+
+static int parse_unsigned(const char *s, unsigned *ret);
+
+/* "100,1000": ascending counts, at most MAX_POPULATIONS; "0" alone means no loaded case. */
+static int parse_bindings(const char *s, unsigned *ret, size_t *ret_n) {
+        _cleanup_free_ char *copy = strdup(s);
+        unsigned v[MAX_POPULATIONS];
+        size_t n = 0;
+        char *save = NULL;
+
+        if (!copy)
+                return -ENOMEM;
+        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (n >= MAX_POPULATIONS || parse_unsigned(t, &v[n]) < 0)
+                        return -EINVAL;
+                if (v[n] == 0)
+                        continue;
+                if (n > 0 && v[n] <= v[n - 1])
+                        return -EINVAL;
+                n++;
+        }
+        memcpy(ret, v, n * sizeof(unsigned));
+        *ret_n = n;
+        return 0;
 }
 
 static int parse_unsigned(const char *s, unsigned *ret) {
@@ -1396,6 +1487,7 @@ int main(int argc, char *argv[]) {
                 ARG_GMO_ITERATIONS,
                 ARG_WARMUP,
                 ARG_KEEP_IDLE,
+                ARG_METRICS,
         };
         static const struct option options[] = {
                 {"help", no_argument, NULL, 'h'},
@@ -1408,22 +1500,26 @@ int main(int argc, char *argv[]) {
                 {"gmo-iterations", required_argument, NULL, ARG_GMO_ITERATIONS},
                 {"warmup", required_argument, NULL, ARG_WARMUP},
                 {"keep-idle-devices", no_argument, NULL, ARG_KEEP_IDLE},
+                {"metrics", required_argument, NULL, ARG_METRICS},
                 {}};
         Bench b = {
-                .bindings = 1000,
+                .bindings = {100, 1000},
+                .n_bindings = 2,
                 .iterations = 150,
                 .resolve_iterations = 1000,
                 .gmo_iterations = 20,
                 .warmup = 10,
                 .remove_idle = true,
         };
-        const char *record = NULL, *markdown = NULL;
+        const char *record = NULL, *markdown = NULL, *metrics = NULL;
+        unsigned loaded[MAX_POPULATIONS];
+        size_t n_loaded = 0;
         Population pop = {};
-        Snapshot snaps[3];
+        Snapshot snaps[MAX_POPULATIONS + 2];
         size_t n_snaps = 0;
-        unsigned loaded, left;
+        unsigned left;
         double t0, t1;
-        int c, r;
+        int c, r = 0;
 
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
                 unsigned *target = NULL;
@@ -1442,7 +1538,17 @@ int main(int argc, char *argv[]) {
                         markdown = optarg;
                         break;
                 case ARG_BINDINGS:
-                        target = &b.bindings;
+                        r = parse_bindings(optarg, b.bindings, &b.n_bindings);
+                        if (r < 0) {
+                                fprintf(stderr,
+                                        "bench-attach: --bindings takes ascending counts "
+                                        "separated by commas, not '%s'\n",
+                                        optarg);
+                                return 2;
+                        }
+                        break;
+                case ARG_METRICS:
+                        metrics = optarg;
                         break;
                 case ARG_ITERATIONS:
                         target = &b.iterations;
@@ -1508,13 +1614,20 @@ int main(int argc, char *argv[]) {
         run_phase(&b, scenario_attach, 0, "attach/detach");
         run_phase(&b, scenario_resolve, 0, "Resolve");
 
-        populate(&b, &pop);
-        loaded = (unsigned) pop.n;
-        if (loaded > 0) {
-                snapshot(&b, &snaps[n_snaps++], "loaded", loaded);
-                run_phase(&b, scenario_objects, loaded, "GetManagedObjects");
-                run_phase(&b, scenario_attach, loaded, "attach/detach");
-                run_phase(&b, scenario_resolve, loaded, "Resolve");
+        for (size_t l = 0; l < b.n_bindings; l++) {
+                bool complete = populate(&b, &pop, b.bindings[l]);
+                unsigned n = (unsigned) pop.n;
+
+                /* A short population (the kernel ran out) is measured once, at what it got. */
+                if (n == 0 || (n_loaded > 0 && loaded[n_loaded - 1] == n))
+                        break;
+                loaded[n_loaded++] = n;
+                snapshot(&b, &snaps[n_snaps++], "loaded", n);
+                run_phase(&b, scenario_objects, n, "GetManagedObjects");
+                run_phase(&b, scenario_attach, n, "attach/detach");
+                run_phase(&b, scenario_resolve, n, "Resolve");
+                if (!complete)
+                        break;
         }
         depopulate(&b, &pop);
 
@@ -1529,7 +1642,19 @@ int main(int argc, char *argv[]) {
              (now_usec() - t0) / 1e6);
 
         putchar('\n');
-        print_results(&b, stdout, loaded, snaps, n_snaps);
+        print_results(&b, stdout, loaded, n_loaded, snaps, n_snaps);
+        if (metrics) {
+                FILE *f = fopen(metrics, "ae");
+
+                if (!f) {
+                        fprintf(stderr, "bench-attach: cannot write %s: %m\n", metrics);
+                        r = -errno;
+                } else {
+                        print_metrics(&b, f, snaps, n_snaps);
+                        if (fclose(f) != 0)
+                                r = -errno;
+                }
+        }
         if (markdown) {
                 FILE *f = fopen(markdown, "we");
 
@@ -1537,7 +1662,7 @@ int main(int argc, char *argv[]) {
                         fprintf(stderr, "bench-attach: cannot write %s: %m\n", markdown);
                         r = -errno;
                 } else {
-                        print_results(&b, f, loaded, snaps, n_snaps);
+                        print_results(&b, f, loaded, n_loaded, snaps, n_snaps);
                         if (fclose(f) != 0)
                                 r = -errno;
                 }

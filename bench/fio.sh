@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# bench/fio.sh: scenario 5 of bench/run.sh, the data path. Not meant to be run alone: run.sh
+# sets up the bus and loopmgrd, and takes down whatever the record names if this dies.
+#
+# Sequential (1 MiB blocks) and random (4 KiB) reads and writes with fio, direct I/O on and
+# off, on the backing file itself, through a loop device attached by loopmgrd with
+# direct-io=on and with direct-io=off, and (the control: is a gap loopmgrd's doing or the
+# loop driver's?) through one attached by `losetup --direct-io=on`. The targets of one job run
+# one after the other in rotated order, each repetition; every loop device is attached just
+# before its job and detached right after, so only one device exists over the file at a time
+# (loopmgrd refuses aliases anyway).
+#
+# Environment: SCRATCH (directory), RECORD (device record), LOOPMGRCTL, METRICS (key value
+# lines appended), MARKDOWN (table written), FIO_SIZE (MiB), FIO_RUNTIME and FIO_RAMP
+# (seconds), FIO_REPS.
+
+set -euo pipefail
+
+: "${SCRATCH:?}" "${RECORD:?}" "${LOOPMGRCTL:?}" "${METRICS:?}" "${MARKDOWN:?}"
+SIZE_MIB=${FIO_SIZE:-1024}
+RUNTIME=${FIO_RUNTIME:-3}
+RAMP=${FIO_RAMP:-1}
+REPS=${FIO_REPS:-2}
+IMG=$SCRATCH/fio.img
+RAW=$SCRATCH/fio-raw
+mkdir -p "$RAW"
+
+log() {
+    printf 'fio.sh: %s\n' "$*" >&2
+}
+
+attached=
+cleanup_fio() {
+    if [[ -n $attached ]]; then
+        "$LOOPMGRCTL" detach --wait "$attached" >/dev/null 2>&1 || true
+    fi
+    if [[ -n ${losetup_node:-} ]]; then
+        losetup -d "$losetup_node" 2>/dev/null || true
+    fi
+}
+trap cleanup_fio EXIT
+
+# attach MODE: a fresh loopmgrd device over IMG (direct-io MODE), recorded; its node goes
+# into $attached (no subshell, so that the EXIT trap knows it).
+attach() {
+    local out node seq
+    out=$("$LOOPMGRCTL" attach --json --direct-io="$1" "$IMG")
+    node=$(jq -r .node <<<"$out")
+    seq=$(jq -r .diskseq <<<"$out")
+    [[ $node == /dev/loop* && $seq =~ ^[0-9]+$ ]] || { log "unexpected attach output: $out"; return 1; }
+    echo "$node $seq" >>"$RECORD"
+    attached=$node
+}
+
+detach() {
+    "$LOOPMGRCTL" detach --wait "$1" >/dev/null
+    attached=
+}
+
+log "writing the ${SIZE_MIB} MiB backing file"
+fio --name=fill --filename="$IMG" --size="${SIZE_MIB}M" --rw=write --bs=1M --direct=1 \
+    --ioengine=libaio --iodepth=8 --output=/dev/null
+
+# Is direct I/O what a default attach gives on this file system?
+attach auto
+dio=$(cat "/sys/block/${attached#/dev/}/loop/dio" 2>/dev/null || echo 0)
+detach "$attached"
+echo "s5.default_dio $dio" >>"$METRICS"
+log "a default attach (direct-io=auto) gave dio=$dio"
+
+jobs=(seqread randread seqwrite randwrite)
+declare -A rw=([seqread]=read [randread]=randread [seqwrite]=write [randwrite]=randwrite)
+declare -A bs=([seqread]=1M [randread]=4k [seqwrite]=1M [randwrite]=4k)
+declare -A dir=([seqread]=read [randread]=read [seqwrite]=write [randwrite]=write)
+targets=(file loop-dio loop-nodio losetup-dio)
+
+# losetup_attach: the control device, recorded like loopmgrd's.
+losetup_attach() {
+    local node
+    node=$(losetup --find --show --direct-io=on "$IMG")
+    echo "$node $(cat "/sys/block/${node#/dev/}/diskseq")" >>"$RECORD"
+    losetup_node=$node
+}
+losetup_node=
+
+# run_one JOB DIRECT TARGET REP: one fio run, its JSON kept in RAW.
+run_one() {
+    local job=$1 direct=$2 target=$3 rep=$4 filename
+    case $target in
+    file) filename=$IMG ;;
+    loop-dio) attach on; filename=$attached ;;
+    loop-nodio) attach off; filename=$attached ;;
+    losetup-dio) losetup_attach; filename=$losetup_node ;;
+    esac
+    # fio invalidates the page cache of what it reads (the loop device), not that of the
+    # file below it: drop the backing file's cached pages too (fadvise DONTNEED), or a loop
+    # device without direct I/O would read the file's cache.
+    sync "$IMG"
+    dd if="$IMG" iflag=nocache count=0 status=none
+    fio --name="$job" --filename="$filename" --size="${SIZE_MIB}M" --rw="${rw[$job]}" \
+        --bs="${bs[$job]}" --direct="$direct" --ioengine=libaio --iodepth=16 \
+        --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --invalidate=1 \
+        --randrepeat=0 --output-format=json \
+        --output="$RAW/$job-d$direct-$target-$rep.json" >/dev/null
+    [[ -z $attached ]] || detach "$attached"
+    if [[ -n $losetup_node ]]; then
+        seq=$(cat "/sys/block/${losetup_node#/dev/}/diskseq")
+        losetup -d "$losetup_node"
+        # On 6.11+ the teardown happens at the last close (udev's probe may hold it): wait for
+        # it, or loopmgrd would rightly refuse the next attach of the file as an alias.
+        for ((k = 0; k < 100; k++)); do
+            [[ -d /sys/block/${losetup_node#/dev/}/loop &&
+                $(cat "/sys/block/${losetup_node#/dev/}/diskseq" 2>/dev/null) == "$seq" ]] || break
+            sleep 0.1
+        done
+        losetup_node=
+    fi
+}
+
+total=$((${#jobs[@]} * 2 * ${#targets[@]} * REPS))
+log "$total fio runs of ${RUNTIME} s (+${RAMP} s ramp)"
+i=0
+for job in "${jobs[@]}"; do
+    for direct in 1 0; do
+        for ((rep = 0; rep < REPS; rep++)); do
+            for ((j = 0; j < ${#targets[@]}; j++)); do
+                target=${targets[(i + j) % ${#targets[@]}]}
+                run_one "$job" "$direct" "$target" "$rep"
+            done
+            i=$((i + 1))
+        done
+    done
+done
+
+# median VALUES...: the median of numbers.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+{
+    echo "Bandwidth in MiB/s (median of $REPS runs of ${RUNTIME} s after ${RAMP} s ramp-up;"
+    echo "fio, libaio, queue depth 16, ${SIZE_MIB} MiB file), completion-latency p99 in"
+    echo "microseconds, and the ratio of the loop device's bandwidth to the file's. The losetup"
+    echo "columns are the control: a device losetup made, with direct I/O, over the same file."
+    echo
+    echo "| job | fio direct | file MiB/s | file p99 | loopmgr dio=on MiB/s | p99 | ratio | loopmgr dio=off MiB/s | p99 | ratio | losetup dio=on MiB/s | p99 | ratio |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} >"$MARKDOWN"
+for job in "${jobs[@]}"; do
+    for direct in 1 0; do
+        line="| $job (${bs[$job]}) | $direct |"
+        filebw=
+        for target in "${targets[@]}"; do
+            bws=() lats=()
+            for ((rep = 0; rep < REPS; rep++)); do
+                f=$RAW/$job-d$direct-$target-$rep.json
+                bws+=("$(jq ".jobs[0].${dir[$job]}.bw_bytes / 1048576" "$f")")
+                lats+=("$(jq ".jobs[0].${dir[$job]}.clat_ns.percentile.\"99.000000\" / 1000" "$f")")
+            done
+            bw=$(median "${bws[@]}")
+            lat=$(median "${lats[@]}")
+            echo "s5.$job.d$direct.$target.bw_mib $bw" >>"$METRICS"
+            echo "s5.$job.d$direct.$target.p99_us $lat" >>"$METRICS"
+            line+=$(printf ' %.1f | %.0f |' "$bw" "$lat")
+            if [[ $target == file ]]; then
+                filebw=$bw
+            else
+                line+=$(awk -v a="$bw" -v b="$filebw" 'BEGIN { if (b > 0) printf " %.3f |", a / b; else printf " n/a |" }')
+            fi
+        done
+        echo "$line" >>"$MARKDOWN"
+    done
+done
+rm -f "$IMG"
+log "done"
