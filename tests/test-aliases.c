@@ -342,8 +342,10 @@ static char *add_partition(Env *e, const Attached *a, unsigned partno, uint64_t 
         char *node = NULL;
         int r = env_add_partition(e, a->node + 5, a->diskseq, partno, start_sector, n_sectors,
                                   &node);
-        if (r < 0)
+        if (r < 0) {
                 fail_msg("adding partition %u to %s: %s", partno, a->node, strerror(-r));
+                return NULL;
+        }
         return node;
 }
 

@@ -487,8 +487,10 @@ static void handle_row(Env *e, const char *member, uint32_t index, const int *fd
 static char *make_image(Env *e, uint64_t size) {
         char *path = NULL;
         int r = env_make_image(e, e->tmpdir, size, &path);
-        if (r < 0)
+        if (r < 0) {
                 fail_msg("cannot create an image in %s: %s", e->tmpdir, strerror(-r));
+                return NULL;
+        }
         return path;
 }
 

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <grp.h>
@@ -601,8 +602,7 @@ static int group_setup(void **state) {
                         goto fail;
 
         /* A password nobody knows, for this run only. */
-        _cleanup_close_ int rfd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-        if (rfd < 0 || read(rfd, rnd, sizeof(rnd)) != (ssize_t) sizeof(rnd))
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd))
                 goto fail;
         for (size_t i = 0; i < sizeof(rnd); i++)
                 snprintf(c->password + 2 * i, 3, "%02x", rnd[i]);

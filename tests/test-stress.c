@@ -474,7 +474,8 @@ static void tally_count(Tally *t, const char *name) {
                 if (streq(t->names[i].name, name))
                         break;
         if (i == t->n_names && i < MAX_NAMES) {
-                snprintf(t->names[i].name, sizeof(t->names[i].name), "%s", name);
+                snprintf(t->names[i].name, sizeof(t->names[i].name), "%.*s",
+                         (int) sizeof(t->names[i].name) - 1, name);
                 t->n_names++;
         }
         if (i < MAX_NAMES)
