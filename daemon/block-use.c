@@ -53,16 +53,15 @@ void foreign_mounts_done(ForeignMounts *f) {
         *f = (ForeignMounts) {};
 }
 
-static int ns_of(const char *root, const char *pid, char *buf, size_t size) {
-        _cleanup_free_ char *rel = NULL, *path = NULL;
+/* Reads <proc>/<pid>/ns/mnt relative to the open /proc: this runs for every process on the
+ * host, so no path is built on the heap. */
+static int ns_of(int proc_fd, const char *pid, char *buf, size_t size) {
+        char rel[64];
         ssize_t k;
 
-        if (asprintf(&rel, "/proc/%s/ns/mnt", pid) < 0)
-                return -ENOMEM;
-        path = path_join_root(root, rel);
-        if (!path)
-                return -ENOMEM;
-        k = readlink(path, buf, size - 1);
+        if (snprintf(rel, sizeof(rel), "%s/ns/mnt", pid) >= (int) sizeof(rel))
+                return -ENAMETOOLONG;
+        k = readlinkat(proc_fd, rel, buf, size - 1);
         if (k < 0)
                 return -errno;
         buf[k] = 0;
@@ -130,14 +129,14 @@ int foreign_mounts_scan(const char *root, ForeignMounts *ret) {
         DIR *dir;
         int r = 0;
 
-        if (ns_of(root, "self", own, sizeof(own)) < 0)
-                own[0] = 0;
         proc = path_join_root(root, "/proc");
         if (!proc)
                 return -ENOMEM;
         dir = opendir(proc);
         if (!dir)
                 return -errno;
+        if (ns_of(dirfd(dir), "self", own, sizeof(own)) < 0)
+                own[0] = 0;
 
         while (r == 0 && (de = readdir(dir))) {
                 char ns[64], **n;
@@ -145,7 +144,7 @@ int foreign_mounts_scan(const char *root, ForeignMounts *ret) {
 
                 if (de->d_name[0] < '1' || de->d_name[0] > '9')
                         continue;
-                if (ns_of(root, de->d_name, ns, sizeof(ns)) < 0 || streq(ns, own))
+                if (ns_of(dirfd(dir), de->d_name, ns, sizeof(ns)) < 0 || streq(ns, own))
                         continue;
                 for (size_t i = 0; i < n_seen && !known; i++)
                         known = streq(seen[i], ns);

@@ -348,6 +348,11 @@ static bool devnum_is_partition_of(Device *d, dev_t dev) {
 }
 
 int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs) {
+        return device_openers_with(d, mounts, manager_foreign_mounts(d->manager), ret_pairs);
+}
+
+int device_openers_with(Device *d, struct libmnt_table *mounts, const ForeignMounts *foreign,
+                        char ***ret_pairs) {
         _cleanup_strv_free_ char **l = NULL;
         _cleanup_free_ char *holders = NULL, *sys = NULL;
         struct libmnt_table *tb = mounts;
@@ -423,8 +428,8 @@ int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs) {
 
         /* Mounts in other namespaces (read from their mountinfo: the device is not opened,
          * so a concurrent mount is never disturbed). */
-        {
-                const ForeignMounts *f = manager_foreign_mounts(d->manager);
+        if (foreign) {
+                const ForeignMounts *f = foreign;
 
                 for (size_t i = 0; i < f->n; i++) {
                         dev_t dev = f->mounts[i].devnum;

@@ -120,3 +120,8 @@ int device_chain(Device *d, char ***ret);
 /* What holds the device open: pairs (kind, description) for the Openers property. mounts: a
  * parsed mount table to use, or NULL to read one. */
 int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs);
+/* The same with the mounts of other namespaces given (NULL: none known): what event handlers
+ * use, so that a uevent or a mount in our namespace does not rescan every process. */
+struct ForeignMounts;
+int device_openers_with(Device *d, struct libmnt_table *mounts,
+                        const struct ForeignMounts *foreign, char ***ret_pairs);

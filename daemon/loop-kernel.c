@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
@@ -43,18 +42,17 @@
 #define STATX_DIOALIGN 0x00002000U
 #endif
 
-/* Like systemd: a bounded number of LOOP_CTL_GET_FREE + configure rounds. GET_FREE does not
- * reserve anything, so a tool that does not take the loop-control lock can still win. */
-#define ATTACH_TRIES 64U
-/* Back-off between rounds: 1 ms plus a random share of at most 1..41 ms growing with the
- * number of failed rounds. systemd sleeps up to 250 ms, but loopmgrd is single threaded and
- * serialises every request, so a long sleep stalls all clients; 64 rounds stay below ~1.5 s. */
-#define ATTACH_BACKOFF_MIN_USEC    1000U
-#define ATTACH_BACKOFF_SPREAD_USEC 40000U
-/* How long detach waits for udev's LOCK_SH probe to finish: ~100 ms total. On 6.11+ kernels
- * the clear is deferred to the last close anyway, so waiting longer buys nothing. */
-#define DETACH_LOCK_TRIES     10U
-#define DETACH_LOCK_WAIT_USEC 10000U
+/* When the device LOOP_CTL_GET_FREE names cannot be taken (attach_with_retries()): how many
+ * other existing unbound devices to try, then how many new ones to add with LOOP_CTL_ADD. */
+#define ATTACH_SCAN_MAX  16U
+#define ATTACH_ADD_MAX   4U
+/* How many loop numbers above GET_FREE's answer that search looks at. */
+#define ATTACH_PROBE_MAX 256U
+/* How long detach waits for udev's LOCK_SH probe to finish: at most ~100 ms, polled every
+ * millisecond (a probe takes a few). On 6.11+ kernels the clear is deferred to the last close
+ * anyway, so waiting longer buys nothing. */
+#define DETACH_LOCK_TRIES     100U
+#define DETACH_LOCK_WAIT_USEC 1000U
 /* Old kernels answer LOOP_SET_STATUS64 with EAGAIN while the page cache cannot be dropped. */
 #define SET_STATUS_TRIES     5U
 #define SET_STATUS_WAIT_USEC 20000U
@@ -733,6 +731,77 @@ typedef struct AttachPlan {
  * cleared again. */
 #define ERRNO_DIO_REFUSED ENOANO
 
+/*
+ * The LoopStatus of the binding we just made, from the device fd we still hold (an AUTOCLEAR
+ * binding cannot go away under us) and the LOOP_GET_STATUS64 answer we already have, instead
+ * of a dozen sysfs attributes: one open/read/close each cost more than the configure itself.
+ * The sysfs attributes report the same values (test-loop-kernel-real compares them):
+ *   size: get_capacity() * 512 = BLKGETSIZE64; sector size: queue/logical_block_size =
+ *   BLKSSZGET; ro: set_disk_ro() follows LO_FLAGS_READ_ONLY; loop/{offset,sizelimit,autoclear,
+ *   partscan,dio}: lo_offset, lo_sizelimit, lo_flags; diskseq: BLKGETDISKSEQ; loop/backing_file
+ *   is file_path() of the backing file, the same d_path() that /proc/self/fd/<fd> shows for
+ *   the fd we handed to the kernel.
+ */
+static int status_from_device(int fd, const char *name, int nr, const struct loop_info64 *info,
+                              int backing_fd, LoopStatus *ret) {
+        _cleanup_(loop_status_donep) LoopStatus s = {};
+        char path[sizeof("/proc/self/fd/") + 3 * sizeof(int)];
+        char target[PATH_MAX];
+        struct stat st;
+        uint64_t size;
+        ssize_t n;
+        int ssz = 0;
+
+        (void) snprintf(s.name, sizeof(s.name), "%s", name);
+        s.number = (unsigned) nr;
+        s.bound = true;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISBLK(st.st_mode))
+                return -ENODEV;
+        s.devnum = st.st_rdev;
+
+        /* Without BLKGETDISKSEQ (before 5.15) there is no identity beyond the name, as in
+         * loop_read_sysfs(). */
+        if (ioctl(fd, BLKGETDISKSEQ, &s.diskseq) < 0) {
+                if (errno != ENOTTY && errno != EINVAL)
+                        return -errno;
+                s.diskseq = 0;
+        }
+        if (ioctl(fd, BLKGETSIZE64, &size) < 0)
+                return -errno;
+        s.size = size - size % 512;
+        if (ioctl(fd, BLKSSZGET, &ssz) < 0)
+                return -errno;
+        if (ssz <= 0)
+                return -EBADMSG;
+        s.sector_size = (uint32_t) ssz;
+
+        s.backing_device = decode_kernel_dev(info->lo_device);
+        s.backing_inode = info->lo_inode;
+        s.backing_rdevice = decode_kernel_dev(info->lo_rdevice);
+        s.offset = info->lo_offset;
+        s.size_limit = info->lo_sizelimit;
+        s.read_only = info->lo_flags & LO_FLAGS_READ_ONLY;
+        s.autoclear = info->lo_flags & LO_FLAGS_AUTOCLEAR;
+        s.partscan = info->lo_flags & LO_FLAGS_PARTSCAN;
+        s.direct_io = info->lo_flags & LO_FLAGS_DIRECT_IO;
+
+        (void) snprintf(path, sizeof(path), "/proc/self/fd/%i", backing_fd);
+        n = readlink(path, target, sizeof(target) - 1);
+        if (n < 0)
+                return -errno;
+        target[n] = '\0';
+        s.backing_file = strdup(target);
+        if (!s.backing_file)
+                return -ENOMEM;
+
+        *ret = s;
+        s = (LoopStatus){};
+        return 0;
+}
+
 /* Binds loop<nr> once. Returns -EBUSY, -EAGAIN, -ENXIO, -ENODEV or -ENOENT when another
  * device should be tried, -ERRNO_DIO_REFUSED when direct I/O did not stick. */
 static int configure_device(const char *root, int nr, const LoopConfig *c, const AttachPlan *plan,
@@ -743,7 +812,6 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
         struct loop_info64 info = {};
         struct loop_config lc = {};
         char name[sizeof(s.name)];
-        uint64_t seq = 0;
         int r;
 
         (void) snprintf(name, sizeof(name), "loop%i", nr);
@@ -824,18 +892,7 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
                         return r;
         }
 
-        r = device_get_diskseq(fd, root, name, &seq);
-        if (r < 0)
-                return r;
-
-        /* Read back while we still hold the device open: an AUTOCLEAR binding cannot go away
-         * under us before we have looked at it. */
-        r = loop_read_sysfs(root, name, &s);
-        if (r < 0)
-                return r;
-        if (!s.bound || s.diskseq != seq)
-                return -EIO;
-        r = loop_read_ids(root, &s);
+        r = status_from_device(fd, name, nr, &info, plan->fd, &s);
         if (r < 0)
                 return r;
 
@@ -847,49 +904,117 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
         return 0;
 }
 
-static void attach_backoff(unsigned attempt) {
-        uint32_t rnd = 0;
-        uint64_t spread;
-
-        if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t) sizeof(rnd))
-                rnd = (uint32_t) getpid() * 2654435761U + attempt;
-
-        spread = 1000U + (uint64_t) ATTACH_BACKOFF_SPREAD_USEC * attempt / ATTACH_TRIES;
-        sleep_usec(ATTACH_BACKOFF_MIN_USEC + rnd % spread);
+/* Whether configure_device() failed because of that device only (another one may work):
+ * EBUSY: somebody bound it first; ENXIO/ENODEV/ENOENT: it is being torn down or was removed
+ * (LOOP_CTL_REMOVE) meanwhile; EAGAIN: somebody (udev's probe) holds its lock. */
+static bool attach_try_another(int r) {
+        return r == -EBUSY || r == -EAGAIN || r == -ENXIO || r == -ENODEV || r == -ENOENT;
 }
 
+/*
+ * Unbound loop devices (no loop/ group in <root>/sys/block) numbered from first up, at most max
+ * of them, looking at no more than ATTACH_PROBE_MAX numbers and stopping at the first number
+ * that has no device: *ret_next is that number, where LOOP_CTL_ADD may create one. Only the
+ * numbers above LOOP_CTL_GET_FREE's answer are of interest, it names the lowest unbound device,
+ * and probing numbers costs two faccessat() each instead of a readdir of every block device.
+ */
+static int find_unbound(const char *root, unsigned first, unsigned *numbers, size_t max,
+                        size_t *ret_n, unsigned *ret_next) {
+        _cleanup_free_ char *dirpath = NULL;
+        _cleanup_close_ int dfd = -EBADF;
+        size_t n = 0;
+        unsigned k = first;
+
+        dirpath = path_join_root(root, "/sys/block");
+        if (!dirpath)
+                return -ENOMEM;
+        dfd = open(dirpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+                return -errno;
+
+        for (unsigned probed = 0; probed < ATTACH_PROBE_MAX && n < max && k < INT_MAX;
+             probed++, k++) {
+                char attr[sizeof("loop/loop") + 3 * sizeof(unsigned)];
+
+                (void) snprintf(attr, sizeof(attr), "loop%u/loop", k);
+                if (faccessat(dfd, attr, F_OK, 0) >= 0 || errno != ENOENT)
+                        continue;       /* bound, or we cannot tell */
+                (void) snprintf(attr, sizeof(attr), "loop%u", k);
+                if (faccessat(dfd, attr, F_OK, 0) < 0) {
+                        if (errno == ENOENT)
+                                break;  /* the first gap */
+                        continue;
+                }
+                numbers[n++] = k;
+        }
+
+        *ret_n = n;
+        *ret_next = k;
+        return 0;
+}
+
+/*
+ * Under flock(LOCK_EX) on /dev/loop-control, like systemd, so that cooperating tools do not
+ * steal each other's devices: the device LOOP_CTL_GET_FREE names; when that one cannot be
+ * taken, other existing unbound devices above it; then devices we add with LOOP_CTL_ADD.
+ * Never sleeps: loopmgrd serves every client from one thread, and the usual reason GET_FREE's
+ * device cannot be taken is udev still probing it (LOCK_SH) after the previous binding's
+ * teardown, which takes as long as udev takes. systemd sleeps 10-250 ms there and retries the
+ * same device; a different device is free right now. Bounded: at most 1 + ATTACH_SCAN_MAX +
+ * ATTACH_ADD_MAX devices are tried, then -EBUSY.
+ */
 static int attach_with_retries(const char *root, const LoopConfig *c, const AttachPlan *plan,
                                LoopStatus *ret) {
         _cleanup_close_ int ctl = -EBADF;
-        int r;
+        unsigned candidates[ATTACH_SCAN_MAX];
+        size_t n_candidates = 0;
+        unsigned next = 0;
+        int nr, r;
 
         ctl = open_root(root, "/dev/loop-control", O_RDWR | O_CLOEXEC | O_NOCTTY);
         if (ctl < 0)
                 return ctl;
 
-        for (unsigned attempt = 0; attempt < ATTACH_TRIES; attempt++) {
-                int nr;
+        /* Released by the close. */
+        while (flock(ctl, LOCK_EX) < 0)
+                if (errno != EINTR)
+                        return -errno;
 
-                /* Serialise with systemd and every other cooperating tool. */
-                while (flock(ctl, LOCK_EX) < 0)
-                        if (errno != EINTR)
-                                return -errno;
-
-                nr = ioctl(ctl, LOOP_CTL_GET_FREE);
-                if (nr < 0)
-                        return -errno; /* ENOSPC: max_loop reached */
-
+        nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+        if (nr < 0 && errno != ENOSPC)
+                return -errno;
+        if (nr >= 0) {
                 r = configure_device(root, nr, c, plan, ret);
-                (void) flock(ctl, LOCK_UN);
-                if (r >= 0)
-                        return 0;
-
-                /* EBUSY: somebody bound it first; ENXIO/ENODEV/ENOENT: it is being torn down or
-                 * was removed (LOOP_CTL_REMOVE) after GET_FREE; EAGAIN: somebody holds its lock. */
-                if (r != -EBUSY && r != -EAGAIN && r != -ENXIO && r != -ENODEV && r != -ENOENT)
+                if (r >= 0 || !attach_try_another(r))
                         return r;
+        }
 
-                attach_backoff(attempt + 1);
+        r = find_unbound(root, nr >= 0 ? (unsigned) nr + 1 : 0, candidates, ATTACH_SCAN_MAX,
+                         &n_candidates, &next);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_candidates; i++) {
+                r = configure_device(root, (int) candidates[i], c, plan, ret);
+                if (r >= 0 || !attach_try_another(r))
+                        return r;
+        }
+
+        for (unsigned added = 0, tries = 0; added < ATTACH_ADD_MAX && tries < 2 * ATTACH_ADD_MAX &&
+                                            next < INT_MAX;
+             tries++) {
+                nr = ioctl(ctl, LOOP_CTL_ADD, (unsigned long) next);
+                if (nr < 0) {
+                        /* EEXIST: somebody created it meanwhile; we will try the next one. */
+                        if (errno != EEXIST)
+                                return errno == ENOSPC || errno == ENOMEM ? -ENOSPC : -errno;
+                        next++;
+                        continue;
+                }
+                added++;
+                next = (unsigned) nr + 1;
+                r = configure_device(root, nr, c, plan, ret);
+                if (r >= 0 || !attach_try_another(r))
+                        return r;
         }
 
         return -EBUSY;
@@ -1072,11 +1197,13 @@ int loop_detach(const char *root, const char *name, uint64_t diskseq) {
         if (fd < 0)
                 return fd;
 
-        /* LOCK_EX waits for udev's LOCK_SH probe, but we serve everybody from one thread:
-         * bounded, and without the lock we go on, the kernel defers the clear if udev still
-         * has the device open. */
-        for (unsigned i = 0; i < DETACH_LOCK_TRIES; i++) {
-                if (flock(fd, LOCK_EX | LOCK_NB) >= 0 || errno != EWOULDBLOCK)
+        /* LOCK_EX waits for udev's LOCK_SH probe (without it, udev's open would defer the
+         * teardown to its close and Detach would answer "pending" for an idle device), but
+         * we serve everybody from one thread: bounded, polled at a fine grain so that we wait
+         * only as long as udev's probe really takes, and without the lock we go on, the
+         * kernel defers the clear if udev still has the device open. */
+        for (unsigned i = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; i++) {
+                if (errno != EWOULDBLOCK || i >= DETACH_LOCK_TRIES)
                         break;
                 sleep_usec(DETACH_LOCK_WAIT_USEC);
         }

@@ -87,13 +87,15 @@ int loop_validate_range(uint64_t backing_size, uint64_t offset, uint64_t size_li
                         uint32_t sector_size, const char **ret_reason, uint64_t *ret_size);
 
 /*
- * Binds backing_fd to a free loop device: LOOP_CTL_GET_FREE with bounded retries under
- * flock(LOCK_EX) on /dev/loop-control, LOCK_EX on a second fd of the device while
- * configuring, LOOP_CONFIGURE (LOOP_SET_FD + LOOP_SET_STATUS64 only on ENOTTY/EINVAL),
- * partscan enabled after configuring, direct I/O verified, and the final state read back.
+ * Binds backing_fd to a free loop device: under flock(LOCK_EX) on /dev/loop-control, the
+ * device LOOP_CTL_GET_FREE names, or when that one is locked or taken, a bounded number of
+ * other unbound devices and then devices created with LOOP_CTL_ADD (never sleeping);
+ * LOCK_EX|LOCK_NB on a second fd of the device while configuring, LOOP_CONFIGURE
+ * (LOOP_SET_FD + LOOP_SET_STATUS64 only on ENOTTY/EINVAL), partscan enabled after
+ * configuring, direct I/O verified, and the final state read back from the device fd.
  * On any error the half-configured device is cleared again. The backing fd is reopened with
  * O_DIRECT internally when direct I/O is wanted; the caller's fd is not modified.
- *   -EBUSY/-ENOSPC: no free device after the retries; -EINVAL: the kernel refused the
+ *   -EBUSY/-ENOSPC: no device could be taken; -EINVAL: the kernel refused the
  *   configuration; -EOPNOTSUPP: direct_io = ON and the kernel did not honour it.
  */
 int loop_attach(const char *root, int backing_fd, const LoopConfig *config, LoopStatus *ret);

@@ -64,6 +64,7 @@ Manager *manager_free(Manager *m) {
         state_writer_free(m->state_writer);
         foreign_mounts_done(&m->foreign);
         mnt_unref_table(m->mounts);
+        mnt_unref_table(m->mounts_seen);
         sd_event_source_disable_unref(m->mount_source);
         mnt_unref_monitor(m->mount_monitor);
         sd_bus_slot_unref(m->name_owner_slot);
@@ -461,6 +462,13 @@ static int device_restore(Device *d, const StateDevice *sd) {
         return 0;
 }
 
+/* The mounts of other namespaces as last read, without reading them again (once, if never):
+ * what event handlers use. Those raise no event of their own, so a read of Openers or a busy
+ * check reads them afresh (manager_foreign_mounts()), and the cache is that read. */
+static const ForeignMounts *foreign_mounts_known(Manager *m) {
+        return m->foreign_valid ? &m->foreign : manager_foreign_mounts(m);
+}
+
 int manager_reconcile(Manager *m, const char *name) {
         _cleanup_(loop_status_done) LoopStatus st = {};
         unsigned number;
@@ -471,6 +479,20 @@ int manager_reconcile(Manager *m, const char *name) {
         if (r < 0)
                 return r;
         d = manager_get_device_by_number(m, number);
+
+        if (!d) {
+                _cleanup_free_ char *rel = NULL, *path = NULL;
+
+                /* Nothing known and nothing bound (a free device created or removed, or the
+                 * unbinding of one already gone): one lookup instead of reading it whole. */
+                if (asprintf(&rel, "/sys/block/%s/loop", name) < 0)
+                        return -ENOMEM;
+                path = path_join_root(m->root, rel);
+                if (!path)
+                        return -ENOMEM;
+                if (access(path, F_OK) < 0 && errno == ENOENT)
+                        return 0;
+        }
 
         r = loop_read_sysfs(m->root, name, &st);
         if (r == -ENOENT || (r >= 0 && !st.bound)) {
@@ -520,6 +542,11 @@ int manager_reconcile(Manager *m, const char *name) {
                 device_free(d);
                 return r;
         }
+        /* InterfacesAdded carries Openers: computed from what is already read, as for any
+         * event (manager_refresh_openers()), so that a binding appearing on the host does not
+         * cost a scan of every process. A later read of the property is fresh. */
+        if (device_openers_with(d, m->mounts, foreign_mounts_known(m), &d->openers) >= 0)
+                (void) sd_event_get_iteration(m->event, &d->openers_iteration);
         r = manager_add_device(m, d);
         if (r < 0) {
                 device_free(d);
@@ -537,16 +564,30 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
         log_debug("%s: %s %s diskseq %" PRIu64, from_udev ? "udev" : "kernel", action, name,
                   diskseq);
 
-        r = manager_reconcile(m, name);
+        r = loop_name_to_number(name, &number);
         if (r < 0)
-                log_warning_errno(r, "Failed to update %s after udev event: %m", name);
-
-        if (loop_name_to_number(name, &number) < 0)
                 return;
         d = manager_get_device_by_number(m, number);
-        if (d && d->openers)
-                /* Only devices whose Openers somebody has seen: the first read computes. */
-                manager_refresh_openers(m, d, NULL);
+
+        if (!from_udev || !m->udev_watch) {
+                /* The kernel's event: only the device it names is re-read. */
+                r = manager_reconcile(m, name);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to update %s after udev event: %m", name);
+                d = manager_get_device_by_number(m, number);
+                if (d && d->openers)
+                        /* Only devices whose Openers somebody has seen: the first read
+                         * computes. */
+                        manager_refresh_openers(m, d, NULL);
+        } else if (!d || d->status.diskseq != diskseq) {
+                /* udev's copy of an event is preceded by the kernel's, which the registry
+                 * reflects once processed: re-reading sysfs for it again would only repeat
+                 * that. The kernel's copy may still be queued (both monitors woke us up):
+                 * process it first. */
+                udev_watch_flush_kernel(m->udev_watch);
+                d = manager_get_device_by_number(m, number);
+        }
+
         /* IdType/IdLabel/IdUUID: udev ran its rules after a change of the content. */
         if (from_udev && d && d->managed && d->status.diskseq == diskseq &&
             d->state == DEVICE_ATTACHED)
@@ -643,7 +684,14 @@ static bool strv_equal(char **a, char **b) {
 void manager_refresh_openers(Manager *m, Device *d, struct libmnt_table *mounts) {
         _cleanup_strv_free_ char **pairs = NULL;
 
-        if (device_openers(d, mounts, &pairs) < 0 || strv_equal(pairs, d->openers))
+        /* Event handlers call this: they use the newest mount table and foreign-namespace
+         * scan already read rather than reading them again. Those are at least as new as
+         * the Openers last published (a read of the property computes them from the same
+         * caches), and a change of our mount table comes with its own event. */
+        if (!mounts)
+                mounts = m->mounts;
+        if (device_openers_with(d, mounts, foreign_mounts_known(m), &pairs) < 0 ||
+            strv_equal(pairs, d->openers))
                 return;
         strv_free(d->openers);
         d->openers = TAKE_PTR(pairs);
@@ -666,11 +714,131 @@ static Device *device_lower(Manager *m, Device *d) {
         return NULL;
 }
 
+typedef struct MountKey {
+        dev_t devnum;
+        const char *target;
+} MountKey;
+
+static int mount_key_compare(const void *a, const void *b) {
+        const MountKey *x = a, *y = b;
+
+        if (x->devnum != y->devnum)
+                return x->devnum < y->devnum ? -1 : 1;
+        return strcmp(x->target, y->target);
+}
+
+/* The (block device, mount point) pairs of t, sorted; they point into t. */
+static int mount_keys(struct libmnt_table *t, MountKey **ret, size_t *ret_n) {
+        struct libmnt_iter *it;
+        struct libmnt_fs *fs;
+        MountKey *keys = NULL;
+        size_t n = 0, size = 0;
+
+        it = mnt_new_iter(MNT_ITER_FORWARD);
+        if (!it)
+                return -ENOMEM;
+        while (mnt_table_next_fs(t, it, &fs) == 0) {
+                dev_t dev = mnt_fs_get_devno(fs);
+
+                if (dev == 0 || major(dev) == 0)
+                        continue;
+                if (n == size) {
+                        MountKey *k;
+
+                        size = MAX(size * 2, (size_t) 16);
+                        k = realloc(keys, size * sizeof(MountKey));
+                        if (!k) {
+                                free(keys);
+                                mnt_free_iter(it);
+                                return -ENOMEM;
+                        }
+                        keys = k;
+                }
+                keys[n++] = (MountKey) { .devnum = dev, .target = mnt_fs_get_target(fs) ?: "" };
+        }
+        mnt_free_iter(it);
+        if (n > 0)
+                qsort(keys, n, sizeof(MountKey), mount_key_compare);
+        *ret = keys;
+        *ret_n = n;
+        return 0;
+}
+
+/* The tracked loop device whose Openers list a mount of dev: dev itself, or the disk dev is a
+ * partition of. Returns 1 with *ret set (NULL: none of ours), 0 when that cannot be told (a
+ * partition already deleted). */
+static int device_for_mount(Manager *m, dev_t dev, Device **ret) {
+        _cleanup_free_ char *rel = NULL, *link = NULL;
+        char buf[PATH_MAX], *slash;
+        const char *parent;
+        unsigned number;
+        ssize_t k;
+
+        *ret = manager_get_device_by_devnum(m, dev);
+        if (*ret)
+                return 1;
+        /* Partitions of a loop device are blkext (259), or loop minors with max_part set. */
+        if (major(dev) != 259 && major(dev) != LOOP_MAJOR_NUMBER)
+                return 1;
+        if (asprintf(&rel, "/sys/dev/block/%u:%u", major(dev), minor(dev)) < 0)
+                return 0;
+        link = path_join_root(m->root, rel);
+        if (!link)
+                return 0;
+        k = readlink(link, buf, sizeof(buf) - 1);
+        if (k <= 0)
+                return 0;
+        buf[k] = 0;
+        slash = strrchr(buf, '/');
+        if (!slash)
+                return 0;
+        *slash = 0;
+        parent = strrchr(buf, '/');
+        parent = parent ? parent + 1 : buf;
+        if (loop_name_to_number(parent, &number) >= 0)
+                *ret = manager_get_device_by_number(m, number);
+        return 1;
+}
+
+/* Re-checks the Openers of the devices whose mounts differ between the two tables. Returns 0
+ * when it could not tell which (the caller re-checks them all). */
+static int refresh_changed_mounts(Manager *m, struct libmnt_table *old, struct libmnt_table *new) {
+        _cleanup_free_ MountKey *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0, i = 0, j = 0;
+        dev_t last = 0;
+
+        if (mount_keys(old, &a, &na) < 0 || mount_keys(new, &b, &nb) < 0)
+                return 0;
+
+        /* A merge of the two sorted lists: each pair in only one of them is a change. */
+        while (i < na || j < nb) {
+                int c = i >= na ? 1 : j >= nb ? -1 : mount_key_compare(&a[i], &b[j]);
+                dev_t dev;
+                Device *d;
+
+                if (c == 0) {
+                        i++;
+                        j++;
+                        continue;
+                }
+                dev = c < 0 ? a[i++].devnum : b[j++].devnum;
+                if (dev == last)
+                        continue;
+                last = dev;
+                if (device_for_mount(m, dev, &d) == 0)
+                        return 0;
+                if (d)
+                        manager_refresh_openers(m, d, new);
+        }
+        return 1;
+}
+
 static int on_mounts_changed(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Manager *m = userdata;
         struct libmnt_table *mounts;
 
-        /* Drain the monitor; what changed is re-read from the table as a whole. */
+        /* Drain the monitor; what changed is found by comparing the table as a whole with
+         * the one of the previous change. */
         while (mnt_monitor_next_change(m->mount_monitor, NULL, NULL) == 0)
                 ;
         (void) mnt_monitor_event_cleanup(m->mount_monitor);
@@ -680,11 +848,16 @@ static int on_mounts_changed(sd_event_source *s, int fd, uint32_t revents, void 
         mounts = manager_mount_table(m);
         if (!mounts)
                 return 0;
-        /* Every device is re-checked against one parsed table; only devices with nothing
-         * visible open are probed (see device_openers()). */
-        for (size_t i = 0; i < m->n_slots; i++)
-                if (m->devices[i])
-                        manager_refresh_openers(m, m->devices[i], mounts);
+        /* Only devices whose mounts (their own or their partitions') changed can have other
+         * Openers now; without a previous table, or when a changed mount cannot be placed,
+         * every device is re-checked against the one parsed table. */
+        if (!m->mounts_seen || refresh_changed_mounts(m, m->mounts_seen, mounts) == 0)
+                for (size_t i = 0; i < m->n_slots; i++)
+                        if (m->devices[i])
+                                manager_refresh_openers(m, m->devices[i], mounts);
+        mnt_unref_table(m->mounts_seen);
+        mnt_ref_table(mounts);
+        m->mounts_seen = mounts;
         /* Device.Mount mounts unmounted by other means (may free devices). */
         mount_check_table(m, mounts);
         mnt_unref_table(mounts);
@@ -709,14 +882,30 @@ static int manager_watch_mounts(Manager *m) {
         if (r < 0)
                 return r;
         (void) sd_event_source_set_description(m->mount_source, "mount-monitor");
+        /* The baseline the first change is compared with: read afresh now that the monitor
+         * is on, so that no change falls between the two. */
+        mnt_unref_table(m->mounts);
+        m->mounts = NULL;
+        m->mounts_seen = manager_mount_table(m);
         return 0;
 }
 
-const ForeignMounts *manager_foreign_mounts(Manager *m) {
+/* Whether what was read in this event-loop iteration is still current. Iteration 0 is the
+ * start-up of the daemon (connected, before the loop runs): it announces every device with
+ * its Openers, and one read serves them all. Without a bus (unit tests) nothing is cached
+ * at iteration 0, as the loop may never run. */
+static bool same_iteration(Manager *m, uint64_t then, uint64_t *ret_now) {
         uint64_t iteration = 0;
 
         (void) sd_event_get_iteration(m->event, &iteration);
-        if (m->foreign_valid && m->foreign_iteration == iteration && iteration != 0)
+        *ret_now = iteration;
+        return then == iteration && (iteration != 0 || m->bus);
+}
+
+const ForeignMounts *manager_foreign_mounts(Manager *m) {
+        uint64_t iteration;
+
+        if (same_iteration(m, m->foreign_iteration, &iteration) && m->foreign_valid)
                 return &m->foreign;
 
         foreign_mounts_done(&m->foreign);
@@ -729,13 +918,12 @@ const ForeignMounts *manager_foreign_mounts(Manager *m) {
 
 struct libmnt_table *manager_mount_table(Manager *m) {
         _cleanup_free_ char *path = NULL;
-        uint64_t iteration = 0;
+        uint64_t iteration;
         struct libmnt_table *t;
 
         /* One parse per event-loop iteration (GetManagedObjects asks once per device), and
          * a fresh one after the mount monitor fired. */
-        (void) sd_event_get_iteration(m->event, &iteration);
-        if (m->mounts && m->mounts_iteration == iteration && iteration != 0) {
+        if (same_iteration(m, m->mounts_iteration, &iteration) && m->mounts) {
                 mnt_ref_table(m->mounts);
                 return m->mounts;
         }
@@ -957,25 +1145,35 @@ static int device_revive(Manager *m, Device *d) {
 }
 
 /* loop_attach()'s prepare hook: the udev properties file of the device about to be bound
- * (mount.h), written before the kernel binds it so udev's first event imports it. */
+ * (mount.h), written before the kernel binds it so udev's first event imports it. The file
+ * stays open so that the diskseq can be appended after the bind. */
 typedef struct UdevPrepare {
         Manager *m;
         uid_t uid;
         char name[16];  /* the last device prepared */
+        int fd;         /* its properties file, or -EBADF */
 } UdevPrepare;
 
 static int udev_prepare(const char *name, void *userdata) {
         UdevPrepare *p = userdata;
+        uint64_t now = 0;
         int r;
 
         if (p->name[0] && !streq(p->name, name))
                 udev_props_remove(p->m->root, p->name, 0);
+        p->fd = safe_close(p->fd);
         (void) snprintf(p->name, sizeof(p->name), "%s", name);
-        r = udev_props_write(p->m->root, name, p->uid, 0);
+        (void) sd_event_now(p->m->event, CLOCK_MONOTONIC, &now);
+        r = udev_props_create(p->m->root, name, p->uid,
+                              udev_owner_name(&p->m->udev_owners, p->uid, now), &p->fd);
         if (r < 0)
                 /* Desktop shells lose a hint, the device works all the same. */
                 log_debug_errno(r, "Cannot write the udev properties of %s: %m", name);
         return 0;
+}
+
+static void udev_prepare_done(UdevPrepare *p) {
+        p->fd = safe_close(p->fd);
 }
 
 /* Replies now, or queues the reply until udev has processed the binding. */
@@ -1070,7 +1268,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 return 1;
         }
 
-        UdevPrepare prepare = { .m = m, .uid = req->uid };
+        _cleanup_(udev_prepare_done) UdevPrepare prepare = { .m = m, .uid = req->uid, .fd = -EBADF };
         config = (LoopConfig) {
                 .offset = o->offset,
                 .size_limit = o->size_limit,
@@ -1108,9 +1306,9 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 (void) manager_save_state(m);
                 if (prepare.name[0])
                         udev_props_remove(m->root, prepare.name, 0);
-        } else
+        } else if (prepare.fd >= 0 && streq(prepare.name, st.name))
                 /* Now with the diskseq, which tells this binding's file from a later one's. */
-                (void) udev_props_write(m->root, st.name, req->uid, st.diskseq);
+                (void) udev_props_add_diskseq(prepare.fd, st.diskseq);
         if (r == -EBUSY || r == -ENOSPC || r == -EAGAIN)
                 return bus_error_set_errnof(error, -ENOSPC,
                         "The kernel has no free loop device (%s).", strerror(-r));

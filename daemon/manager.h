@@ -17,6 +17,7 @@
 #include "device.h"
 #include "options.h"
 #include "block-use.h"
+#include "mount.h"
 #include "state.h"
 
 typedef struct UdevWatch UdevWatch;
@@ -33,6 +34,9 @@ typedef struct Manager {
         /* Our mount table, parsed at most once per event-loop iteration. */
         struct libmnt_table *mounts;
         uint64_t mounts_iteration;
+        /* The mount table as of the last mount-monitor event. The next change is diffed
+         * against it, so that only devices whose mounts changed are re-checked. */
+        struct libmnt_table *mounts_seen;
 
         /* Mounts in other namespaces, read at most once per event-loop iteration. */
         ForeignMounts foreign;
@@ -59,6 +63,7 @@ typedef struct Manager {
         StateIntent intent;
         bool has_restored_intent;
         StateIntent restored_intent;
+        UdevOwnerCache udev_owners;     /* user names for the udev properties (mount.h) */
 } Manager;
 
 /* What Attach asks for, once the bus layer has validated the fd and the options. */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <acl/libacl.h>
+#include <assert.h>
 #include <blkid.h>
 #include <ctype.h>
 #include <dirent.h>
@@ -759,50 +760,130 @@ static bool loop_name_ok(const char *name) {
         return loop_name_to_number(name, &n) >= 0;
 }
 
-int udev_props_write(const char *root, const char *name, uid_t owner, uint64_t diskseq) {
-        _cleanup_close_ int dir_fd = -EBADF, fd = -EBADF;
-        _cleanup_free_ char *text = NULL, *tmp = NULL;
+/* A name udev could misread (blanks, quotes) is left out; the uid is always there. */
+static bool udev_owner_name_ok(const char *name) {
+        return user_name_valid(name) && !strpbrk(name, " \t\n\"'\\");
+}
+
+const char *udev_owner_name(UdevOwnerCache *cache, uid_t uid, uint64_t now_usec) {
+        UdevOwnerName *slot = NULL;
         struct passwd *pw;
-        size_t n;
+
+        assert(cache);
+
+        for (size_t i = 0; i < ELEMENTSOF(cache->names); i++) {
+                UdevOwnerName *e = &cache->names[i];
+
+                if (e->used && e->uid == uid) {
+                        if (now_usec - e->stamp < UDEV_OWNER_NAME_TTL_USEC)
+                                return e->name[0] ? e->name : NULL;
+                        slot = e;
+                        break;
+                }
+        }
+        if (!slot) {
+                /* Round robin: a handful of users attach at a time. */
+                slot = &cache->names[cache->next];
+                cache->next = (cache->next + 1) % ELEMENTSOF(cache->names);
+        }
+
+        pw = getpwuid(uid);
+        *slot = (UdevOwnerName) {
+                .used = true,
+                .uid = uid,
+                .stamp = now_usec,
+        };
+        if (pw && udev_owner_name_ok(pw->pw_name) && strlen(pw->pw_name) < sizeof(slot->name))
+                strcpy(slot->name, pw->pw_name);
+        return slot->name[0] ? slot->name : NULL;
+}
+
+int udev_props_create(const char *root, const char *name, uid_t owner, const char *owner_name,
+                      int *ret_fd) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char text[sizeof("LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=\nLOOPMGR_OWNER=\n") +
+                  3 * sizeof(uid_t) + UDEV_OWNER_NAME_MAX];
+        int n;
+
+        assert(ret_fd);
+
+        if (!loop_name_ok(name))
+                return -EINVAL;
+        if (owner_name && (!udev_owner_name_ok(owner_name) ||
+                           strlen(owner_name) >= UDEV_OWNER_NAME_MAX))
+                owner_name = NULL;
+
+        if (owner_name)
+                n = snprintf(text, sizeof(text),
+                             "LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=%u\nLOOPMGR_OWNER=%s\n",
+                             (unsigned) owner, owner_name);
+        else
+                n = snprintf(text, sizeof(text), "LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=%u\n",
+                             (unsigned) owner);
+        if (n < 0 || (size_t) n >= sizeof(text))
+                return -EINVAL;
+
+        /* One open of the full path, no rename: this runs in every attach. The directory is
+         * made on first use. A udev worker reading the file while we rewrite it (only events
+         * of the previous, unbound device are possible then: the kernel binds the device
+         * after we return) sees an empty file or all of it: a write of a few bytes to tmpfs
+         * updates the size after the data. */
+        if (asprintf(&path, "%s/%s", MOUNT_UDEV_DIR, name) < 0)
+                return -ENOMEM;
+        if (root && !streq(root, "/")) {
+                char *p = path_join_root(root, path);
+
+                if (!p)
+                        return -ENOMEM;
+                free(path);
+                path = p;
+        }
+        for (unsigned attempt = 0;; attempt++) {
+                fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
+                          0644);
+                if (fd >= 0)
+                        break;
+                if (errno != ENOENT || attempt > 0)
+                        return -errno;
+
+                _cleanup_close_ int dir_fd = -EBADF;
+                int r = udev_dir_open(root, true, &dir_fd);
+                if (r < 0)
+                        return r;
+        }
+
+        if (write(fd, text, (size_t) n) != n)
+                return errno > 0 ? -errno : -EIO;
+
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+int udev_props_add_diskseq(int fd, uint64_t diskseq) {
+        char text[sizeof("LOOPMGR_DISKSEQ=\n") + 20];
+        int n;
+
+        n = snprintf(text, sizeof(text), "LOOPMGR_DISKSEQ=%" PRIu64 "\n", diskseq);
+        /* Appended in one write: udev reads the line whole or not at all (see above). */
+        if (write(fd, text, (size_t) n) != n)
+                return errno > 0 ? -errno : -EIO;
+        return 0;
+}
+
+int udev_props_write(const char *root, const char *name, uid_t owner, uint64_t diskseq) {
+        _cleanup_close_ int fd = -EBADF;
+        struct passwd *pw;
         int r;
 
         if (!loop_name_ok(name))
                 return -EINVAL;
-        r = udev_dir_open(root, true, &dir_fd);
-        if (r < 0)
-                return r;
         pw = getpwuid(owner);
-        /* A name udev could misread (blanks, quotes) is left out; the uid is always there. */
-        if (pw && user_name_valid(pw->pw_name) && !strpbrk(pw->pw_name, " \t\n\"'\\"))
-                r = asprintf(&text, "LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=%u\nLOOPMGR_OWNER=%s\n",
-                             (unsigned) owner, pw->pw_name);
-        else
-                r = asprintf(&text, "LOOPMGR_MANAGED=1\nLOOPMGR_OWNER_UID=%u\n", (unsigned) owner);
+        r = udev_props_create(root, name, owner, pw ? pw->pw_name : NULL, &fd);
         if (r < 0)
-                return -ENOMEM;
-        if (diskseq > 0) {
-                char *t = NULL;
-                if (asprintf(&t, "%sLOOPMGR_DISKSEQ=%" PRIu64 "\n", text, diskseq) < 0)
-                        return -ENOMEM;
-                free(text);
-                text = t;
-        }
-        if (asprintf(&tmp, ".%s.tmp", name) < 0)
-                return -ENOMEM;
-        fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-        if (fd < 0)
-                return -errno;
-        n = strlen(text);
-        if (write(fd, text, n) != (ssize_t) n) {
-                r = -errno;
-                (void) unlinkat(dir_fd, tmp, 0);
                 return r;
-        }
-        if (renameat(dir_fd, tmp, dir_fd, name) < 0) {
-                r = -errno;
-                (void) unlinkat(dir_fd, tmp, 0);
-                return r;
-        }
+        if (diskseq > 0)
+                return udev_props_add_diskseq(fd, diskseq);
         return 0;
 }
 

@@ -114,8 +114,34 @@ void mount_update_ids(Manager *m, Device *d);
  * root). */
 #define MOUNT_UDEV_DIR "/run/loopmgr/udev"
 /* Writes the properties of a managed binding of name for owner uid (diskseq 0: not known yet,
- * before the kernel binds it). */
+ * before the kernel binds it). Looks the user name up (NSS). */
 int udev_props_write(const char *root, const char *name, uid_t owner, uint64_t diskseq);
+
+/* The attach path's split of udev_props_write(), without an NSS lookup and with one open and
+ * one write before the bind: udev_props_create() writes the properties without the diskseq
+ * (owner_name NULL: none) and returns the open file, udev_props_add_diskseq() appends the
+ * diskseq once the kernel has bound the device. */
+int udev_props_create(const char *root, const char *name, uid_t owner, const char *owner_name,
+                      int *ret_fd);
+int udev_props_add_diskseq(int fd, uint64_t diskseq);
+
+/* User names for LOOPMGR_OWNER by uid, so that an attach does no NSS lookup (getpwuid() reads
+ * nsswitch.conf and /etc/passwd, or asks userdb over varlink: more than the rest of the
+ * attach). Entries are refreshed after UDEV_OWNER_NAME_TTL_USEC. */
+#define UDEV_OWNER_NAME_MAX      64U
+#define UDEV_OWNER_NAME_TTL_USEC (60U * 1000000U)
+typedef struct UdevOwnerName {
+        bool used;
+        uid_t uid;
+        uint64_t stamp;                 /* CLOCK_MONOTONIC usec of the lookup */
+        char name[UDEV_OWNER_NAME_MAX]; /* "" when the uid has no (usable) name */
+} UdevOwnerName;
+typedef struct UdevOwnerCache {
+        UdevOwnerName names[4];
+        size_t next;
+} UdevOwnerCache;
+/* The cached name of uid (NULL: none usable), looked up when missing or older than the TTL. */
+const char *udev_owner_name(UdevOwnerCache *cache, uid_t uid, uint64_t now_usec);
 /* Removes the file of name if it describes diskseq (or any binding when diskseq is 0). */
 void udev_props_remove(const char *root, const char *name, uint64_t diskseq);
 /* Removes files whose binding is gone (the named device is unbound or has another diskseq). */

@@ -21,12 +21,42 @@ struct UdevWatch {
         sd_event_source *kernel_source, *udev_source;
 };
 
+/* Loop devices named by the kernel events of one drain, each reconciled once at its end. */
+typedef struct PendingNames {
+        char names[64][16];
+        uint64_t diskseq[64];
+        size_t n;
+} PendingNames;
+
+static void pending_flush(UdevWatch *w, PendingNames *p) {
+        for (size_t i = 0; i < p->n; i++)
+                manager_udev_event(w->manager, "change", p->names[i], p->diskseq[i], false);
+        p->n = 0;
+}
+
+static void pending_add(UdevWatch *w, PendingNames *p, const char *name, uint64_t diskseq) {
+        for (size_t i = 0; i < p->n; i++)
+                if (streq(p->names[i], name)) {
+                        p->diskseq[i] = diskseq;
+                        return;
+                }
+        if (p->n == ELEMENTSOF(p->names))
+                pending_flush(w, p);
+        snprintf(p->names[p->n], sizeof(p->names[p->n]), "%s", name);
+        p->diskseq[p->n++] = diskseq;
+}
+
 static int on_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         UdevWatch *w = userdata;
         bool from_udev = s == w->udev_source;
         struct udev_monitor *monitor = from_udev ? w->udev_monitor : w->kernel_monitor;
+        PendingNames pending = {};
 
-        /* Drain everything queued: one wakeup can carry many events. */
+        /* Drain everything queued: one wakeup can carry many events. A kernel event only
+         * makes the device it names be read again from sysfs, so several events of one
+         * device (a binding sends two at once, udev's close-after-write watch adds more) cost
+         * one read, done once the queue is empty. udev's events are handled one by one: each
+         * may complete the attaches waiting for its diskseq. */
         for (;;) {
                 struct udev_device *dev;
                 const char *name, *action, *seq;
@@ -39,6 +69,7 @@ static int on_event(sd_event_source *s, int fd, uint32_t revents, void *userdata
                                 /* The socket overflowed: events were lost, so rebuild the
                                  * whole picture from sysfs. */
                                 log_warning("udev monitor overflowed, rescanning loop devices");
+                                pending.n = 0;
                                 manager_rescan(w->manager);
                                 continue;
                         }
@@ -51,13 +82,18 @@ static int on_event(sd_event_source *s, int fd, uint32_t revents, void *userdata
                 if (seq && safe_atou64(seq, &diskseq) < 0)
                         diskseq = 0;
 
-                if (name && strncmp(name, "loop", 4) == 0 && name[4] >= '0' && name[4] <= '9')
-                        manager_udev_event(w->manager, action ?: "change", name, diskseq,
-                                           from_udev);
+                if (name && strncmp(name, "loop", 4) == 0 && name[4] >= '0' && name[4] <= '9') {
+                        if (!from_udev && strlen(name) < sizeof(pending.names[0]))
+                                pending_add(w, &pending, name, diskseq);
+                        else
+                                manager_udev_event(w->manager, action ?: "change", name,
+                                                   diskseq, from_udev);
+                }
 
                 udev_device_unref(dev);
         }
 
+        pending_flush(w, &pending);
         return 0;
 }
 

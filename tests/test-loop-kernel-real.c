@@ -23,6 +23,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -411,7 +412,14 @@ static void check_against_sysfs(const LoopStatus *s) {
         assert_int_equal(again.sector_size, s->sector_size);
         assert_int_equal(again.read_only, s->read_only);
         assert_int_equal(again.direct_io, s->direct_io);
+        assert_int_equal(again.autoclear, s->autoclear);
+        assert_int_equal(again.partscan, s->partscan);
         assert_string_equal(again.backing_file, s->backing_file);
+        /* loop_attach() reads its result from the device, not sysfs: the ids must agree too. */
+        assert_int_equal(loop_read_ids(NULL, &again), 0);
+        assert_true(again.backing_device == s->backing_device);
+        assert_true(again.backing_inode == s->backing_inode);
+        assert_true(again.backing_rdevice == s->backing_rdevice);
         loop_status_done(&again);
 }
 
@@ -1160,12 +1168,59 @@ static void test_loop_over_loop(void **state) {
         loop_status_done(&upper);
 }
 
+/* The device LOOP_CTL_GET_FREE names is locked (udev probing it after a teardown, here: us with
+ * LOCK_SH like udev): the attach takes another device at once, it neither sleeps until the
+ * lock goes nor fails. */
+static void test_locked_free_device_skipped(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *img = make_image(any_dir, "locked.img", 8 * MiB);
+        _cleanup_close_ int fd = -EBADF, ctl = -EBADF, held = -EBADF;
+        LoopConfig c = {.direct_io = DIRECT_IO_OFF};
+        LoopStatus s = {};
+        char locked[32];
+        uint64_t t0, t1;
+        int nr;
+
+        fd = open(img, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0);
+        ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+        assert_true(ctl >= 0);
+        nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+        assert_true(nr >= 0);
+        (void) snprintf(locked, sizeof(locked), "/dev/loop%i", nr);
+        held = open(locked, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        assert_true(held >= 0);
+        assert_int_equal(flock(held, LOCK_SH | LOCK_NB), 0);
+
+        for (unsigned i = 0; i < 3; i++) {
+                t0 = now_usec();
+                assert_int_equal(attach(f, fd, &c, &s), 0);
+                t1 = now_usec();
+                fprintf(stderr, "# loop%i locked: attached %s in %.2f ms\n", nr, s.name,
+                        (t1 - t0) / 1000.0);
+                assert_string_not_equal(s.name, locked + strlen("/dev/"));
+                /* The old code slept at least 1 ms per round until the lock went away. */
+                assert_true(t1 - t0 < 1000000);
+                check_against_sysfs(&s);
+                assert_true(loop_detach(NULL, s.name, s.diskseq) >= 0);
+                assert_true(wait_gone(s.name, s.diskseq, 5000));
+                loop_status_done(&s);
+        }
+
+        /* Unlocked, the device is usable again. */
+        held = safe_close(held);
+        assert_int_equal(attach(f, fd, &c, &s), 0);
+        check_against_sysfs(&s);
+        loop_status_done(&s);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_attach_basic),
                 T(test_attach_timing),
+                T(test_locked_free_device_skipped),
                 T(test_offset_size_limit),
                 T(test_bad_range_creates_nothing),
                 T(test_read_only_fd),
