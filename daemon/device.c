@@ -125,6 +125,7 @@ Device *device_free(Device *d) {
                 d->waiters = w->next;
                 waiter_free(w);
         }
+        sd_event_source_disable_unref(d->teardown_retry);
         device_drop_all_references(d);
         strv_free(d->openers);
         chain_done(&d->chain);

@@ -50,6 +50,9 @@ struct Waiter {
         bool reused;                    /* WAITER_ATTACH: the reply's "reused" */
         uid_t uid;                      /* WAITER_ATTACH: whose reference the attach took */
         uint64_t ref_id;                /* WAITER_ATTACH: the reference, confirmed on reply */
+        bool wait;                      /* WAITER_DETACH: Detach(wait); false: the call only
+                                         * waits for the teardown request (d->teardown_retry)
+                                         * and is answered "pending" once that is made */
         sd_event_source *timeout;
         Waiter *next;
 };
@@ -75,6 +78,11 @@ struct Device {
         uint64_t openers_iteration;     /* event-loop iteration that computed them */
         bool udev_ready;        /* udev processed this binding (by-diskseq link exists) */
         Waiter *waiters;
+        /* Teardown requested while somebody (udev's probe) held a flock on the device: retried
+         * on this timer instead of waiting in the event loop (manager.c device_teardown()). */
+        sd_event_source *teardown_retry;
+        uint64_t teardown_deadline;     /* CLOCK_MONOTONIC; after it, go on without the lock */
+        uint64_t teardown_delay;        /* the next retry's delay, backing off */
 
         /* Device.Mount (mount.h): the loopmgr mount of this device, if any. */
         char *mount_point;      /* /run/media/<user>/<name>, NULL when none */

@@ -1179,7 +1179,7 @@ static int binding_gone(const char *root, const char *name, uint64_t diskseq) {
         return !s.bound || s.diskseq != diskseq;
 }
 
-int loop_detach(const char *root, const char *name, uint64_t diskseq) {
+int loop_detach_nowait(const char *root, const char *name, uint64_t diskseq, bool need_lock) {
         _cleanup_close_ int fd = -EBADF;
         int r;
 
@@ -1189,7 +1189,10 @@ int loop_detach(const char *root, const char *name, uint64_t diskseq) {
         if (r > 0)
                 return -ESTALE;
 
-        fd = open_binding(root, name, diskseq, O_RDWR | O_NONBLOCK);
+        /* Read-only: the ioctls below need CAP_SYS_ADMIN, not a write open, and closing a fd
+         * opened for writing makes udev (inotify IN_CLOSE_WRITE) re-probe the device, an
+         * event and a probe per detach for nothing. */
+        fd = open_binding(root, name, diskseq, O_RDONLY | O_NONBLOCK);
         if (fd == -ENXIO)
                 /* 6.11+: the device is in rundown, new opens fail until the teardown is done.
                  * The teardown was already requested: report how far it got. */
@@ -1198,14 +1201,14 @@ int loop_detach(const char *root, const char *name, uint64_t diskseq) {
                 return fd;
 
         /* LOCK_EX waits for udev's LOCK_SH probe (without it, udev's open would defer the
-         * teardown to its close and Detach would answer "pending" for an idle device), but
-         * we serve everybody from one thread: bounded, polled at a fine grain so that we wait
-         * only as long as udev's probe really takes, and without the lock we go on, the
-         * kernel defers the clear if udev still has the device open. */
-        for (unsigned i = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; i++) {
-                if (errno != EWOULDBLOCK || i >= DETACH_LOCK_TRIES)
-                        break;
-                sleep_usec(DETACH_LOCK_WAIT_USEC);
+         * teardown to its close and Detach would answer "pending" for an idle device). Never
+         * waited for here: the caller retries later while need_lock, and without it goes on,
+         * the kernel defers the clear if udev still has the device open. */
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                if (errno != EWOULDBLOCK)
+                        return -errno;
+                if (need_lock)
+                        return -EWOULDBLOCK;
         }
 
         /* Best effort: a partition that is open (mounted) cannot be deleted, the clear is then
@@ -1226,10 +1229,25 @@ int loop_detach(const char *root, const char *name, uint64_t diskseq) {
         return binding_gone(root, name, diskseq);
 }
 
+int loop_detach(const char *root, const char *name, uint64_t diskseq) {
+        int r;
+
+        /* Bounded (see DETACH_LOCK_TRIES), for the callers that cannot wait on the event
+         * loop (error paths right after an attach). */
+        for (unsigned i = 0;; i++) {
+                r = loop_detach_nowait(root, name, diskseq, i < DETACH_LOCK_TRIES);
+                if (r != -EWOULDBLOCK)
+                        return r;
+                sleep_usec(DETACH_LOCK_WAIT_USEC);
+        }
+}
+
+/* Both read-only, like loop_detach_nowait(): CAP_SYS_ADMIN suffices, and no udev re-probe
+ * follows our close (the kernel's own change uevent for a resize does). */
 int loop_set_capacity(const char *root, const char *name, uint64_t diskseq) {
         _cleanup_close_ int fd = -EBADF;
 
-        fd = open_binding(root, name, diskseq, O_RDWR | O_NONBLOCK);
+        fd = open_binding(root, name, diskseq, O_RDONLY | O_NONBLOCK);
         if (fd < 0)
                 return fd;
 
@@ -1243,7 +1261,7 @@ int loop_set_autoclear(const char *root, const char *name, uint64_t diskseq, boo
         struct loop_info64 info = {};
         int r;
 
-        fd = open_binding(root, name, diskseq, O_RDWR | O_NONBLOCK);
+        fd = open_binding(root, name, diskseq, O_RDONLY | O_NONBLOCK);
         if (fd < 0)
                 return fd;
 

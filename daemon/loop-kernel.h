@@ -108,6 +108,15 @@ int loop_attach(const char *root, int backing_fd, const LoopConfig *config, Loop
  */
 int loop_detach(const char *root, const char *name, uint64_t diskseq);
 
+/*
+ * The same without ever sleeping: when need_lock and udev (or anybody) holds a flock on the
+ * device, nothing is done and -EWOULDBLOCK is returned, for the caller to retry later (the
+ * daemon does so on an event-loop timer). Without need_lock it goes on without the lock.
+ * The device is opened read-only (CAP_SYS_ADMIN suffices for the ioctls), so that the close
+ * does not make udev re-probe it.
+ */
+int loop_detach_nowait(const char *root, const char *name, uint64_t diskseq, bool need_lock);
+
 /* Deletes partitions left on an UNBOUND device (the kernel keeps manually added ones after a
  * deferred teardown). -EBUSY if the device is bound again. Returns how many were deleted. */
 int loop_remove_stale_partitions(const char *root, const char *name);

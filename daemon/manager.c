@@ -170,6 +170,29 @@ Device *manager_get_device_by_path(Manager *m, const char *path) {
         return manager_get_device_by_diskseq(m, diskseq);
 }
 
+/* What the state files record of d; sd borrows from d and from the writer's scratch array. */
+static int state_device_of(StateWriter *w, Device *d, StateDevice *sd) {
+        size_t k;
+
+        *sd = (StateDevice) {
+                .diskseq = d->status.diskseq,
+                .pending = d->state == DEVICE_DETACH_PENDING,
+                .owner_uid = d->owner_uid,
+                .n_refs = d->n_references,
+        };
+        memcpy(sd->name, d->status.name, sizeof(sd->name));
+        sd->refs = state_writer_refs(w, sd->n_refs);
+        if (!sd->refs && sd->n_refs > 0)
+                return -ENOMEM;
+        /* The list is newest first; record oldest first so a reload keeps the order. */
+        k = sd->n_refs;
+        for (Reference *ref = d->references; ref && k > 0; ref = ref->next)
+                sd->refs[--k] = (StateRef) { .uid = ref->uid, .lifetime = ref->lifetime,
+                                             .owner = ref->owner, .confirmed = ref->confirmed };
+        assert(k == 0);
+        return 0;
+}
+
 int manager_save_state(Manager *m) {
         StateWriter *w;
         int r;
@@ -193,29 +216,12 @@ int manager_save_state(Manager *m) {
         for (size_t i = 0; i < m->n_slots; i++) {
                 Device *d = m->devices[i];
                 StateDevice sd;
-                size_t k;
 
                 if (!d || !d->managed)
                         continue;
-                sd = (StateDevice) {
-                        .diskseq = d->status.diskseq,
-                        .pending = d->state == DEVICE_DETACH_PENDING,
-                        .owner_uid = d->owner_uid,
-                        .n_refs = d->n_references,
-                };
-                memcpy(sd.name, d->status.name, sizeof(sd.name));
-                sd.refs = state_writer_refs(w, sd.n_refs);
-                if (!sd.refs && sd.n_refs > 0) {
-                        r = -ENOMEM;
+                r = state_device_of(w, d, &sd);
+                if (r < 0)
                         goto fail;
-                }
-                /* The list is newest first; record oldest first so a reload keeps the order. */
-                k = sd.n_refs;
-                for (Reference *ref = d->references; ref && k > 0; ref = ref->next)
-                        sd.refs[--k] = (StateRef) { .uid = ref->uid, .lifetime = ref->lifetime,
-                                                    .owner = ref->owner,
-                                                    .confirmed = ref->confirmed };
-                assert(k == 0);
                 r = state_writer_device(w, &sd);
                 if (r < 0)
                         goto fail;
@@ -228,6 +234,47 @@ int manager_save_state(Manager *m) {
 
 fail:
         return log_warning_errno(r, "Failed to write the state file in %s: %m", m->state_dir);
+}
+
+/* A save after a change to d alone (NULL: to the intent alone), on the attach path: it writes
+ * d's record without going through the other devices, whose walk made every attach cost more
+ * with every binding (1,000 bindings: a few thousand cache-missing comparisons per save). Falls
+ * back to a full save whenever the writer is not in sync with the files. */
+static int manager_save_device_state(Manager *m, Device *d) {
+        StateDevice sd;
+        int r;
+
+        if (m->restored.n_devices > 0 || m->restored.has_intent || !m->state_writer)
+                return manager_save_state(m);
+        if (d && d->managed) {
+                r = state_device_of(m->state_writer, d, &sd);
+                if (r < 0)
+                        return log_warning_errno(r, "Failed to write the state file in %s: %m",
+                                                 m->state_dir);
+        }
+        r = state_writer_commit_one(m->state_writer, d && d->managed ? &sd : NULL,
+                                    m->has_intent, &m->intent);
+        if (r == -ESTALE)
+                return manager_save_state(m);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to write the state file in %s: %m",
+                                         m->state_dir);
+        return 0;
+}
+
+/* The same after d left the registry: its record is dropped, the others are kept. */
+static int manager_save_dropped_state(Manager *m, Device *d) {
+        int r;
+
+        if (m->restored.n_devices > 0 || m->restored.has_intent || !m->state_writer)
+                return manager_save_state(m);
+        r = state_writer_commit_drop(m->state_writer, d->status.name, m->has_intent, &m->intent);
+        if (r == -ESTALE)
+                return manager_save_state(m);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to write the state file in %s: %m",
+                                         m->state_dir);
+        return 0;
 }
 
 static int manager_add_device(Manager *m, Device *d) {
@@ -267,7 +314,7 @@ static int manager_add_device(Manager *m, Device *d) {
         /* The ownership record is written before anybody can see the device, so a crash
          * right after this point cannot lose the reference. */
         if (d->managed) {
-                int r = manager_save_state(m);
+                int r = manager_save_device_state(m, d);
 
                 if (r < 0) {
                         diskseq_index_remove(m, d);
@@ -321,7 +368,7 @@ static void complete_attach_waiters(Manager *m, Device *d) {
                 if (w->kind == WAITER_ATTACH)
                         confirmed += attach_confirm(d, w->ref_id);
         if (confirmed > 0 && d->managed)
-                (void) manager_save_state(m);
+                (void) manager_save_device_state(m, d);
 
         for (Waiter **i = &d->waiters; *i;) {
                 Waiter *w = *i;
@@ -368,7 +415,7 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
                 if (d->has_identity)
                         (void) range_index_remove(m->index, &d->identity, d);
                 if (d->managed)
-                        (void) manager_save_state(m);
+                        (void) manager_save_dropped_state(m, d);
         }
 
         while (d->waiters) {
@@ -1249,7 +1296,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                  * between must not leave a reference nobody knows it holds. */
                 d->references->confirmed = false;
                 ref_id = d->references->id;
-                r = manager_save_state(m);
+                r = manager_save_device_state(m, d);
                 if (r < 0) {
                         (void) device_drop_reference(d, req->uid);
                         return bus_error_set_errnof(error, r,
@@ -1292,7 +1339,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                 .uid = req->uid,
         };
         m->has_intent = true;
-        r = manager_save_state(m);
+        r = manager_save_device_state(m, NULL);
         if (r < 0) {
                 m->has_intent = false;
                 return bus_error_set_errnof(error, r,
@@ -1372,13 +1419,19 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         return 1;
 }
 
-/* Requests the kernel teardown of a device nobody references. Returns 1 when gone (the object
- * was removed), 0 when pending. */
-static int device_teardown(Manager *m, Device *d) {
-        uint64_t diskseq = d->status.diskseq;
-        int r;
+/* A teardown that finds the device flock()ed (udev probing it) is retried every 1 ms for 20 ms,
+ * then backing off to 4 ms, for at most 100 ms (a probe takes a few); then it goes on without the lock and
+ * the kernel defers the clear to the holder's close (6.11+). */
+#define TEARDOWN_RETRY_FIRST_USEC  1000U
+#define TEARDOWN_RETRY_MAX_USEC    4000U
+#define TEARDOWN_RETRY_FAST_USEC   20000U
+#define TEARDOWN_LOCK_BUDGET_USEC  100000U
 
-        r = loop_detach(m->root, d->status.name, diskseq);
+/* What loop_detach_nowait() returned, turned into the device's fate. Returns 1 when gone (the
+ * object was removed), 0 when pending. */
+static int device_teardown_finish(Manager *m, Device *d, int r) {
+        uint64_t diskseq = d->status.diskseq;
+
         if (r == -ENXIO)
                 /* The kernel refuses opens of a device whose rundown has started: the teardown
                  * is under way already. */
@@ -1408,6 +1461,105 @@ static int device_teardown(Manager *m, Device *d) {
         return 0;
 }
 
+/* Answers the Detach calls queued on d: with error r if negative, else with state. only_nowait:
+ * just those that waited for the teardown request, not for the teardown itself. */
+static void complete_detach_waiters(Device *d, bool only_nowait, int r, const char *state) {
+        for (Waiter **i = &d->waiters; *i;) {
+                Waiter *w = *i;
+
+                if (w->kind != WAITER_DETACH || (only_nowait && w->wait)) {
+                        i = &w->next;
+                        continue;
+                }
+                *i = w->next;
+                if (r < 0)
+                        (void) bus_reply_errnof(w->message, r, "Failed to detach %s: %s.",
+                                                d->node, strerror(-r));
+                else
+                        (void) sd_bus_reply_method_return(w->message, "s", state);
+                waiter_free(w);
+        }
+}
+
+static int teardown_schedule(Manager *m, Device *d, uint64_t now);
+
+static int on_teardown_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Device *d = userdata;
+        Manager *m = d->manager;
+        uint64_t now = usec;
+        int r;
+
+        /* Safe inside the dispatch: sd-event frees the source after the callback. */
+        d->teardown_retry = sd_event_source_disable_unref(d->teardown_retry);
+
+        if (d->n_references > 0 || d->state != DEVICE_ATTACHED) {
+                /* An identical Attach took the device again meanwhile: nothing to tear down. */
+                log_debug("%s: teardown cancelled, referenced again", d->node);
+                complete_detach_waiters(d, false, 0, LOOPMGR_STATE_ATTACHED);
+                return 0;
+        }
+
+        (void) sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        r = loop_detach_nowait(m->root, d->status.name, d->status.diskseq,
+                               now < d->teardown_deadline);
+        if (r == -EWOULDBLOCK) {
+                /* Every millisecond while a probe would still be running (it takes a few): the
+                 * Detach answers as soon as udev lets go. Then backing off. */
+                uint64_t elapsed = now + TEARDOWN_LOCK_BUDGET_USEC - d->teardown_deadline;
+
+                if (elapsed >= TEARDOWN_RETRY_FAST_USEC)
+                        d->teardown_delay = MIN(d->teardown_delay * 2, TEARDOWN_RETRY_MAX_USEC);
+                if (teardown_schedule(m, d, now) >= 0)
+                        return 0;
+                r = loop_detach_nowait(m->root, d->status.name, d->status.diskseq, false);
+        }
+
+        r = device_teardown_finish(m, d, r);
+        if (r > 0)
+                return 0;       /* d is gone, its waiters were answered "detached" */
+        if (r < 0) {
+                log_warning_errno(r, "Failed to detach %s: %m", d->node);
+                complete_detach_waiters(d, false, r, NULL);
+                return 0;
+        }
+        complete_detach_waiters(d, true, 0, LOOPMGR_STATE_PENDING);
+        return 0;
+}
+
+static int teardown_schedule(Manager *m, Device *d, uint64_t now) {
+        uint64_t next = MIN(now + d->teardown_delay, d->teardown_deadline);
+
+        /* Accuracy 1 µs: sd-event's default (0) would let the timer slip by up to 250 ms. */
+        return sd_event_add_time(m->event, &d->teardown_retry, CLOCK_MONOTONIC, next, 1,
+                                 on_teardown_retry, d);
+}
+
+/* Requests the kernel teardown of a device nobody references. Returns 1 when gone (the object
+ * was removed), 0 when pending, 2 when under way: udev's probe holds a flock on the device and
+ * the request is retried on a timer (never waiting in the event loop, where every other
+ * client would wait too); Detach calls queue a WAITER_DETACH then, answered when it is made. */
+static int device_teardown(Manager *m, Device *d) {
+        uint64_t now = 0;
+        int r;
+
+        if (d->teardown_retry)
+                return 2;
+
+        r = loop_detach_nowait(m->root, d->status.name, d->status.diskseq, true);
+        if (r == -EWOULDBLOCK) {
+                (void) sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+                d->teardown_deadline = now + TEARDOWN_LOCK_BUDGET_USEC;
+                d->teardown_delay = TEARDOWN_RETRY_FIRST_USEC;
+                r = teardown_schedule(m, d, now);
+                if (r >= 0) {
+                        log_debug("%s is locked (udev probing?); teardown retried", d->node);
+                        return 2;
+                }
+                r = loop_detach_nowait(m->root, d->status.name, d->status.diskseq, false);
+        }
+        return device_teardown_finish(m, d, r);
+}
+
 void manager_device_clear_mount(Manager *m, Device *d) {
         free(d->mount_point);
         d->mount_point = NULL;
@@ -1429,7 +1581,7 @@ int manager_release_reference(Manager *m, Device *d, uint64_t ref_id) {
         r = device_teardown(m, d);
         if (r < 0)
                 return log_warning_errno(r, "Failed to detach %s: %m", d->node);
-        return r;
+        return r == 1;
 }
 
 void manager_waiter_timeout(Manager *m, Waiter *w) {
@@ -1438,10 +1590,15 @@ void manager_waiter_timeout(Manager *m, Waiter *w) {
 
         device_unlink_waiter(d, w);
 
-        if (w->kind == WAITER_DETACH) {
+        if (w->kind == WAITER_DETACH && d->teardown_retry)
+                (void) bus_reply_errnof(w->message, -ETIMEDOUT,
+                                        "%s is still locked (udev probing it); its teardown is "
+                                        "requested as soon as it is released.", d->node);
+        else if (w->kind == WAITER_DETACH)
                 (void) bus_reply_errnof(w->message, -ETIMEDOUT,
                                         "%s is still open; its teardown stays pending and "
                                         "completes when the last user closes it.", d->node);
+        if (w->kind == WAITER_DETACH) {
                 waiter_free(w);
                 return;
         }
@@ -1507,6 +1664,7 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
                    uid_t uid, sd_bus_error *error) {
         unsigned before = d->n_references;
         uint64_t diskseq = d->status.diskseq;
+        Waiter *w;
         int r;
 
         /* Also for a device already pending: what is stacked on it is what keeps it open. */
@@ -1551,18 +1709,29 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
                 if (r < 0)
                         return bus_error_set_errnof(error, r, "Failed to detach %s: %s.", d->node,
                                                     strerror(-r));
-                if (r > 0)
+                if (r == 1)
                         return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_DETACHED);
+        }
+
+        if (d->teardown_retry) {
+                /* Teardown request under way (udev holds the device): answered when made. */
+                r = device_add_waiter(d, WAITER_DETACH, message, false, uid, o->timeout_usec, &w);
+                if (r < 0)
+                        return bus_error_set_errnof(error, r, "Failed to wait for the teardown: %s.",
+                                                    strerror(-r));
+                w->wait = o->wait;
+                return 1;
         }
 
         /* Pending: the kernel finishes when the last opener closes, and a udev event tells us. */
         if (!o->wait)
                 return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_PENDING);
 
-        r = device_add_waiter(d, WAITER_DETACH, message, false, uid, o->timeout_usec, NULL);
+        r = device_add_waiter(d, WAITER_DETACH, message, false, uid, o->timeout_usec, &w);
         if (r < 0)
                 return bus_error_set_errnof(error, r, "Failed to wait for the teardown: %s.",
                                             strerror(-r));
+        w->wait = true;
         return 1;
 }
 

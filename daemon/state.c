@@ -1059,6 +1059,72 @@ static int writer_append(StateWriter *w) {
         return 0;
 }
 
+int state_writer_commit_one(StateWriter *w, const StateDevice *d, bool has_intent,
+                            const StateIntent *intent) {
+        State *c = &w->cache;
+        int r;
+
+        if (!w->synced || w->journal_fd < 0)
+                return -ESTALE;
+
+        w->record.len = 0;
+        w->record.failed = false;
+        w->cursor = 0;
+        if (d) {
+                unsigned nr;
+                size_t lo = 0, hi = c->n_devices;
+
+                if (loop_name_to_number(d->name, &nr) < 0)
+                        return -EINVAL;
+                /* The cache is sorted by number: stage d where it belongs, as a full save
+                 * would have, and state_writer_device() replaces, keeps or inserts it. */
+                while (lo < hi) {
+                        size_t mid = lo + (hi - lo) / 2;
+
+                        if (c->devices[mid].number < nr)
+                                lo = mid + 1;
+                        else
+                                hi = mid;
+                }
+                w->cursor = lo;
+                r = state_writer_device(w, d);
+                if (r < 0)
+                        return r;
+        }
+        /* Everything after the cursor is kept: nothing to drop. */
+        w->cursor = c->n_devices;
+        return state_writer_commit(w, has_intent, intent);
+}
+
+int state_writer_commit_drop(StateWriter *w, const char *name, bool has_intent,
+                             const StateIntent *intent) {
+        State *c = &w->cache;
+        size_t lo = 0, hi;
+        unsigned nr;
+
+        if (!w->synced || w->journal_fd < 0)
+                return -ESTALE;
+        if (loop_name_to_number(name, &nr) < 0)
+                return -EINVAL;
+
+        w->record.len = 0;
+        w->record.failed = false;
+        hi = c->n_devices;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+
+                if (c->devices[mid].number < nr)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        /* What a full save without this number would drop: whatever the files hold there. */
+        if (lo < c->n_devices && c->devices[lo].number == nr)
+                writer_drop_at(w, lo);
+        w->cursor = c->n_devices;
+        return state_writer_commit(w, has_intent, intent);
+}
+
 int state_writer_commit(StateWriter *w, bool has_intent, const StateIntent *intent) {
         State *c = &w->cache;
         size_t limit;

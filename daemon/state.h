@@ -155,3 +155,15 @@ StateRef *state_writer_refs(StateWriter *w, size_t n);
 /* d and everything it points to are borrowed. -EINVAL when out of order. */
 int state_writer_device(StateWriter *w, const StateDevice *d);
 int state_writer_commit(StateWriter *w, bool has_intent, const StateIntent *intent);
+/*
+ * A save where at most one device changed since the last one: d (NULL: none, only the intent)
+ * replaces or adds the record of its loop number and every other device is kept as the files
+ * say, so the cost does not grow with the number of bindings. The caller vouches that nothing
+ * else changed. -ESTALE when the writer is not in sync with the files (first save, or after a
+ * failure): the caller makes a full save instead.
+ */
+int state_writer_commit_one(StateWriter *w, const StateDevice *d, bool has_intent,
+                            const StateIntent *intent);
+/* Likewise when the only change is that loop device name is no longer recorded. */
+int state_writer_commit_drop(StateWriter *w, const char *name, bool has_intent,
+                             const StateIntent *intent);

@@ -170,6 +170,10 @@ static void expect_status_impl(const Run *r, int status, const char *what, const
 
 static void expect_contains_impl(const char *haystack, const char *needle, const char *what,
                                  const char *file, int line) {
+        if (!haystack) {
+                fail_msg("%s:%d: %s: no text to look for '%s' in", file, line, what, needle);
+                return;
+        }
         if (!strstr(haystack, needle))
                 fail_msg("%s:%d: %s: '%s' does not contain '%s'", file, line, what, haystack,
                          needle);

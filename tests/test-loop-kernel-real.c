@@ -884,6 +884,76 @@ static void test_detach_held_open(void **state) {
         loop_status_done(&s);
 }
 
+/* loop_detach_nowait() never waits for a flock holder (udev's probe): -EWOULDBLOCK and nothing
+ * done while need_lock, the clear requested without the lock otherwise; and it opens the
+ * device read-only, so that its close raises no IN_CLOSE_WRITE re-probe. */
+static void test_detach_nowait_locked(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *img = make_image(any_dir, "nowait.img", 8 * MiB);
+        _cleanup_free_ char *node = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        LoopConfig c = {.direct_io = DIRECT_IO_OFF};
+        LoopStatus s = {}, now = {};
+        uint64_t t;
+        int holder;
+
+        fd = open(img, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(attach(f, fd, &c, &s), 0);
+        wait_udev(&s);
+
+        assert_true(asprintf(&node, "/dev/%s", s.name) > 0);
+        holder = track_fd(f, open(node, O_RDONLY | O_CLOEXEC));
+        assert_int_equal(flock(holder, LOCK_SH), 0);
+
+        t = now_usec();
+        assert_int_equal(loop_detach_nowait(NULL, s.name, s.diskseq, true), -EWOULDBLOCK);
+        /* No sleeping inside: well under the old 100 ms poll. */
+        assert_true(now_usec() - t < 20000);
+        assert_int_equal(loop_read_sysfs(NULL, s.name, &now), 0);
+        assert_true(now.bound);
+        assert_false(now.autoclear);    /* nothing requested */
+        loop_status_done(&now);
+
+        /* Without the lock: requested, deferred to the holder's close. */
+        assert_int_equal(loop_detach_nowait(NULL, s.name, s.diskseq, false), 0);
+        assert_int_equal(loop_read_sysfs(NULL, s.name, &now), 0);
+        assert_true(now.bound);
+        assert_true(now.autoclear);
+        loop_status_done(&now);
+
+        untrack_fd(f, holder);
+        assert_true(wait_gone(s.name, s.diskseq, 5000));
+        assert_int_equal(loop_detach_nowait(NULL, s.name, s.diskseq, true), -ESTALE);
+        loop_status_done(&s);
+}
+
+static void test_detach_nowait_unlocked(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *img = make_image(any_dir, "nowait1.img", 8 * MiB);
+        _cleanup_close_ int fd = -EBADF;
+        LoopConfig c = {.direct_io = DIRECT_IO_OFF};
+        LoopStatus s = {};
+        int r;
+
+        fd = open(img, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(attach(f, fd, &c, &s), 0);
+        wait_udev(&s);
+
+        /* A read-only open suffices for BLKPG, LOOP_CLR_FD (root): gone at once, once udev's
+         * re-probe after the attach (close-after-write) let go of its lock. */
+        for (unsigned i = 0;; i++) {
+                r = loop_detach_nowait(NULL, s.name, s.diskseq, true);
+                if (r != -EWOULDBLOCK || i >= 1000)
+                        break;
+                usleep(1000);
+        }
+        assert_int_equal(r, 1);
+        assert_true(wait_gone(s.name, s.diskseq, 0));
+        loop_status_done(&s);
+}
+
 static void test_detach_wrong_diskseq(void **state) {
         Fixture *f = *state;
         _cleanup_free_ char *img = make_image(any_dir, "stale.img", 8 * MiB);
@@ -1231,6 +1301,8 @@ int main(void) {
                 T(test_direct_io_on_refused_over_4k),
                 T(test_detach_returns_1),
                 T(test_detach_held_open),
+                T(test_detach_nowait_locked),
+                T(test_detach_nowait_unlocked),
                 T(test_detach_wrong_diskseq),
                 T(test_set_capacity),
                 T(test_set_autoclear),

@@ -488,6 +488,101 @@ static void test_writer_round_trip(void **state) {
         remove_dir(dir);
 }
 
+/* A copy of s without the device called name (if any), for the expected state. */
+static void state_without(const State *s, const char *name, State *ret) {
+        *ret = (State) { .has_intent = s->has_intent, .intent = s->intent };
+        for (size_t i = 0; i < s->n_devices; i++) {
+                const StateDevice *d = &s->devices[i];
+                StateDevice *n;
+
+                if (streq(d->name, name))
+                        continue;
+                assert_int_equal(state_add_device(ret, d->name, d->diskseq, d->pending,
+                                                  d->owner_uid, &n), 0);
+                for (size_t j = 0; j < d->n_refs; j++)
+                        assert_int_equal(state_device_add_ref(n, d->refs[j].uid,
+                                                              d->refs[j].lifetime,
+                                                              d->refs[j].owner,
+                                                              d->refs[j].confirmed), 0);
+        }
+}
+
+/* Saves of one device at a time (the manager's attach and removal paths): each replaces, adds
+ * or drops one record and keeps the others, through compactions, and loads back exactly. */
+static void test_writer_commit_one(void **state) {
+        _cleanup_(state_writer_freep) StateWriter *w = NULL;
+        char *dir = make_temp_dir();
+        StateIntent intent = { .device = 2049, .inode = 12, .size_limit = 4096, .uid = 1000 };
+        uint64_t diskseq = 500;
+        State s = {};
+
+        assert_int_equal(state_writer_new(dir, &w), 0);
+        state_writer_set_journal_limit(w, 512);
+
+        /* Not in sync with the files before the first full save: the caller must make one. */
+        assert_int_equal(state_writer_commit_one(w, NULL, false, NULL), -ESTALE);
+        assert_int_equal(state_writer_commit_drop(w, "loop1", false, NULL), -ESTALE);
+
+        make_sample(&s);
+        assert_int_equal(writer_save(w, &s), 0);
+        expect_load(dir, &s);
+
+        for (unsigned i = 0; i < 400; i++) {
+                char name[16];
+                State next = {};
+                bool with_intent = rnd(4) == 0;
+
+                (void) snprintf(name, sizeof(name), "loop%u", rnd(24));
+                state_without(&s, name, &next);
+                next.has_intent = with_intent;
+                if (with_intent)
+                        intent.offset = 512ULL * i;
+
+                switch (rnd(3)) {
+                case 0: { /* add or replace name */
+                        StateDevice *d;
+                        unsigned n_refs = rnd(4);
+
+                        assert_int_equal(state_add_device(&next, name, ++diskseq, rnd(2),
+                                                          rnd(3) * 1000, &d), 0);
+                        for (unsigned j = 0; j < n_refs; j++) {
+                                Lifetime lt = (Lifetime) rnd(3);
+                                const char *owner = lt == LIFETIME_CLIENT ? ":1.42" :
+                                                    lt == LIFETIME_MOUNT ? "/run/media/u/x y" :
+                                                                           NULL;
+
+                                assert_int_equal(state_device_add_ref(d, 1000 + j, lt, owner,
+                                                                      rnd(2)), 0);
+                        }
+                        assert_int_equal(state_writer_commit_one(w, d, with_intent, &intent), 0);
+                        break;
+                }
+                case 1: /* drop name, recorded or not */
+                        assert_int_equal(state_writer_commit_drop(w, name, with_intent, &intent), 0);
+                        break;
+                default: /* only the intent changes */
+                        state_done(&next);
+                        state_copy(&s, &next);
+                        next.has_intent = with_intent;
+                        next.intent = intent;
+                        assert_int_equal(state_writer_commit_one(w, NULL, with_intent, &intent), 0);
+                        break;
+                }
+                if (with_intent)
+                        next.intent = intent;
+                expect_load(dir, &next);
+                state_done(&s);
+                s = next;
+        }
+
+        /* A full save afterwards agrees with what the partial ones left. */
+        assert_int_equal(writer_save(w, &s), 0);
+        expect_load(dir, &s);
+
+        state_done(&s);
+        remove_dir(dir);
+}
+
 static void test_writer_compaction(void **state) {
         _cleanup_(state_writer_freep) StateWriter *w = NULL;
         char *dir = make_temp_dir();
@@ -880,6 +975,7 @@ int main(void) {
                 cmocka_unit_test(test_semantic_errors),
                 cmocka_unit_test(test_save_load),
                 cmocka_unit_test(test_writer_round_trip),
+                cmocka_unit_test(test_writer_commit_one),
                 cmocka_unit_test(test_writer_compaction),
                 cmocka_unit_test(test_journal_damage),
                 cmocka_unit_test(test_journal_semantics),
