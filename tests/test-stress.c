@@ -1790,8 +1790,14 @@ static void udev_restart(void) {
         free(out);
         out = NULL;
         if (udev_was_env_sh &&
-            env_run(&out, NULL, "sh", "-c", "pgrep -o -x systemd-udevd > " ENV_GLOBAL_DIR "/udevd.pid",
-                NULL) != 0)
+            env_run(&out, NULL, "sh", "-c",
+                    /* The first live one, as tests/env.sh picks it: the udevd we stopped may
+                     * linger as a zombie where pid 1 does not reap, and pgrep lists it too. */
+                    "for p in $(pgrep -x systemd-udevd); do "
+                    "  grep -q '^State:[[:space:]]*[ZX]' /proc/$p/status 2>/dev/null && continue; "
+                    "  echo $p > " ENV_GLOBAL_DIR "/udevd.pid; exit 0; "
+                    "done; exit 1",
+                    NULL) != 0)
                 print_error("could not record the new udevd in " ENV_GLOBAL_DIR "/udevd.pid\n");
         /* Events of the outage are lost: replay them as tests/env.sh does for a fresh udevd. */
         (void) env_run(NULL, NULL, "udevadm", "trigger", "--type=devices", "--subsystem-match=block",
