@@ -49,11 +49,10 @@
 
 #include "loopmgr-bus.h"
 
-/* The few helpers this needs, in the shape of the daemon's util.h (a client includes no
- * daemon headers: include/ is what clients and daemon share). */
-#define _cleanup_(f)   __attribute__((cleanup(f)))
-#define _printf_(a, b) __attribute__((format(printf, a, b)))
-#define ELEMENTSOF(x)  (sizeof(x) / sizeof((x)[0]))
+#include "bench/bench-util.h"
+
+/* In the shape of the daemon's util.h (a client includes no daemon headers: include/ is what
+ * clients and daemon share). */
 #define TAKE_PTR(p)                                                                                \
         ({                                                                                         \
                 __typeof__(p) _p_ = (p);                                                           \
@@ -61,25 +60,6 @@
                 _p_;                                                                               \
         })
 
-static inline void freep(void *p) {
-        free(*(void **) p);
-}
-#define _cleanup_free_ _cleanup_(freep)
-
-static inline int safe_close(int fd) {
-        if (fd >= 0) {
-                int saved = errno;
-                (void) close(fd);
-                errno = saved;
-        }
-        return -EBADF;
-}
-static inline void closep(int *fd) {
-        *fd = safe_close(*fd);
-}
-#define _cleanup_close_ _cleanup_(closep)
-
-#define MIB                 (UINT64_C(1) << 20)
 #define BUS_TIMEOUT_USEC    (120ULL * 1000ULL * 1000ULL)
 #define DETACH_TIMEOUT_USEC (30ULL * 1000ULL * 1000ULL)
 /* A row gives up after this many failed iterations: one bad iteration should not cost the
@@ -134,13 +114,6 @@ typedef struct Bench {
         size_t n_facts;
         unsigned file_counter;
 } Bench;
-
-static double now_usec(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
-}
 
 static _printf_(1, 2) char *strdup_printf(const char *fmt, ...) {
         va_list ap;
@@ -222,23 +195,6 @@ static bool row_fail(Row *row, char *error) {
 
 static bool row_usable(const Row *row) {
         return row->n > 0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *) a, y = *(const double *) b;
-
-        return x < y ? -1 : x > y;
-}
-
-/* Linear interpolation between closest ranks (numpy's default), on a sorted array. */
-static double quantile(const double *sorted, size_t n, double q) {
-        double pos = q * (double) (n - 1), frac;
-        size_t lo = (size_t) pos;
-
-        if (lo + 1 >= n)
-                return sorted[n - 1];
-        frac = pos - (double) lo;
-        return sorted[lo] + frac * (sorted[lo + 1] - sorted[lo]);
 }
 
 typedef struct Stats {
@@ -1236,12 +1192,6 @@ static unsigned cleanup_created(Bench *b) {
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
-
-/* Table cells: no pipes, no newlines. */
-static void put_cell(FILE *f, const char *s) {
-        for (; s && *s; s++)
-                fputc(*s == '|' ? '/' : *s == '\n' ? ' ' : *s, f);
-}
 
 static const Row *find_row(const Bench *b, const char *label, unsigned population) {
         for (size_t i = 0; i < b->n_rows; i++)

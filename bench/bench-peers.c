@@ -47,29 +47,8 @@
 
 #include "loopmgr-bus.h"
 
-#define _cleanup_(f)   __attribute__((cleanup(f)))
-#define _printf_(a, b) __attribute__((format(printf, a, b)))
-#define ELEMENTSOF(x)  (sizeof(x) / sizeof((x)[0]))
+#include "bench/bench-util.h"
 
-static inline void freep(void *p) {
-        free(*(void **) p);
-}
-#define _cleanup_free_ _cleanup_(freep)
-
-static inline int safe_close(int fd) {
-        if (fd >= 0) {
-                int saved = errno;
-                (void) close(fd);
-                errno = saved;
-        }
-        return -EBADF;
-}
-static inline void closep(int *fd) {
-        *fd = safe_close(*fd);
-}
-#define _cleanup_close_ _cleanup_(closep)
-
-#define MIB                 (UINT64_C(1) << 20)
 #define BUS_TIMEOUT_USEC    (60ULL * 1000ULL * 1000ULL)
 #define DETACH_TIMEOUT_USEC (30ULL * 1000ULL * 1000ULL)
 #define TEARDOWN_WAIT_USEC  (10.0 * 1e6)
@@ -82,13 +61,6 @@ static const char *errstr(int r) {
         const char *s = strerrordesc_np(r < 0 ? -r : r);
 
         return s ?: "unknown error";
-}
-
-static double now_usec(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
 }
 
 static void oom(void) {
@@ -132,23 +104,6 @@ static void series_add(Series *s, double usec) {
 static void series_merge(Series *into, const Series *from) {
         for (size_t i = 0; i < from->n; i++)
                 series_add(into, from->v[i]);
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *) a, y = *(const double *) b;
-
-        return x < y ? -1 : x > y;
-}
-
-/* Linear interpolation between closest ranks (numpy's default). */
-static double quantile(const double *sorted, size_t n, double q) {
-        double pos = q * (double) (n - 1), frac;
-        size_t lo = (size_t) pos;
-
-        if (lo + 1 >= n)
-                return sorted[n - 1];
-        frac = pos - (double) lo;
-        return sorted[lo] + frac * (sorted[lo + 1] - sorted[lo]);
 }
 
 typedef struct Stats {
@@ -1158,11 +1113,6 @@ static void run_concurrency(Bench *b, Result *results) {
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
-
-static void put_cell(FILE *f, const char *s) {
-        for (; s && *s; s++)
-                fputc(*s == '|' ? '/' : *s == '\n' ? ' ' : *s, f);
-}
 
 static void emit_stats(Bench *b, const char *prefix, const char *what, const Stats *s) {
         if (s->n == 0)
