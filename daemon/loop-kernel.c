@@ -124,6 +124,40 @@ static int open_device(const char *root, const char *name, int flags) {
         return open_root(root, path, flags | O_CLOEXEC | O_NOCTTY);
 }
 
+/*
+ * Opens the block device devnum through a device node of our own, "/dev/.loopmgr-<name>-<pid>",
+ * made for this open and unlinked right after it. udev watches /dev/loopN with inotify and
+ * answers every close of a writable file of it (IN_CLOSE_WRITE) with a synthesised "change"
+ * event: a second full probe (blkid, symlinks, rules) of a binding whose own "change" event
+ * LOOP_CONFIGURE has already sent, which doubled udev's work per attach. inotify watches
+ * inodes, and our node is another inode of the same device. The node is made in devtmpfs
+ * because /run may be mounted nodev; it is 0600 and lives for the open only. Fails (-EPERM
+ * without CAP_MKNOD or when the device cgroup refuses, -EACCES on a nodev root, ...) when the
+ * caller must open /dev/<name> itself.
+ */
+static int open_device_private(const char *root, const char *name, dev_t devnum, int flags) {
+        _cleanup_free_ char *path = NULL;
+        char rel[sizeof("/dev/.loopmgr--") + 16 + 3 * sizeof(pid_t)];
+        int fd, r;
+
+        (void) snprintf(rel, sizeof(rel), "/dev/.loopmgr-%s-%i", name, (int) getpid());
+        path = path_join_root(root, rel);
+        if (!path)
+                return -ENOMEM;
+
+        /* EEXIST: left by a process of ours that died between mknod and unlink. */
+        if (mknod(path, S_IFBLK | 0600, devnum) < 0) {
+                if (errno != EEXIST)
+                        return -errno;
+                if (unlink(path) < 0 || mknod(path, S_IFBLK | 0600, devnum) < 0)
+                        return -errno;
+        }
+        fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+        r = fd < 0 ? -errno : fd;
+        (void) unlink(path);
+        return r;
+}
+
 /* Reads <root>/sys/block/<name>/<attr>. */
 static int sysfs_read(const char *root, const char *name, const char *attr, char **ret) {
         _cleanup_free_ char *rel = NULL, *p = NULL;
@@ -812,21 +846,52 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
         struct loop_info64 info = {};
         struct loop_config lc = {};
         char name[sizeof(s.name)];
+        bool quiet;
         int r;
 
         (void) snprintf(name, sizeof(name), "loop%i", nr);
 
-        fd = open_device(root, name, O_RDWR | O_NONBLOCK);
-        if (fd < 0)
-                return fd;
+        /*
+         * Two ways to keep udev's probes off a half-made binding (BLOCK_DEVICE_LOCKING):
+         *
+         * Quiet (no partition scan): LOOP_CONFIGURE makes the binding whole in one step, and
+         * its "change" event is the one udev needs. Only a device udev is still probing (the
+         * teardown of its previous binding) is skipped: LOCK_EX on a read-only fd of
+         * /dev/loopN, released again before the bind, because udev postpones an event of a
+         * locked device and then waits for an IN_CLOSE_WRITE of /dev/loopN (or 200 ms) to try
+         * again. The device is bound through a private node (open_device_private()), so that
+         * no close of ours makes udev probe the binding a second time.
+         *
+         * Locked (partition scan, or no private node): the lock is held across the bind and
+         * the partition scan, on a second read-write fd of /dev/loopN; its close makes udev
+         * probe the finished device (and retry the event it postponed).
+         */
+        quiet = !c->partscan;
+        if (quiet) {
+                struct stat st;
 
-        /* The lock lives on a second fd that we close when done: udev watches loop devices
-         * for IN_CLOSE_WRITE and re-probes the finished device then (BLOCK_DEVICE_LOCKING). */
-        lock_fd = open_device(root, name, O_RDWR | O_NONBLOCK);
-        if (lock_fd < 0)
-                return lock_fd;
-        if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
-                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+                lock_fd = open_device(root, name, O_RDONLY | O_NONBLOCK);
+                if (lock_fd < 0)
+                        return lock_fd;
+                if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
+                        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+                if (fstat(lock_fd, &st) < 0)
+                        return -errno;
+                fd = open_device_private(root, name, st.st_rdev, O_RDWR | O_NONBLOCK);
+                lock_fd = safe_close(lock_fd);
+                if (fd < 0)
+                        quiet = false;
+        }
+        if (!quiet) {
+                fd = open_device(root, name, O_RDWR | O_NONBLOCK);
+                if (fd < 0)
+                        return fd;
+                lock_fd = open_device(root, name, O_RDWR | O_NONBLOCK);
+                if (lock_fd < 0)
+                        return lock_fd;
+                if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
+                        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        }
 
         /* Tools that skip the loop-control lock (losetup) may have bound it meanwhile. */
         if (ioctl(fd, LOOP_GET_STATUS64, &info) >= 0)
