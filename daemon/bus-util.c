@@ -105,10 +105,69 @@ int bus_device_path_parse(const char *path, uint64_t *ret) {
         return 0;
 }
 
+/*
+ * The uids of the last few callers, by unique bus name. Without a cache every call costs a
+ * synchronous GetConnectionCredentials round trip to the bus daemon (the system bus does not
+ * attach credentials to messages): the larger part of what an Attach spends on the bus. A
+ * unique name names one connection for the lifetime of the bus and is never given out again,
+ * and the bus daemon recorded that connection's uid once, at connect: the answer cannot
+ * change. The bus's id is part of the key, in case we ever talk to another bus instance.
+ */
+#define SENDER_UID_CACHE_SIZE 32U
+
+typedef struct SenderUid {
+        sd_id128_t bus_id;
+        char name[64];
+        uid_t uid;
+        uint64_t used;  /* 0: empty */
+} SenderUid;
+
+static SenderUid sender_uid_cache[SENDER_UID_CACHE_SIZE];
+static uint64_t sender_uid_clock;
+
+static SenderUid *sender_uid_lookup(sd_id128_t bus_id, const char *name, bool add) {
+        SenderUid *oldest = &sender_uid_cache[0];
+
+        for (size_t i = 0; i < SENDER_UID_CACHE_SIZE; i++) {
+                SenderUid *e = &sender_uid_cache[i];
+
+                if (e->used && sd_id128_equal(e->bus_id, bus_id) && streq(e->name, name)) {
+                        e->used = ++sender_uid_clock;
+                        return e;
+                }
+                if (e->used < oldest->used)
+                        oldest = e;
+        }
+        if (!add)
+                return NULL;
+        *oldest = (SenderUid) {
+                .bus_id = bus_id,
+                .used = ++sender_uid_clock,
+        };
+        (void) snprintf(oldest->name, sizeof(oldest->name), "%s", name);
+        return oldest;
+}
+
 int bus_message_sender_uid(sd_bus_message *m, uid_t *ret) {
         sd_bus_creds *creds = NULL;
+        sd_id128_t bus_id = SD_ID128_NULL;
+        const char *sender;
+        SenderUid *e;
         uid_t uid;
         int r;
+
+        /* Only unique names (":1.42") are keys: a well-known name changes hands. */
+        sender = sd_bus_message_get_sender(m);
+        if (!sender || sender[0] != ':' || strlen(sender) >= sizeof(e->name) ||
+            sd_bus_get_bus_id(sd_bus_message_get_bus(m), &bus_id) < 0)
+                sender = NULL;
+        if (sender) {
+                e = sender_uid_lookup(bus_id, sender, false);
+                if (e) {
+                        *ret = e->uid;
+                        return 0;
+                }
+        }
 
         r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
         if (r < 0)
@@ -122,6 +181,8 @@ int bus_message_sender_uid(sd_bus_message *m, uid_t *ret) {
         sd_bus_creds_unref(creds);
         if (r < 0)
                 return r;
+        if (sender)
+                sender_uid_lookup(bus_id, sender, true)->uid = uid;
         *ret = uid;
         return 0;
 }
