@@ -77,6 +77,9 @@ struct Device {
         char **openers;         /* last published Openers pairs (NULL: none computed yet) */
         uint64_t openers_iteration;     /* event-loop iteration that computed them */
         bool udev_ready;        /* udev processed this binding (by-diskseq link exists) */
+        /* We made this binding and read it back from the device: the plain "change" uevent
+         * LOOP_CONFIGURE sent for it says nothing new (manager_udev_event()). */
+        bool bind_event_expected;
         Waiter *waiters;
         /* Teardown requested while somebody (udev's probe) held a flock on the device: retried
          * on this timer instead of waiting in the event loop (manager.c device_teardown()). */

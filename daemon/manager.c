@@ -277,7 +277,19 @@ static int manager_save_dropped_state(Manager *m, Device *d) {
         return 0;
 }
 
-static int manager_add_device(Manager *m, Device *d) {
+static void manager_announce_device(Manager *m, Device *d) {
+        (void) sd_bus_emit_object_added(m->bus, d->path);
+        {
+                Device *lower = device_lower(m, d);
+
+                if (lower)
+                        manager_refresh_openers(m, lower, NULL);
+        }
+}
+
+/* announce: emit InterfacesAdded now; false for the caller that answers its client first and
+ * announces right after (manager_announce_device()). */
+static int manager_add_device(Manager *m, Device *d, bool announce) {
         unsigned n = d->status.number;
 
         if (n >= m->n_slots) {
@@ -326,13 +338,8 @@ static int manager_add_device(Manager *m, Device *d) {
                 }
         }
 
-        (void) sd_bus_emit_object_added(m->bus, d->path);
-        {
-                Device *lower = device_lower(m, d);
-
-                if (lower)
-                        manager_refresh_openers(m, lower, NULL);
-        }
+        if (announce)
+                manager_announce_device(m, d);
         log_debug("%s (diskseq %" PRIu64 ") %s", d->node, d->status.diskseq,
                   d->managed ? "attached" : "appeared (not managed)");
         return 0;
@@ -594,7 +601,7 @@ int manager_reconcile(Manager *m, const char *name) {
          * cost a scan of every process. A later read of the property is fresh. */
         if (device_openers_with(d, m->mounts, foreign_mounts_known(m), &d->openers) >= 0)
                 (void) sd_event_get_iteration(m->event, &d->openers_iteration);
-        r = manager_add_device(m, d);
+        r = manager_add_device(m, d, true);
         if (r < 0) {
                 device_free(d);
                 return r;
@@ -603,7 +610,7 @@ int manager_reconcile(Manager *m, const char *name) {
 }
 
 void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                        bool from_udev) {
+                        bool from_udev, bool plain) {
         unsigned number;
         Device *d;
         int r;
@@ -615,9 +622,22 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
         if (r < 0)
                 return;
         d = manager_get_device_by_number(m, number);
+        if (from_udev && d && d->teardown_retry)
+                /* udev is done with an event of the device, so its probe has probably let
+                 * go of the lock a pending teardown waits for: try now, not at the next
+                 * tick of the retry timer. */
+                (void) sd_event_source_set_time(d->teardown_retry, 1);
 
-        if (!from_udev || !m->udev_watch) {
+        if ((!from_udev || !m->udev_watch) && d && d->bind_event_expected && plain &&
+            d->status.diskseq == diskseq) {
+                /* The announcement of a binding manager_attach() made and read back from the
+                 * device a moment ago: re-reading a dozen sysfs files would tell nothing
+                 * new. Any other event of the device is read as usual. */
+                d->bind_event_expected = false;
+        } else if (!from_udev || !m->udev_watch) {
                 /* The kernel's event: only the device it names is re-read. */
+                if (d)
+                        d->bind_event_expected = false;
                 r = manager_reconcile(m, name);
                 if (r < 0)
                         log_warning_errno(r, "Failed to update %s after udev event: %m", name);
@@ -1379,6 +1399,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
 
         r = device_new(m, &st, true, &d);
         if (r >= 0) {
+                d->bind_event_expected = true;
                 /* Nothing can hold a device we have just bound: no need to look. */
                 d->openers = calloc(1, sizeof(char *));
                 (void) sd_event_get_iteration(m->event, &d->openers_iteration);
@@ -1394,7 +1415,7 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         /* The save in manager_add_device() records the device and drops the intent at once. */
         m->has_intent = false;
         if (r >= 0) {
-                r = manager_add_device(m, d);
+                r = manager_add_device(m, d, false);
                 if (r < 0)
                         d = device_free(d);
         } else
@@ -1406,10 +1427,13 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
                                             strerror(-r));
         }
 
+        /* The answer (or the waiter) first, then the announcement to everybody else and the
+         * log line: building InterfacesAdded with every property costs more than the rest of
+         * the attach, and the caller has no use for it. */
+        r = attach_reply_or_wait(m, message, d, false, req->uid, ref_id, o);
+        manager_announce_device(m, d);
         log_info("Attached %s (diskseq %" PRIu64 ") for uid %u", d->node, d->status.diskseq,
                  (unsigned) req->uid);
-
-        r = attach_reply_or_wait(m, message, d, false, req->uid, ref_id, o);
         if (r < 0) {
                 device_drop_all_references(d);
                 if (loop_detach(m->root, d->status.name, d->status.diskseq) != 0)

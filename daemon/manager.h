@@ -95,9 +95,11 @@ int manager_find_device(Manager *m, const char *spec, Device **ret);
  * or removes it (completing waiters). Called for udev events and at start-up. */
 int manager_reconcile(Manager *m, const char *name);
 /* Called by the udev watch for every event of a loop disk: from the kernel as it happens, and
- * from udev once its rules ran (from_udev). */
+ * from udev once its rules ran (from_udev). plain: only "change" events that report no resize,
+ * media change or replay (RESIZE, DISK_MEDIA_CHANGE, SYNTH_UUID), one of them the binding's
+ * own announcement. */
 void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                        bool from_udev);
+                        bool from_udev, bool plain);
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
-/* libudev monitors of block disks on an sd-event loop: the kernel's uevents (at once, for the
- * state of bindings) and udev's (after its rules ran, for the by-diskseq link). */
+/* The uevents of loop disks on an sd-event loop (netlink, parsed by uevent.h): the kernel's (at
+ * once, for the state of bindings) and udev's (after its rules ran, for the by-diskseq link). */
 
 #include <systemd/sd-event.h>
 
