@@ -132,6 +132,7 @@ typedef struct Bench {
         pthread_mutex_t lock; /* record, file counter */
         unsigned iterations, warmup, clients, conc_cycles, conc_rounds;
         unsigned file_counter;
+        unsigned scenarios; /* bit k-1: scenario k runs (and is reported) */
         bool have_udisks;
         pid_t loopmgrd_pid, udisksd_pid, bus_pid;
 } Bench;
@@ -1275,8 +1276,12 @@ static void print_concurrency(Bench *b, FILE *f, Result *results) {
 static void print_all(Bench *b, FILE *f, Result *lat, Result *ovh, Result *conc, Series *ping) {
         Stats l, r;
 
-        fputs("#### 1. Attach-to-usable latency (sequential attach + detach cycles)\n\n", f);
-        print_sequential(b, f, "s1", latency_peers, ELEMENTSOF(latency_peers), lat, 1);
+        if (b->scenarios & 1) {
+                fputs("#### 1. Attach-to-usable latency (sequential attach + detach cycles)\n\n", f);
+                print_sequential(b, f, "s1", latency_peers, ELEMENTSOF(latency_peers), lat, 1);
+        }
+        if (!(b->scenarios & 2))
+                goto concurrency;
 
         fputs("\n#### 2. Daemon overhead (no udev wait) against raw LOOP_CONFIGURE\n\n", f);
         print_sequential(b, f, "s2", overhead_peers, ELEMENTSOF(overhead_peers), ovh, 1);
@@ -1318,8 +1323,11 @@ static void print_all(Bench *b, FILE *f, Result *lat, Result *ovh, Result *conc,
                         fputc('\n', f);
         }
 
-        fputs("\n#### 3. Concurrency\n\n", f);
-        print_concurrency(b, f, conc);
+concurrency:
+        if (b->scenarios & 4) {
+                fputs("\n#### 3. Concurrency\n\n", f);
+                print_concurrency(b, f, conc);
+        }
 }
 
 /* ---- main -------------------------------------------------------------------------------- */
@@ -1395,7 +1403,8 @@ static void help(void) {
                "  --clients N           concurrent clients (8)\n"
                "  --cycles N            cycles per client and round (10)\n"
                "  --rounds N            concurrency rounds per peer (3)\n"
-               "  --bus-pid PID         the bus daemon, for its CPU time\n");
+               "  --bus-pid PID         the bus daemon, for its CPU time\n"
+               "  --scenarios LIST      only these of 1,2,3 (all), for working on one\n");
 }
 
 int main(int argc, char *argv[]) {
@@ -1411,6 +1420,7 @@ int main(int argc, char *argv[]) {
                 ARG_CYCLES,
                 ARG_ROUNDS,
                 ARG_BUS_PID,
+                ARG_SCENARIOS,
         };
         static const struct option options[] = {
                 {"help", no_argument, NULL, 'h'},
@@ -1425,6 +1435,7 @@ int main(int argc, char *argv[]) {
                 {"cycles", required_argument, NULL, ARG_CYCLES},
                 {"rounds", required_argument, NULL, ARG_ROUNDS},
                 {"bus-pid", required_argument, NULL, ARG_BUS_PID},
+                {"scenarios", required_argument, NULL, ARG_SCENARIOS},
                 {}};
         Bench b = {
                 .iterations = 100,
@@ -1432,6 +1443,7 @@ int main(int argc, char *argv[]) {
                 .clients = 8,
                 .conc_cycles = 10,
                 .conc_rounds = 3,
+                .scenarios = 7,
         };
         Result lat[ELEMENTSOF(latency_peers)] = {}, ovh[ELEMENTSOF(overhead_peers)] = {},
                conc[ELEMENTSOF(concurrency_peers)] = {};
@@ -1476,6 +1488,18 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_ROUNDS:
                         target = &b.conc_rounds;
+                        break;
+                case ARG_SCENARIOS:
+                        b.scenarios = 0;
+                        for (const char *p = optarg; *p; p++) {
+                                if (*p >= '1' && *p <= '3')
+                                        b.scenarios |= 1U << (*p - '1');
+                                else if (*p != ',') {
+                                        fprintf(stderr, "bench-peers: '%s' is not a list of 1, 2, 3\n",
+                                                optarg);
+                                        return 2;
+                                }
+                        }
                         break;
                 case ARG_BUS_PID: {
                         unsigned v;
@@ -1533,10 +1557,14 @@ int main(int argc, char *argv[]) {
                       stderr);
         sd_bus_flush_close_unref(bus);
 
-        run_sequential(&b, "1. latency", latency_peers, ELEMENTSOF(latency_peers), lat);
-        run_sequential(&b, "2. overhead", overhead_peers, ELEMENTSOF(overhead_peers), ovh);
-        measure_ping(&b, &ping);
-        run_concurrency(&b, conc);
+        if (b.scenarios & 1)
+                run_sequential(&b, "1. latency", latency_peers, ELEMENTSOF(latency_peers), lat);
+        if (b.scenarios & 2) {
+                run_sequential(&b, "2. overhead", overhead_peers, ELEMENTSOF(overhead_peers), ovh);
+                measure_ping(&b, &ping);
+        }
+        if (b.scenarios & 4)
+                run_concurrency(&b, conc);
 
         print_all(&b, stdout, lat, ovh, conc, &ping);
         if (markdown) {
