@@ -39,7 +39,7 @@ if (($#)); then
 else
     FUZZ_TIME=${LOOPMGR_FUZZ_TIME:-30}
 fi
-FUZZ_TARGETS=(options state)
+FUZZ_TARGETS=(options state uevent)
 
 failed_steps=()
 env_started=0
