@@ -34,6 +34,13 @@ int log_parse_level(const char *s) {
         return -EINVAL;
 }
 
+/* n advanced by a snprintf() result k, kept inside a buffer of size bytes (minus one). */
+static size_t advance(size_t n, int k, size_t size) {
+        if (k < 0)
+                return n;
+        return n + (size_t) k < size - 1 ? n + (size_t) k : size - 1;
+}
+
 int log_internal(int level, int error, const char *file, int line, const char *func,
                  const char *format, ...) {
         int e = error < 0 ? -error : error;
@@ -42,15 +49,27 @@ int log_internal(int level, int error, const char *file, int line, const char *f
         if (level > log_max_level)
                 return -e;
 
-        /* "<N>" prefixes let journald keep the level when we run under systemd. */
-        fprintf(stderr, "<%d>", level);
+        /* "<N>" prefixes let journald keep the level when we run under systemd. One line, one
+         * write: stderr is unbuffered, and three writes per line cost the attach path two
+         * system calls for nothing (and let lines of two processes interleave). A line that
+         * does not fit is cut. */
+        char buf[2048];
+        size_t n;
+        int k;
+
+        k = snprintf(buf, sizeof(buf), "<%d>", level);
+        n = advance(0, k, sizeof(buf));
         errno = e;
         va_start(ap, format);
-        vfprintf(stderr, format, ap);
+        k = vsnprintf(buf + n, sizeof(buf) - n, format, ap);
         va_end(ap);
-        if (level >= LOG_DEBUG)
-                fprintf(stderr, " (%s:%d %s)", file, line, func);
-        fputc('\n', stderr);
+        n = advance(n, k, sizeof(buf));
+        if (level >= LOG_DEBUG) {
+                k = snprintf(buf + n, sizeof(buf) - n, " (%s:%d %s)", file, line, func);
+                n = advance(n, k, sizeof(buf));
+        }
+        buf[n++] = '\n';       /* n <= sizeof(buf) - 1 here */
+        (void) fwrite(buf, 1, n, stderr);
 
         errno = e;
         return -e;
