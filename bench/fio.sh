@@ -12,6 +12,13 @@
 # before its job and detached right after, so only one device exists over the file at a time
 # (loopmgrd refuses aliases anyway).
 #
+# Ratios are paired: each repetition runs every target back to back (rotated order), the
+# ratio of a target is the median over the repetitions of its bandwidth over the file's in
+# the same repetition, so that the drift of a virtual disk (seen here: +-30% between runs a
+# minute apart) cancels out. The CPU time of the whole machine (/proc/stat: everything but
+# idle and iowait) during each run gives the CPU per I/O of each path: a path that needs
+# more CPU per I/O than the machine has to give is bound by that, not by the disk.
+#
 # Environment: SCRATCH (directory), RECORD (device record), LOOPMGRCTL, METRICS (key value
 # lines appended), MARKDOWN (table written), FIO_SIZE (MiB), FIO_RUNTIME and FIO_RAMP
 # (seconds), FIO_REPS.
@@ -22,7 +29,7 @@ set -euo pipefail
 SIZE_MIB=${FIO_SIZE:-1024}
 RUNTIME=${FIO_RUNTIME:-3}
 RAMP=${FIO_RAMP:-1}
-REPS=${FIO_REPS:-2}
+REPS=${FIO_REPS:-3}
 IMG=$SCRATCH/fio.img
 RAW=$SCRATCH/fio-raw
 mkdir -p "$RAW"
@@ -85,7 +92,13 @@ losetup_attach() {
 }
 losetup_node=
 
-# run_one JOB DIRECT TARGET REP: one fio run, its JSON kept in RAW.
+# cpu_jiffies: "busy total" clock ticks of all CPUs so far (busy: all but idle and iowait).
+cpu_jiffies() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
+# run_one JOB DIRECT TARGET REP: one fio run, its JSON kept in RAW, and the share of all CPUs
+# that was busy during it in RAW/...cpu.
 run_one() {
     local job=$1 direct=$2 target=$3 rep=$4 filename
     case $target in
@@ -99,11 +112,16 @@ run_one() {
     # device without direct I/O would read the file's cache.
     sync "$IMG"
     dd if="$IMG" iflag=nocache count=0 status=none
+    local b0 t0 b1 t1
+    read -r b0 t0 < <(cpu_jiffies)
     fio --name="$job" --filename="$filename" --size="${SIZE_MIB}M" --rw="${rw[$job]}" \
         --bs="${bs[$job]}" --direct="$direct" --ioengine=libaio --iodepth=16 \
         --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --invalidate=1 \
         --randrepeat=0 --output-format=json \
         --output="$RAW/$job-d$direct-$target-$rep.json" >/dev/null
+    read -r b1 t1 < <(cpu_jiffies)
+    awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.4f\n", (t > 0 ? b / t : 0) }' \
+        >"$RAW/$job-d$direct-$target-$rep.cpu"
     [[ -z $attached ]] || detach "$attached"
     if [[ -n $losetup_node ]]; then
         seq=$(cat "/sys/block/${losetup_node#/dev/}/diskseq")
@@ -141,39 +159,74 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+NCPU=$(nproc)
 {
     echo "Bandwidth in MiB/s (median of $REPS runs of ${RUNTIME} s after ${RAMP} s ramp-up;"
     echo "fio, libaio, queue depth 16, ${SIZE_MIB} MiB file), completion-latency p99 in"
-    echo "microseconds, and the ratio of the loop device's bandwidth to the file's. The losetup"
-    echo "columns are the control: a device losetup made, with direct I/O, over the same file."
+    echo "microseconds, and the ratio of the loop device's bandwidth to the file's: the median of"
+    echo "the $REPS repetitions' ratios, each against the file's run of the same repetition. The"
+    echo "losetup columns are the control: a device losetup made, with direct I/O, over the same"
+    echo "file."
     echo
     echo "| job | fio direct | file MiB/s | file p99 | loopmgr dio=on MiB/s | p99 | ratio | loopmgr dio=off MiB/s | p99 | ratio | losetup dio=on MiB/s | p99 | ratio |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >"$MARKDOWN"
+cpu_rows=()
 for job in "${jobs[@]}"; do
     for direct in 1 0; do
         line="| $job (${bs[$job]}) | $direct |"
-        filebw=
+        cpu_line="| $job (${bs[$job]}) | $direct |"
+        declare -A filebws=()
         for target in "${targets[@]}"; do
-            bws=() lats=()
+            bws=() lats=() ratios=() busys=() cpuios=()
             for ((rep = 0; rep < REPS; rep++)); do
                 f=$RAW/$job-d$direct-$target-$rep.json
-                bws+=("$(jq ".jobs[0].${dir[$job]}.bw_bytes / 1048576" "$f")")
+                b=$(jq ".jobs[0].${dir[$job]}.bw_bytes / 1048576" "$f")
+                iops=$(jq ".jobs[0].${dir[$job]}.iops" "$f")
+                busy=$(cat "$RAW/$job-d$direct-$target-$rep.cpu")
+                bws+=("$b")
                 lats+=("$(jq ".jobs[0].${dir[$job]}.clat_ns.percentile.\"99.000000\" / 1000" "$f")")
+                busys+=("$busy")
+                # CPU microseconds of the whole machine per I/O: busy share x CPUs / IOPS.
+                cpuios+=("$(awk -v c="$busy" -v n="$NCPU" -v i="$iops" 'BEGIN { if (i > 0) printf "%.2f", c * n * 1e6 / i; else print "nan" }')")
+                if [[ $target == file ]]; then
+                    filebws[$rep]=$b
+                else
+                    ratios+=("$(awk -v a="$b" -v f="${filebws[$rep]}" 'BEGIN { if (f > 0) printf "%.4f", a / f; else print "nan" }')")
+                fi
             done
             bw=$(median "${bws[@]}")
             lat=$(median "${lats[@]}")
+            busy=$(median "${busys[@]}")
+            cpuio=$(median "${cpuios[@]}")
             echo "s5.$job.d$direct.$target.bw_mib $bw" >>"$METRICS"
             echo "s5.$job.d$direct.$target.p99_us $lat" >>"$METRICS"
+            echo "s5.$job.d$direct.$target.cpu_busy $busy" >>"$METRICS"
+            echo "s5.$job.d$direct.$target.cpu_us_per_io $cpuio" >>"$METRICS"
             line+=$(printf ' %.1f | %.0f |' "$bw" "$lat")
-            if [[ $target == file ]]; then
-                filebw=$bw
-            else
-                line+=$(awk -v a="$bw" -v b="$filebw" 'BEGIN { if (b > 0) printf " %.3f |", a / b; else printf " n/a |" }')
+            cpu_line+=$(awk -v b="$busy" -v c="$cpuio" 'BEGIN { printf " %.0f%% | %.1f |", b * 100, c }')
+            if [[ $target != file ]]; then
+                ratio=$(median "${ratios[@]}")
+                echo "s5.$job.d$direct.$target.ratio $ratio" >>"$METRICS"
+                line+=$(printf ' %.3f |' "$ratio")
             fi
         done
+        unset filebws
         echo "$line" >>"$MARKDOWN"
+        cpu_rows+=("$cpu_line")
     done
 done
+{
+    echo
+    echo "CPU during the same runs: the share of the machine's $NCPU CPUs that was busy (all"
+    echo "processes and kernel threads: fio, the loop driver's workers, interrupts) and the CPU"
+    echo "microseconds that cost per I/O (busy share x CPUs / IOPS); medians of the repetitions."
+    echo "When a path's CPU per I/O times its IOPS fills the CPUs, it cannot go faster on this"
+    echo "machine, whatever the disk could do."
+    echo
+    echo "| job | fio direct | file CPU busy | µs/IO | loopmgr dio=on busy | µs/IO | loopmgr dio=off busy | µs/IO | losetup dio=on busy | µs/IO |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${cpu_rows[@]}"
+} >>"$MARKDOWN"
 rm -f "$IMG"
 log "done"

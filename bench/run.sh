@@ -71,6 +71,7 @@ END_MARK='<!-- END bench/run.sh results -->'
 
 SCRATCH=
 env_started=0
+tmpfs_mounts=()
 client=0
 udisksd_pid=
 udisks_run_created=0
@@ -139,6 +140,7 @@ cleanup() {
     if ((env_started)); then
         bash tests/env.sh stop-daemon || log "warning: stop-daemon failed"
     fi
+    unmount_runtime_tmpfs
     if [[ -n $SCRATCH ]]; then
         cleanup_devices "$SCRATCH/devices" || rc=1
         cleanup_scratch_devices || rc=1
@@ -170,6 +172,42 @@ cleanup_scratch_devices() {
     done
     udevadm settle --timeout=30 >/dev/null 2>&1 || true
     return $left
+}
+
+# loopmgrd's runtime files (its state record, the udev properties of its devices) live in /run,
+# which systemd mounts as tmpfs on every machine the daemon is made for. Where /run is part of
+# the root file system instead (this VM's image: ext4), every attach would pay for journalled
+# creates and unlinks that no deployment has, so the run puts a tmpfs of its own over the
+# daemon's state directory and /run/loopmgr, and says so in the results. Not over a
+# /run/loopmgr/udev that holds other daemons' files (test instances running meanwhile).
+mount_runtime_tmpfs() {
+    local dir fstype
+    fstype=$(findmnt -n -o FSTYPE -T /run 2>/dev/null || echo unknown)
+    runtime_note="/run is $fstype"
+    [[ $fstype == tmpfs ]] && return 0
+    for dir in "$LOOPMGR_TEST_ENV/loopmgrd-state" /run/loopmgr; do
+        mkdir -p "$dir"
+        if [[ $dir == /run/loopmgr && -n $(ls -A /run/loopmgr/udev 2>/dev/null) ]]; then
+            log "warning: /run/loopmgr/udev holds other daemons' files; it stays on $fstype"
+            continue
+        fi
+        if mount -t tmpfs -o mode=0755,size=256m loopmgr-bench "$dir"; then
+            tmpfs_mounts+=("$dir")
+        else
+            log "warning: cannot mount a tmpfs on $dir"
+        fi
+    done
+    ((${#tmpfs_mounts[@]})) &&
+        runtime_note+="; run.sh mounted a tmpfs over ${tmpfs_mounts[*]} for the run, as /run is on a deployed system"
+    return 0
+}
+
+unmount_runtime_tmpfs() {
+    local dir
+    for dir in "${tmpfs_mounts[@]}"; do
+        umount "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null || log "warning: cannot unmount $dir"
+    done
+    tmpfs_mounts=()
 }
 
 # udisksd on our private bus, for the udisks2 peers of scenarios 1 and 3.
@@ -267,6 +305,8 @@ SCRATCH=$(mktemp -d /var/tmp/loopmgr-bench.XXXXXX)
 env_started=1
 envvars=$(bash tests/env.sh start) || die "tests/env.sh start failed"
 eval "$envvars"
+runtime_note=
+mount_runtime_tmpfs
 bash tests/env.sh start-daemon "$BUILD"
 
 # Facts about the machine, for the record.
@@ -344,6 +384,7 @@ section=$SCRATCH/section.md
     echo "| load average (1, 5, 15 min) | $load_start at the start, $load_end at the end |"
     echo "| memory | $((mem_kb / 1024)) MiB |"
     echo "| backing files | on $fs |"
+    echo "| loopmgrd's runtime files | $runtime_note |"
     echo "| udev | systemd-udevd $(udevadm --version) |"
     echo "| peers | $(dpkg-query -W -f='udisks2 ${Version}' udisks2 2>/dev/null || echo 'udisks2 ?'), $(losetup --version), fio $(fio --version | sed 's/^fio-//') |"
     echo "| loop module | max_loop=$max_loop, $loops_before loop devices before the run |"
