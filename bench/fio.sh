@@ -228,5 +228,68 @@ done
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${cpu_rows[@]}"
 } >>"$MARKDOWN"
+# Random reads by queue depth (direct I/O everywhere): where the loop device's gap comes from.
+# A gap that stays while the CPUs are mostly idle, and that the losetup control shares, is
+# the loop driver's own path per request, not anything a loop manager sets.
+sweep_qds=(1 16 64 128)
+sweep_targets=(file loop-dio losetup-dio)
+log "random reads by queue depth: $((${#sweep_qds[@]} * ${#sweep_targets[@]} * REPS)) fio runs"
+declare -A sweep_bw=()
+for qd in "${sweep_qds[@]}"; do
+    for ((rep = 0; rep < REPS; rep++)); do
+        for ((j = 0; j < ${#sweep_targets[@]}; j++)); do
+            target=${sweep_targets[(rep + j) % ${#sweep_targets[@]}]}
+            case $target in
+            file) filename=$IMG ;;
+            loop-dio) attach on; filename=$attached ;;
+            losetup-dio) losetup_attach; filename=$losetup_node ;;
+            esac
+            fio --name=sweep --filename="$filename" --size="${SIZE_MIB}M" --rw=randread --bs=4k \
+                --direct=1 --ioengine=libaio --iodepth="$qd" --time_based --runtime="$RUNTIME" \
+                --ramp_time="$RAMP" --randrepeat=0 --output-format=json \
+                --output="$RAW/sweep-$qd-$target-$rep.json" >/dev/null
+            sweep_bw[$qd.$target.$rep]=$(jq '.jobs[0].read.bw_bytes / 1048576' "$RAW/sweep-$qd-$target-$rep.json")
+            [[ -z $attached ]] || detach "$attached"
+            if [[ -n $losetup_node ]]; then
+                seq=$(cat "/sys/block/${losetup_node#/dev/}/diskseq")
+                losetup -d "$losetup_node"
+                for ((k = 0; k < 100; k++)); do
+                    [[ -d /sys/block/${losetup_node#/dev/}/loop &&
+                        $(cat "/sys/block/${losetup_node#/dev/}/diskseq" 2>/dev/null) == "$seq" ]] || break
+                    sleep 0.1
+                done
+                losetup_node=
+            fi
+        done
+    done
+done
+{
+    echo
+    echo "Random 4 KiB reads with direct I/O by queue depth (fio, libaio; MiB/s, medians of $REPS"
+    echo "runs) and the paired ratio to the file."
+    echo
+    echo "| queue depth | file MiB/s | loopmgr dio=on MiB/s | ratio | losetup dio=on MiB/s | ratio |"
+    echo "|---:|---:|---:|---:|---:|---:|"
+} >>"$MARKDOWN"
+for qd in "${sweep_qds[@]}"; do
+    line="| $qd |"
+    for target in "${sweep_targets[@]}"; do
+        bws=() ratios=()
+        for ((rep = 0; rep < REPS; rep++)); do
+            bws+=("${sweep_bw[$qd.$target.$rep]}")
+            ratios+=("$(awk -v a="${sweep_bw[$qd.$target.$rep]}" -v f="${sweep_bw[$qd.file.$rep]}" 'BEGIN { if (f > 0) printf "%.4f", a / f; else print "nan" }')")
+        done
+        bw=$(median "${bws[@]}")
+        echo "s5.sweep.qd$qd.$target.bw_mib $bw" >>"$METRICS"
+        line+=$(printf ' %.1f |' "$bw")
+        if [[ $target != file ]]; then
+            ratio=$(median "${ratios[@]}")
+            echo "s5.sweep.qd$qd.$target.ratio $ratio" >>"$METRICS"
+            line+=$(printf ' %.3f |' "$ratio")
+        fi
+    done
+    echo "$line" >>"$MARKDOWN"
+done
+
 rm -f "$IMG"
 log "done"
