@@ -55,9 +55,9 @@ if ((QUICK)); then
         --warmup 2)
     export FIO_SIZE=128 FIO_RUNTIME=1 FIO_RAMP=0 FIO_REPS=1
 else
-    peers_args=(--iterations 100 --warmup 10 --cycles 10 --rounds 3)
+    peers_args=(--iterations 100 --warmup 10 --cycles 10 --rounds 5)
     attach_args=(--bindings 100,1000)
-    export FIO_SIZE=1024 FIO_RUNTIME=3 FIO_RAMP=1 FIO_REPS=2
+    export FIO_SIZE=1024 FIO_RUNTIME=3 FIO_RAMP=1 FIO_REPS=3
 fi
 attach_args+=("$@")
 if ((UPDATE_DOC)); then

@@ -1714,27 +1714,29 @@ int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachO
                 else
                         (void) device_drop_reference(d, uid);
 
-                if (d->n_references != before) {
-                        if (d->managed)
-                                (void) manager_save_state(m);
-                        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
-                }
+                bool changed = d->n_references != before;
 
-                if (d->n_references > 0)
-                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_ATTACHED);
+                if (changed && d->managed)
+                        (void) manager_save_state(m);
 
                 /* A device made behind our back (losetup, mount -o loop) that a caller reused:
                  * dropping the last of *our* references hands it back to whoever made it. Only
                  * a caller holding no reference detaches it outright. */
-                if (!d->managed && own)
+                if (d->n_references > 0 || (!d->managed && own)) {
+                        if (changed)
+                                manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                         return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_ATTACHED);
+                }
 
                 r = device_teardown(m, d);
+                if (r == 1)
+                        /* Gone: InterfacesRemoved says all a References change would. */
+                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_DETACHED);
+                if (changed)
+                        manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
                 if (r < 0)
                         return bus_error_set_errnof(error, r, "Failed to detach %s: %s.", d->node,
                                                     strerror(-r));
-                if (r == 1)
-                        return sd_bus_reply_method_return(message, "s", LOOPMGR_STATE_DETACHED);
         }
 
         if (d->teardown_retry) {
