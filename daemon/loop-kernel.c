@@ -1045,10 +1045,16 @@ static int attach_with_retries(const char *root, const LoopConfig *c, const Atta
                 if (errno != EINTR)
                         return -errno;
 
+        if (c->use_hint && c->hint < INT_MAX) {
+                r = configure_device(root, (int) c->hint, c, plan, ret);
+                if (r >= 0 || !attach_try_another(r))
+                        return r;
+        }
+
         nr = ioctl(ctl, LOOP_CTL_GET_FREE);
         if (nr < 0 && errno != ENOSPC)
                 return -errno;
-        if (nr >= 0) {
+        if (nr >= 0 && !(c->use_hint && (unsigned) nr == c->hint)) {
                 r = configure_device(root, nr, c, plan, ret);
                 if (r >= 0 || !attach_try_another(r))
                         return r;

@@ -21,6 +21,11 @@ typedef enum DirectIOMode {
 } DirectIOMode;
 
 typedef struct LoopConfig {
+        /* Optional: loop<hint> is tried first (a device the caller saw unbound a moment ago),
+         * before LOOP_CTL_GET_FREE, which walks every loop device from the lowest number up.
+         * Anything wrong with it (bound, locked, gone) just falls back. */
+        bool use_hint;
+        unsigned hint;
         uint64_t offset;        /* bytes, multiple of 512 */
         uint64_t size_limit;    /* bytes, 0 = to the end of the backing object */
         uint32_t sector_size;   /* 0 = default (backing logical block size with direct I/O, else 512) */

@@ -414,6 +414,8 @@ static bool device_check_udev_ready(Manager *m, Device *d) {
 void manager_remove_device(Manager *m, Device *d, int attach_error) {
         /* InterfacesRemoved must go out while the object can still be found. */
         (void) sd_bus_emit_object_removed(m->bus, d->path);
+        m->free_hint = d->status.number;
+        m->has_free_hint = true;
 
         if (m->devices[d->status.number] == d) {
                 diskseq_index_remove(m, d);
@@ -1337,6 +1339,8 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
 
         _cleanup_(udev_prepare_done) UdevPrepare prepare = { .m = m, .uid = req->uid, .fd = -EBADF };
         config = (LoopConfig) {
+                .use_hint = m->has_free_hint,
+                .hint = m->free_hint,
                 .offset = o->offset,
                 .size_limit = o->size_limit,
                 .sector_size = o->sector_size,

@@ -31,6 +31,11 @@ typedef struct Manager {
         struct libmnt_monitor *mount_monitor;
         sd_event_source *mount_source;
 
+        /* The loop device whose binding went last: most likely unbound now, and the first
+         * one the next attach tries (LoopConfig.hint). */
+        unsigned free_hint;
+        bool has_free_hint;
+
         /* Our mount table, parsed at most once per event-loop iteration. */
         struct libmnt_table *mounts;
         uint64_t mounts_iteration;

@@ -386,7 +386,7 @@ static void wait_udev(const LoopStatus *s) {
                 sleep_ms(10);
         }
         assert_int_equal(loop_udev_link_ready(NULL, s->name, s->diskseq), 1);
-        /* The close of attach's lock fd queues another (inotify) change event. */
+        /* Whatever else udev queued for the device (a partition scan's events). */
         (void) system("udevadm settle --timeout=10");
 }
 
@@ -1284,6 +1284,71 @@ static void test_locked_free_device_skipped(void **state) {
         loop_status_done(&s);
 }
 
+/* LoopConfig.hint: tried first; anything wrong with it falls back to LOOP_CTL_GET_FREE. */
+static void test_attach_hint(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *img = make_image(any_dir, "hint.img", 8 * MiB);
+        _cleanup_free_ char *img2 = make_image(any_dir, "hint2.img", 8 * MiB);
+        _cleanup_close_ int fd = -EBADF, fd2 = -EBADF, ctl = -EBADF;
+        LoopConfig c = {.direct_io = DIRECT_IO_OFF};
+        LoopStatus a = {}, b = {};
+        char path[64];
+        int added = -1;
+
+        fd = open(img, O_RDWR | O_CLOEXEC);
+        fd2 = open(img2, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0 && fd2 >= 0);
+
+        /* A hint naming a bound device falls back. */
+        assert_int_equal(attach(f, fd, &c, &a), 0);
+        c.use_hint = true;
+        c.hint = a.number;
+        assert_int_equal(attach(f, fd2, &c, &b), 0);
+        assert_int_not_equal(b.number, a.number);
+        check_against_sysfs(&b);
+        assert_true(loop_detach(NULL, b.name, b.diskseq) >= 0);
+        assert_true(wait_gone(b.name, b.diskseq, 5000));
+        loop_status_done(&b);
+
+        /* So does a hint naming no device at all. */
+        c.hint = 999999;
+        (void) snprintf(path, sizeof(path), "/sys/block/loop%u", c.hint);
+        assert_int_equal(access(path, F_OK), -1);
+        assert_int_equal(attach(f, fd2, &c, &b), 0);
+        assert_int_not_equal(b.number, c.hint);
+        check_against_sysfs(&b);
+        assert_true(loop_detach(NULL, b.name, b.diskseq) >= 0);
+        assert_true(wait_gone(b.name, b.diskseq, 5000));
+        loop_status_done(&b);
+
+        /* A free device that LOOP_CTL_GET_FREE would not name (it is not the lowest): taken. */
+        ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+        assert_true(ctl >= 0);
+        for (int k = 4000; k < 5000 && added < 0; k++) {
+                (void) snprintf(path, sizeof(path), "/sys/block/loop%i", k);
+                if (access(path, F_OK) < 0 && errno == ENOENT)
+                        added = ioctl(ctl, LOOP_CTL_ADD, (unsigned long) k);
+        }
+        assert_true(added >= 4000);
+        if (udev_running)
+                (void) system("udevadm settle --timeout=10");
+        c.hint = (unsigned) added;
+        assert_int_equal(attach(f, fd2, &c, &b), 0);
+        assert_int_equal(b.number, (unsigned) added);
+        check_against_sysfs(&b);
+        assert_true(loop_detach(NULL, b.name, b.diskseq) >= 0);
+        assert_true(wait_gone(b.name, b.diskseq, 5000));
+        loop_status_done(&b);
+        if (udev_running)
+                (void) system("udevadm settle --timeout=10");
+        for (unsigned i = 0; i < 50 && ioctl(ctl, LOOP_CTL_REMOVE, (unsigned long) added) < 0; i++)
+                sleep_ms(20);
+
+        assert_true(loop_detach(NULL, a.name, a.diskseq) >= 0);
+        assert_true(wait_gone(a.name, a.diskseq, 5000));
+        loop_status_done(&a);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void) {
@@ -1291,6 +1356,7 @@ int main(void) {
                 T(test_attach_basic),
                 T(test_attach_timing),
                 T(test_locked_free_device_skipped),
+                T(test_attach_hint),
                 T(test_offset_size_limit),
                 T(test_bad_range_creates_nothing),
                 T(test_read_only_fd),

@@ -10,7 +10,7 @@ set -euo pipefail
 packages=(
     # build
     meson ninja-build pkg-config gcc libc6-dev
-    libsystemd-dev libudev-dev libmount-dev libblkid-dev libcmocka-dev
+    libsystemd-dev libmount-dev libblkid-dev libcmocka-dev
     # ACLs on /run/media/<user> (Device.Mount), as udisks sets them
     libacl1-dev
     # runtime of the test environment (tests/env.sh) and the daemon
