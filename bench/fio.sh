@@ -97,16 +97,40 @@ cpu_jiffies() {
     awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
 }
 
-# run_one JOB DIRECT TARGET REP: one fio run, its JSON kept in RAW, and the share of all CPUs
-# that was busy during it in RAW/...cpu.
-run_one() {
-    local job=$1 direct=$2 target=$3 rep=$4 filename
-    case $target in
+# open_target TARGET: what fio reads and writes for TARGET, in $filename; a loop device is
+# attached for it (no subshell, so that the EXIT trap knows it).
+open_target() {
+    case $1 in
     file) filename=$IMG ;;
     loop-dio) attach on; filename=$attached ;;
     loop-nodio) attach off; filename=$attached ;;
     losetup-dio) losetup_attach; filename=$losetup_node ;;
     esac
+}
+
+# close_target: takes down what open_target attached.
+close_target() {
+    local seq k
+    [[ -z $attached ]] || detach "$attached"
+    if [[ -n $losetup_node ]]; then
+        seq=$(cat "/sys/block/${losetup_node#/dev/}/diskseq")
+        losetup -d "$losetup_node"
+        # On 6.11+ the teardown happens at the last close (udev's probe may hold it): wait for
+        # it, or loopmgrd would rightly refuse the next attach of the file as an alias.
+        for ((k = 0; k < 100; k++)); do
+            [[ -d /sys/block/${losetup_node#/dev/}/loop &&
+                $(cat "/sys/block/${losetup_node#/dev/}/diskseq" 2>/dev/null) == "$seq" ]] || break
+            sleep 0.1
+        done
+        losetup_node=
+    fi
+}
+
+# run_one JOB DIRECT TARGET REP: one fio run, its JSON kept in RAW, and the share of all CPUs
+# that was busy during it in RAW/...cpu.
+run_one() {
+    local job=$1 direct=$2 target=$3 rep=$4 filename
+    open_target "$target"
     # fio invalidates the page cache of what it reads (the loop device), not that of the
     # file below it: drop the backing file's cached pages too (fadvise DONTNEED), or a loop
     # device without direct I/O would read the file's cache.
@@ -122,19 +146,7 @@ run_one() {
     read -r b1 t1 < <(cpu_jiffies)
     awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.4f\n", (t > 0 ? b / t : 0) }' \
         >"$RAW/$job-d$direct-$target-$rep.cpu"
-    [[ -z $attached ]] || detach "$attached"
-    if [[ -n $losetup_node ]]; then
-        seq=$(cat "/sys/block/${losetup_node#/dev/}/diskseq")
-        losetup -d "$losetup_node"
-        # On 6.11+ the teardown happens at the last close (udev's probe may hold it): wait for
-        # it, or loopmgrd would rightly refuse the next attach of the file as an alias.
-        for ((k = 0; k < 100; k++)); do
-            [[ -d /sys/block/${losetup_node#/dev/}/loop &&
-                $(cat "/sys/block/${losetup_node#/dev/}/diskseq" 2>/dev/null) == "$seq" ]] || break
-            sleep 0.1
-        done
-        losetup_node=
-    fi
+    close_target
 }
 
 total=$((${#jobs[@]} * 2 * ${#targets[@]} * REPS))
@@ -239,27 +251,13 @@ for qd in "${sweep_qds[@]}"; do
     for ((rep = 0; rep < REPS; rep++)); do
         for ((j = 0; j < ${#sweep_targets[@]}; j++)); do
             target=${sweep_targets[(rep + j) % ${#sweep_targets[@]}]}
-            case $target in
-            file) filename=$IMG ;;
-            loop-dio) attach on; filename=$attached ;;
-            losetup-dio) losetup_attach; filename=$losetup_node ;;
-            esac
+            open_target "$target"
             fio --name=sweep --filename="$filename" --size="${SIZE_MIB}M" --rw=randread --bs=4k \
                 --direct=1 --ioengine=libaio --iodepth="$qd" --time_based --runtime="$RUNTIME" \
                 --ramp_time="$RAMP" --randrepeat=0 --output-format=json \
                 --output="$RAW/sweep-$qd-$target-$rep.json" >/dev/null
             sweep_bw[$qd.$target.$rep]=$(jq '.jobs[0].read.bw_bytes / 1048576' "$RAW/sweep-$qd-$target-$rep.json")
-            [[ -z $attached ]] || detach "$attached"
-            if [[ -n $losetup_node ]]; then
-                seq=$(cat "/sys/block/${losetup_node#/dev/}/diskseq")
-                losetup -d "$losetup_node"
-                for ((k = 0; k < 100; k++)); do
-                    [[ -d /sys/block/${losetup_node#/dev/}/loop &&
-                        $(cat "/sys/block/${losetup_node#/dev/}/diskseq" 2>/dev/null) == "$seq" ]] || break
-                    sleep 0.1
-                done
-                losetup_node=
-            fi
+            close_target
         done
     done
 done

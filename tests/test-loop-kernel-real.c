@@ -1284,6 +1284,20 @@ static void test_locked_free_device_skipped(void **state) {
         loop_status_done(&s);
 }
 
+/* Attaches fd with c, checks the binding against sysfs, detaches it again; the number it had. */
+static unsigned attach_check_detach(Fixture *f, int fd, const LoopConfig *c) {
+        LoopStatus s = {};
+        unsigned nr;
+
+        assert_int_equal(attach(f, fd, c, &s), 0);
+        check_against_sysfs(&s);
+        nr = s.number;
+        assert_true(loop_detach(NULL, s.name, s.diskseq) >= 0);
+        assert_true(wait_gone(s.name, s.diskseq, 5000));
+        loop_status_done(&s);
+        return nr;
+}
+
 /* LoopConfig.hint: tried first; anything wrong with it falls back to LOOP_CTL_GET_FREE. */
 static void test_attach_hint(void **state) {
         Fixture *f = *state;
@@ -1291,7 +1305,7 @@ static void test_attach_hint(void **state) {
         _cleanup_free_ char *img2 = make_image(any_dir, "hint2.img", 8 * MiB);
         _cleanup_close_ int fd = -EBADF, fd2 = -EBADF, ctl = -EBADF;
         LoopConfig c = {.direct_io = DIRECT_IO_OFF};
-        LoopStatus a = {}, b = {};
+        LoopStatus a = {};
         char path[64];
         int added = -1;
 
@@ -1303,23 +1317,13 @@ static void test_attach_hint(void **state) {
         assert_int_equal(attach(f, fd, &c, &a), 0);
         c.use_hint = true;
         c.hint = a.number;
-        assert_int_equal(attach(f, fd2, &c, &b), 0);
-        assert_int_not_equal(b.number, a.number);
-        check_against_sysfs(&b);
-        assert_true(loop_detach(NULL, b.name, b.diskseq) >= 0);
-        assert_true(wait_gone(b.name, b.diskseq, 5000));
-        loop_status_done(&b);
+        assert_int_not_equal(attach_check_detach(f, fd2, &c), a.number);
 
         /* So does a hint naming no device at all. */
         c.hint = 999999;
         (void) snprintf(path, sizeof(path), "/sys/block/loop%u", c.hint);
         assert_int_equal(access(path, F_OK), -1);
-        assert_int_equal(attach(f, fd2, &c, &b), 0);
-        assert_int_not_equal(b.number, c.hint);
-        check_against_sysfs(&b);
-        assert_true(loop_detach(NULL, b.name, b.diskseq) >= 0);
-        assert_true(wait_gone(b.name, b.diskseq, 5000));
-        loop_status_done(&b);
+        assert_int_not_equal(attach_check_detach(f, fd2, &c), c.hint);
 
         /* A free device that LOOP_CTL_GET_FREE would not name (it is not the lowest): taken. */
         ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
@@ -1333,12 +1337,7 @@ static void test_attach_hint(void **state) {
         if (udev_running)
                 (void) system("udevadm settle --timeout=10");
         c.hint = (unsigned) added;
-        assert_int_equal(attach(f, fd2, &c, &b), 0);
-        assert_int_equal(b.number, (unsigned) added);
-        check_against_sysfs(&b);
-        assert_true(loop_detach(NULL, b.name, b.diskseq) >= 0);
-        assert_true(wait_gone(b.name, b.diskseq, 5000));
-        loop_status_done(&b);
+        assert_int_equal(attach_check_detach(f, fd2, &c), (unsigned) added);
         if (udev_running)
                 (void) system("udevadm settle --timeout=10");
         for (unsigned i = 0; i < 50 && ioctl(ctl, LOOP_CTL_REMOVE, (unsigned long) added) < 0; i++)

@@ -72,58 +72,63 @@ static void test_kernel_not_plain(void **state) {
         assert_false(info.plain);
 }
 
-static void test_kernel_other_devices(void **state) {
+/* uevent_parse() of a kernel message made of head and props. */
+static int parse_kernel(const char *head, const char *props, size_t props_len) {
         char buf[512];
         UeventInfo info;
-        size_t n;
 
-        n = kernel_msg(buf, sizeof(buf), "change@/devices/virtual/block/loop0/loop0p1",
-                       KPROPS("ACTION=change\0DEVPATH=/devices/virtual/block/loop0/loop0p1\0"
-                              "SUBSYSTEM=block\0DEVTYPE=partition\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 0);
-        n = kernel_msg(buf, sizeof(buf), "change@/devices/pci0000:00/block/vda",
-                       KPROPS("ACTION=change\0DEVPATH=/devices/pci0000:00/block/vda\0"
-                              "SUBSYSTEM=block\0DEVTYPE=disk\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 0);
-        n = kernel_msg(buf, sizeof(buf), "add@/devices/virtual/net/lo",
-                       KPROPS("ACTION=add\0DEVPATH=/devices/virtual/net/lo\0SUBSYSTEM=net\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 0);
+        return uevent_parse(buf, kernel_msg(buf, sizeof(buf), head, props, props_len),
+                            UEVENT_GROUP_KERNEL, &info);
+}
+
+#define PARSE_KERNEL(head, props) parse_kernel(head, KPROPS(props))
+
+static void test_kernel_other_devices(void **state) {
+        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop0/loop0p1",
+                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loop0/loop0p1\0"
+                                      "SUBSYSTEM=block\0DEVTYPE=partition\0"),
+                         0);
+        assert_int_equal(PARSE_KERNEL("change@/devices/pci0000:00/block/vda",
+                                      "ACTION=change\0DEVPATH=/devices/pci0000:00/block/vda\0"
+                                      "SUBSYSTEM=block\0DEVTYPE=disk\0"),
+                         0);
+        assert_int_equal(PARSE_KERNEL("add@/devices/virtual/net/lo",
+                                      "ACTION=add\0DEVPATH=/devices/virtual/net/lo\0SUBSYSTEM=net\0"),
+                         0);
         /* "loop" followed by something that is not a number, or a name too long to be one. */
-        n = kernel_msg(buf, sizeof(buf), "change@/devices/virtual/block/loopx",
-                       KPROPS("ACTION=change\0DEVPATH=/devices/virtual/block/loopx\0"
-                              "SUBSYSTEM=block\0DEVTYPE=disk\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 0);
-        n = kernel_msg(buf, sizeof(buf), "change@/devices/virtual/block/loop12345678901234",
-                       KPROPS("ACTION=change\0DEVPATH=/devices/virtual/block/loop12345678901234\0"
-                              "SUBSYSTEM=block\0DEVTYPE=disk\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 0);
+        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loopx",
+                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loopx\0"
+                                      "SUBSYSTEM=block\0DEVTYPE=disk\0"),
+                         0);
+        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop12345678901234",
+                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loop12345678901234\0"
+                                      "SUBSYSTEM=block\0DEVTYPE=disk\0"),
+                         0);
 }
 
 static void test_kernel_malformed(void **state) {
-        char buf[512];
+        char buf[64];
         UeventInfo info;
-        size_t n;
 
         /* No "@" in the first string. */
-        n = kernel_msg(buf, sizeof(buf), "libudev",
-                       KPROPS("ACTION=change\0DEVPATH=/devices/virtual/block/loop0\0"
-                              "SUBSYSTEM=block\0DEVTYPE=disk\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
+        assert_int_equal(PARSE_KERNEL("libudev", "ACTION=change\0DEVPATH=/devices/virtual/block/loop0\0"
+                                                 "SUBSYSTEM=block\0DEVTYPE=disk\0"),
+                         -EBADMSG);
         /* The last property cut off (no NUL). */
-        n = kernel_msg(buf, sizeof(buf), "change@/devices/virtual/block/loop0",
-                       KPROPS("ACTION=change\0DEVPATH=/devices/virtual/block/loop0\0"
-                              "SUBSYSTEM=block\0DEVTYPE=di"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
+        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop0",
+                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loop0\0"
+                                      "SUBSYSTEM=block\0DEVTYPE=di"),
+                         -EBADMSG);
         /* No ACTION. */
-        n = kernel_msg(buf, sizeof(buf), "change@/devices/virtual/block/loop0",
-                       KPROPS("DEVPATH=/devices/virtual/block/loop0\0SUBSYSTEM=block\0"
-                              "DEVTYPE=disk\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
+        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop0",
+                                      "DEVPATH=/devices/virtual/block/loop0\0SUBSYSTEM=block\0"
+                                      "DEVTYPE=disk\0"),
+                         -EBADMSG);
         /* No NUL at all. */
-        memset(buf, 'x', 64);
-        assert_int_equal(uevent_parse(buf, 64, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
+        memset(buf, 'x', sizeof(buf));
+        assert_int_equal(uevent_parse(buf, sizeof(buf), UEVENT_GROUP_KERNEL, &info), -EBADMSG);
         assert_int_equal(uevent_parse(buf, 0, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
-        assert_int_equal(uevent_parse(buf, 64, 7, &info), -EINVAL);
+        assert_int_equal(uevent_parse(buf, sizeof(buf), 7, &info), -EINVAL);
 }
 
 /* udev's header, as systemd-udevd writes it (host byte order but for the magic). */
