@@ -22,6 +22,7 @@
 #include <linux/blkpg.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
+#include <signal.h>
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
@@ -156,6 +157,34 @@ static int open_device_private(const char *root, const char *name, dev_t devnum,
         r = fd < 0 ? -errno : fd;
         (void) unlink(path);
         return r;
+}
+
+void loop_private_nodes_cleanup(const char *root) {
+        _cleanup_free_ char *dirpath = NULL;
+        struct dirent *de;
+        DIR *d;
+
+        dirpath = path_join_root(root, "/dev");
+        if (!dirpath)
+                return;
+        d = opendir(dirpath);
+        if (!d)
+                return;
+        while ((de = readdir(d))) {
+                const char *dash;
+                uint64_t pid;
+
+                if (strncmp(de->d_name, ".loopmgr-", strlen(".loopmgr-")) != 0)
+                        continue;
+                dash = strrchr(de->d_name, '-');
+                if (!dash || safe_atou64(dash + 1, &pid) < 0 || pid == 0 || pid > INT_MAX)
+                        continue;
+                /* A live process of that pid may be in the middle of its open. */
+                if (kill((pid_t) pid, 0) >= 0 || errno != ESRCH)
+                        continue;
+                (void) unlinkat(dirfd(d), de->d_name, 0);
+        }
+        closedir(d);
 }
 
 /* Reads <root>/sys/block/<name>/<attr>. */

@@ -126,6 +126,10 @@ int loop_detach_nowait(const char *root, const char *name, uint64_t diskseq, boo
  * deferred teardown). -EBUSY if the device is bound again. Returns how many were deleted. */
 int loop_remove_stale_partitions(const char *root, const char *name);
 
+/* Removes the private device nodes (/dev/.loopmgr-<name>-<pid>, see loop_attach()) that a
+ * process killed between making and removing one left behind: those whose pid is gone. */
+void loop_private_nodes_cleanup(const char *root);
+
 /* LOOP_SET_CAPACITY / LOOP_SET_STATUS64 toggling AUTOCLEAR, both after the diskseq check. */
 int loop_set_capacity(const char *root, const char *name, uint64_t diskseq);
 int loop_set_autoclear(const char *root, const char *name, uint64_t diskseq, bool autoclear);

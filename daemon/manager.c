@@ -2023,6 +2023,7 @@ int manager_start(Manager *m) {
         mount_adopt(m);
         manager_resume(m);
         udev_props_cleanup(m->root);
+        loop_private_nodes_cleanup(m->root);
 
         r = sd_bus_request_name(m->bus, LOOPMGR_BUS_NAME, 0);
         if (r < 0)

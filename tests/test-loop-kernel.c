@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -627,6 +628,37 @@ static void test_attach_refuses_early(void **state) {
         assert_int_equal(s.number, 4242);
 }
 
+/* Private nodes left by dead processes go, those of live ones and other files stay. */
+static void test_private_nodes_cleanup(void **state) {
+        const char *root = *state;
+        char dead[64], alive[64], path[256];
+        pid_t child;
+        int status;
+
+        child = fork();
+        assert_true(child >= 0);
+        if (child == 0)
+                _exit(0);
+        assert_int_equal(waitpid(child, &status, 0), child);
+
+        (void) snprintf(dead, sizeof(dead), "/dev/.loopmgr-loop3-%i", (int) child);
+        (void) snprintf(alive, sizeof(alive), "/dev/.loopmgr-loop4-%i", (int) getpid());
+        put(root, dead, "");
+        put(root, alive, "");
+        put(root, "/dev/loop3", "");
+        put(root, "/dev/.loopmgr-loop5-x", "");
+
+        loop_private_nodes_cleanup(root);
+        (void) snprintf(path, sizeof(path), "%s%s", root, dead);
+        assert_int_equal(access(path, F_OK), -1);
+        (void) snprintf(path, sizeof(path), "%s%s", root, alive);
+        assert_int_equal(access(path, F_OK), 0);
+        (void) snprintf(path, sizeof(path), "%s/dev/loop3", root);
+        assert_int_equal(access(path, F_OK), 0);
+        (void) snprintf(path, sizeof(path), "%s/dev/.loopmgr-loop5-x", root);
+        assert_int_equal(access(path, F_OK), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_root, teardown_root)
 
 int main(void) {
@@ -649,6 +681,7 @@ int main(void) {
                 T(test_read_ids_fake),
                 T(test_backing_size),
                 T(test_attach_refuses_early),
+                T(test_private_nodes_cleanup),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
