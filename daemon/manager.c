@@ -630,24 +630,26 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
                  * tick of the retry timer. */
                 (void) sd_event_source_set_time(d->teardown_retry, 1);
 
-        if ((!from_udev || !m->udev_watch) && d && d->bind_event_expected && plain &&
-            d->status.diskseq == diskseq) {
-                /* The announcement of a binding manager_attach() made and read back from the
-                 * device a moment ago: re-reading a dozen sysfs files would tell nothing
-                 * new. Any other event of the device is read as usual. */
-                d->bind_event_expected = false;
-        } else if (!from_udev || !m->udev_watch) {
-                /* The kernel's event: only the device it names is re-read. */
+        if (!from_udev || !m->udev_watch) {
+                /* The kernel's event: only the device it names is re-read; not at all for
+                 * the announcement of a binding manager_attach() made and read back from the
+                 * device a moment ago, where a dozen sysfs files would tell nothing new. */
+                bool announcement = d && d->bind_event_expected && plain &&
+                                    d->status.diskseq == diskseq;
+
                 if (d)
                         d->bind_event_expected = false;
-                r = manager_reconcile(m, name);
-                if (r < 0)
-                        log_warning_errno(r, "Failed to update %s after udev event: %m", name);
-                d = manager_get_device_by_number(m, number);
-                if (d && d->openers)
-                        /* Only devices whose Openers somebody has seen: the first read
-                         * computes. */
-                        manager_refresh_openers(m, d, NULL);
+                if (!announcement) {
+                        r = manager_reconcile(m, name);
+                        if (r < 0)
+                                log_warning_errno(r, "Failed to update %s after udev event: %m",
+                                                  name);
+                        d = manager_get_device_by_number(m, number);
+                        if (d && d->openers)
+                                /* Only devices whose Openers somebody has seen: the first
+                                 * read computes. */
+                                manager_refresh_openers(m, d, NULL);
+                }
         } else if (!d || d->status.diskseq != diskseq) {
                 /* udev's copy of an event is preceded by the kernel's, which the registry
                  * reflects once processed: re-reading sysfs for it again would only repeat
