@@ -427,6 +427,17 @@ static size_t split_words(char *line, char **words, size_t n) {
         return k;
 }
 
+/* Which of the two keywords of a field word is: false for no, true for yes. */
+static int parse_keyword(const char *word, const char *no, const char *yes, bool *ret) {
+        if (streq(word, yes))
+                *ret = true;
+        else if (streq(word, no))
+                *ret = false;
+        else
+                return -EBADMSG;
+        return 0;
+}
+
 /* Applies one line of a snapshot (journal = false) or of a journal record to s. *current is
  * the device that "ref" lines belong to. */
 static int apply_line(State *s, char *line, bool journal, size_t *current) {
@@ -440,13 +451,8 @@ static int apply_line(State *s, char *line, bool journal, size_t *current) {
                 uid_t owner;
                 bool pending;
 
-                if (safe_atou64(w[2], &seq) < 0 || parse_uid(w[4], &owner) < 0)
-                        return -EBADMSG;
-                if (streq(w[3], "attached"))
-                        pending = false;
-                else if (streq(w[3], "detach-pending"))
-                        pending = true;
-                else
+                if (safe_atou64(w[2], &seq) < 0 || parse_uid(w[4], &owner) < 0 ||
+                    parse_keyword(w[3], "attached", "detach-pending", &pending) < 0)
                         return -EBADMSG;
 
                 i = state_find_name(s, w[1]);
@@ -475,13 +481,8 @@ static int apply_line(State *s, char *line, bool journal, size_t *current) {
                 bool confirmed;
                 uid_t uid;
 
-                if (parse_uid(w[1], &uid) < 0 || lifetime_from_state_string(w[2], &lt) < 0)
-                        return -EBADMSG;
-                if (streq(w[4], "confirmed"))
-                        confirmed = true;
-                else if (streq(w[4], "unconfirmed"))
-                        confirmed = false;
-                else
+                if (parse_uid(w[1], &uid) < 0 || lifetime_from_state_string(w[2], &lt) < 0 ||
+                    parse_keyword(w[4], "unconfirmed", "confirmed", &confirmed) < 0)
                         return -EBADMSG;
                 r = owner_unescape(w[3], &owner);
                 if (r < 0)
@@ -494,11 +495,8 @@ static int apply_line(State *s, char *line, bool journal, size_t *current) {
         if (n == 7 && streq(w[0], "intent") && (journal || !s->has_intent)) {
                 StateIntent in = {};
 
-                if (streq(w[1], "block"))
-                        in.is_block = true;
-                else if (!streq(w[1], "file"))
-                        return -EBADMSG;
-                if (safe_atou64(w[2], &in.device) < 0 || safe_atou64(w[3], &in.inode) < 0 ||
+                if (parse_keyword(w[1], "file", "block", &in.is_block) < 0 ||
+                    safe_atou64(w[2], &in.device) < 0 || safe_atou64(w[3], &in.inode) < 0 ||
                     safe_atou64(w[4], &in.offset) < 0 || safe_atou64(w[5], &in.size_limit) < 0 ||
                     parse_uid(w[6], &in.uid) < 0)
                         return -EBADMSG;
