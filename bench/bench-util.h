@@ -2,9 +2,9 @@
 #pragma once
 
 /*
- * What the benchmark clients (bench-attach, bench-peers) share: cleanup helpers, the clock,
- * quantiles and table cells. Header-only: the benchmarks link no part of the daemon, so that
- * they measure it from outside.
+ * What the benchmark clients (bench-attach, bench-peers) share: the clock, quantiles and table
+ * cells (cleanup helpers: include/loopmgr-cleanup.h). Header-only: the benchmarks link no part
+ * of the daemon, so that they measure it from outside.
  */
 
 #include <errno.h>
@@ -13,27 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define _cleanup_(f)   __attribute__((cleanup(f)))
-#define _printf_(a, b) __attribute__((format(printf, a, b)))
-#define ELEMENTSOF(x)  (sizeof(x) / sizeof((x)[0]))
-
-static inline void freep(void *p) {
-        free(*(void **) p);
-}
-#define _cleanup_free_ _cleanup_(freep)
-
-static inline int safe_close(int fd) {
-        if (fd >= 0) {
-                int saved = errno;
-                (void) close(fd);
-                errno = saved;
-        }
-        return -EBADF;
-}
-static inline void closep(int *fd) {
-        *fd = safe_close(*fd);
-}
-#define _cleanup_close_ _cleanup_(closep)
+#include "loopmgr-cleanup.h"
 
 #define MIB (UINT64_C(1) << 20)
 

@@ -2,8 +2,9 @@
 #pragma once
 
 /*
- * The few helpers loopmgrctl needs, in the shape of the daemon's util.h. The client does not
- * include daemon headers: include/ is the only thing the two share.
+ * The few helpers loopmgrctl needs besides include/loopmgr-cleanup.h, in the shape of the
+ * daemon's util.h. The client does not include daemon headers: include/ is the only thing the
+ * two share.
  */
 
 #include <errno.h>
@@ -13,36 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define _cleanup_(f)   __attribute__((cleanup(f)))
-#define _printf_(a, b) __attribute__((format(printf, a, b)))
-
-#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
-
-#define TAKE_PTR(p)                                                                                \
-        ({                                                                                         \
-                __typeof__(p) _p_ = (p);                                                           \
-                (p) = NULL;                                                                        \
-                _p_;                                                                               \
-        })
-
-static inline void freep(void *p) {
-        free(*(void **) p);
-}
-#define _cleanup_free_ _cleanup_(freep)
-
-static inline int safe_close(int fd) {
-        if (fd >= 0) {
-                int saved = errno;
-                (void) close(fd);
-                errno = saved;
-        }
-        return -EBADF;
-}
-
-static inline void closep(int *fd) {
-        *fd = safe_close(*fd);
-}
-#define _cleanup_close_ _cleanup_(closep)
+#include "loopmgr-cleanup.h"
 
 static inline void fclosep(FILE **f) {
         if (*f)
@@ -50,31 +22,11 @@ static inline void fclosep(FILE **f) {
 }
 #define _cleanup_fclose_ _cleanup_(fclosep)
 
-static inline void strv_free(char **l) {
-        if (!l)
-                return;
-        for (char **i = l; *i; i++)
-                free(*i);
-        free(l);
-}
-static inline void strv_freep(char ***l) {
-        strv_free(*l);
-}
-#define _cleanup_strv_free_ _cleanup_(strv_freep)
-
 static inline size_t strv_length(char *const *l) {
         size_t n = 0;
         for (; l && l[n]; n++)
                 ;
         return n;
-}
-
-#define streq(a, b) (strcmp((a), (b)) == 0)
-
-static inline bool streq_ptr(const char *a, const char *b) {
-        if (!a || !b)
-                return a == b;
-        return strcmp(a, b) == 0;
 }
 
 static inline const char *strempty(const char *s) {
