@@ -14,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1260,6 +1261,18 @@ bool wait_binding_gone(const char *name, uint64_t diskseq, uint64_t timeout_usec
 
 /* --- processes --- */
 
+/* "<what> <arg>: <strerror(error)>" and a newline to fd, from a forked child: nothing but
+ * writev(), which is async-signal-safe (the test may have threads). */
+static void child_report(int fd, const char *what, const char *arg, int error) {
+        const char *reason = strerrordesc_np(error) ?: "unknown error";
+        struct iovec iov[] = {
+                {(char *) what, strlen(what)},     {(char *) " ", 1},
+                {(char *) arg, strlen(arg)},       {(char *) ": ", 2},
+                {(char *) reason, strlen(reason)}, {(char *) "\n", 1},
+        };
+        (void) writev(fd, iov, ELEMENTSOF(iov));
+}
+
 int run_command(char *const *argv, const char *stdin_data, char **ret_stdout, char **ret_stderr) {
         int in[2] = {-EBADF, -EBADF}, out[2] = {-EBADF, -EBADF}, err[2] = {-EBADF, -EBADF};
         char *bufs[2] = {};
@@ -1276,9 +1289,15 @@ int run_command(char *const *argv, const char *stdin_data, char **ret_stdout, ch
                 goto finish;
         }
         if (pid == 0) {
-                if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+                if (dup2(in[0], STDIN_FILENO) < 0 || dup2(out[1], STDOUT_FILENO) < 0 ||
+                    dup2(err[1], STDERR_FILENO) < 0) {
+                        /* err[1] is still open here: it closes on exec only. */
+                        child_report(err[1], "cannot set up stdin, stdout and stderr for", argv[0],
+                                     errno);
                         _exit(127);
+                }
                 execvp(argv[0], argv);
+                child_report(STDERR_FILENO, "cannot execute", argv[0], errno);
                 _exit(127);
         }
         in[0] = safe_close(in[0]);
@@ -1341,6 +1360,10 @@ int run_command(char *const *argv, const char *stdin_data, char **ret_stdout, ch
                 }
         if (r >= 0)
                 r = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        /* 127: the command could not be run (or a shell did not find one); the caller that
+         * did not ask for stderr would never learn why. */
+        if (r == 127 && !ret_stderr && bufs[1] && bufs[1][0])
+                print_error("%s exited with 127: %s", argv[0], bufs[1]);
 
 finish:
         safe_close(in[0]);
@@ -1357,6 +1380,100 @@ finish:
                 *ret_stderr = bufs[1] ?: strdup("");
         else
                 free(bufs[1]);
+        return r;
+}
+
+/* Fails (-EACCES) unless dir and every directory above it may be searched by others. */
+static int check_searchable_by_others(const char *dir, const char *for_what) {
+        _cleanup_free_ char *p = realpath(dir, NULL);
+        if (!p)
+                return -errno;
+        for (;;) {
+                const char *d = p[0] ? p : "/";
+                struct stat st;
+                if (stat(d, &st) < 0)
+                        return -errno;
+                if (!(st.st_mode & S_IXOTH)) {
+                        print_error("%s (mode %04o) may not be searched by other users, so they "
+                                    "cannot run %s\n",
+                                    d, (unsigned) (st.st_mode & 07777), for_what);
+                        return -EACCES;
+                }
+                char *slash = strrchr(p, '/');
+                if (!slash || !p[0])
+                        return 0;
+                *slash = 0;
+        }
+}
+
+int copy_for_users(const char *src, const char *dir, char **ret) {
+        _cleanup_free_ char *name = strdup(src), *path = NULL, *tmp = NULL;
+        _cleanup_close_ int in = -EBADF, out = -EBADF;
+        char buf[65536];
+        int r;
+
+        if (!name)
+                return -ENOMEM;
+        if (mkdir(dir, 0755) == 0) {
+                if (chmod(dir, 0755) < 0) /* mkdir() applies the umask */
+                        return -errno;
+        } else if (errno != EEXIST)
+                return -errno;
+        r = check_searchable_by_others(dir, src);
+        if (r < 0)
+                return r;
+        if (asprintf(&path, "%s/%s", dir, basename(name)) < 0) {
+                path = NULL;
+                return -ENOMEM;
+        }
+        if (asprintf(&tmp, "%s/.%s.XXXXXX", dir, basename(name)) < 0) {
+                tmp = NULL;
+                return -ENOMEM;
+        }
+
+        in = open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (in < 0)
+                return -errno;
+        out = mkostemp(tmp, O_CLOEXEC);
+        if (out < 0)
+                return -errno;
+        for (;;) {
+                ssize_t n = read(in, buf, sizeof(buf));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        r = -errno;
+                        goto fail;
+                }
+                if (n == 0)
+                        break;
+                for (ssize_t done = 0; done < n;) {
+                        ssize_t k = write(out, buf + done, (size_t) (n - done));
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k < 0) {
+                                r = -errno;
+                                goto fail;
+                        }
+                        done += k;
+                }
+        }
+        if (fchmod(out, 0755) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        /* Closed before anything can run it (ETXTBSY); rename() replaces an older copy
+         * even while it runs. */
+        r = close(TAKE_FD(out));
+        if (r < 0 || rename(tmp, path) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        *ret = TAKE_PTR(path);
+        return 0;
+
+fail:
+        (void) unlink(tmp);
         return r;
 }
 
@@ -2200,6 +2317,25 @@ int env_group_teardown(void **state) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers the integration binaries share */
+
+int env_loopmgrctl_for_users(Env *e) {
+        _cleanup_free_ char *bin = NULL;
+        char *copy = NULL;
+        int r;
+
+        if (asprintf(&bin, "%s/bin", e->tmpdir) < 0)
+                return -ENOMEM;
+        r = copy_for_users(e->loopmgrctl, bin, &copy);
+        if (r < 0) {
+                print_error("cannot copy %s to %s for the test users: %s\n", e->loopmgrctl, bin,
+                            strerror(-r));
+                return r;
+        }
+        print_message("the test users run %s, a copy of %s\n", copy, e->loopmgrctl);
+        free(e->loopmgrctl);
+        e->loopmgrctl = copy;
+        return 0;
+}
 
 char *env_make_dir(Env *e, const char *prefix) {
         char *path;

@@ -300,8 +300,16 @@ int losetup_count_backed_by(const char *path, bool prefix, size_t *ret);
 
 /* Runs argv (no shell), optionally feeding stdin_data, capturing stdout (and stderr into
  * *ret_stderr if non-NULL). Returns the exit status (0..255), 128+signal when killed, or a
- * negative errno. */
+ * negative errno. When argv[0] cannot be executed the status is 127 and stderr says which file
+ * and why ("cannot execute /x/y: Permission denied"); without ret_stderr that is printed. */
 int run_command(char *const *argv, const char *stdin_data, char **ret_stdout, char **ret_stderr);
+
+/* Copies the file src to dir/<its base name> (replacing an older copy), mode 0755, owned by
+ * whoever runs the test, and returns the copy's path. dir is created (0755) when missing. For
+ * what unprivileged test users execute: the build tree may lie where they cannot reach it (a
+ * checkout under /root, mode 0700). Fails with -EACCES, saying which one, when dir or a
+ * directory above it is not searchable by everyone. */
+int copy_for_users(const char *src, const char *dir, char **ret);
 
 /* Assertions on bus results. */
 void assert_bus_ok_impl(int r, const sd_bus_error *error, const char *what, const char *file,
@@ -338,6 +346,11 @@ extern bool env_group_failed;
 void env_free(Env *e);
 int env_group_setup(void **state, const char *name);
 int env_group_teardown(void **state);
+
+/* Points e->loopmgrctl at a copy in <tmpdir>/bin (copy_for_users()) for binaries that run it
+ * as unprivileged users: they reach the temporary directory (which they must be able to search:
+ * mode 0711) but maybe not the build tree. */
+int env_loopmgrctl_for_users(Env *e);
 
 /* A new directory <tmpdir>/<prefix>-N; fails the test if it cannot be made. */
 char *env_make_dir(Env *e, const char *prefix);

@@ -468,6 +468,9 @@ static _Noreturn void agent_main(int fd, pid_t parent, uid_t uid, gid_t gid) {
 
         if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
                 _exit(3);
+        /* Nor its working directory, the build tree, which the user may not be able to reach. */
+        if (chdir("/") < 0)
+                _exit(3);
         /* The parent-death signal is reset by the change of credentials, so set it now. */
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
                 _exit(4);

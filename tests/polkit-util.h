@@ -10,9 +10,10 @@
  *  - polkit rules: pk_rules_write() replaces a rules file in /etc/polkit-1/rules.d at once,
  *    pk_await_verdict() asks polkitd itself until it gives the verdict a test relies on;
  *  - agents: pk_agent_start() forks a child that drops to a user (setgroups, setresgid,
- *    setresuid), opens its OWN connection to the bus in DBUS_SYSTEM_BUS_ADDRESS and then does
- *    what pk_agent_call() sends it over a socketpair: a D-Bus method call (with fds opened as
- *    that user), reading a file, or running a command, all as that user;
+ *    setresuid) and changes to /, opens its OWN connection to the bus in
+ *    DBUS_SYSTEM_BUS_ADDRESS and then does what pk_agent_call() sends it over a socketpair: a
+ *    D-Bus method call (with fds opened as that user), reading a file, or running a command,
+ *    all as that user;
  *  - a lock file that serialises two runs of one binary.
  *
  * Like integration-util, helpers return 0 or a negative errno; only pk_expect_*() fail a test.
@@ -103,7 +104,9 @@ typedef enum PkOp {
         /* Reads up to PK_DATA_MAX bytes of the file args[0].string as the user. */
         PK_OP_READ_FILE,
         /* Runs argv = args[0..n_args) (strings; args[0] looked up in PATH) as the user, with the
-         * agent's environment; stdout into data, stderr into error_message, status. */
+         * agent's environment; stdout into data, stderr into error_message, status (127 and
+         * why in error_message when it cannot be executed: the build tree may be out of the
+         * user's reach, see env_loopmgrctl_for_users()). */
         PK_OP_EXEC,
 } PkOp;
 

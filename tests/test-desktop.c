@@ -8,7 +8,10 @@
  * The users. lmopen1 and lmopen2 (created when missing, left in place, like test-polkit's
  * users). loopmgrctl runs as them through polkit-util's agents (PK_OP_EXEC: their own
  * credentials, stdin not a terminal), or on a pty of ours (forkpty) where a terminal matters.
- * Each has a 0700 directory under the test's temporary directory holding its images.
+ * Each has a 0700 directory under the test's temporary directory holding its images. What they
+ * execute lies in that directory too (mode 0711): the build's loopmgrctl is copied to
+ * <tmpdir>/bin, since the checkout may be out of their reach (a clone in /root, mode 0700), and
+ * the fake agents are written to <tmpdir>/shared.
  *
  * The rules. /etc/polkit-1/rules.d/49-loopmgr-open.rules names only the lmopen users; every
  * test writes it and waits until polkitd gives the verdicts the test relies on; the teardowns
@@ -453,20 +456,23 @@ _Noreturn static void pty_child(Ctx *c, const PtyOptions *o, char *const *argv) 
                 }
                 close(fd);
         }
-        if (o->agent && setenv("LOOPMGR_PKTTYAGENT", o->agent, 1) < 0)
+        if ((o->agent && setenv("LOOPMGR_PKTTYAGENT", o->agent, 1) < 0) ||
+            (o->agent_log && setenv("LMOPEN_FAKE_LOG", o->agent_log, 1) < 0)) {
+                perror("test-desktop: setenv");
                 _exit(122);
-        if (o->agent_log && setenv("LMOPEN_FAKE_LOG", o->agent_log, 1) < 0)
-                _exit(122);
+        }
         if (setgroups(0, NULL) < 0 ||
             setresgid(c->gid[o->who], c->gid[o->who], c->gid[o->who]) < 0 ||
             setresuid(c->uid[o->who], c->uid[o->who], c->uid[o->who]) < 0) {
                 perror("test-desktop: dropping to the user");
                 _exit(123);
         }
-        if (chdir("/") < 0)
+        if (chdir("/") < 0) {
+                perror("test-desktop: chdir /");
                 _exit(124);
+        }
         execv(argv[0], argv);
-        perror("test-desktop: exec");
+        fprintf(stderr, "test-desktop: cannot execute %s as %s: %m\n", argv[0], user_names[o->who]);
         _exit(127);
 }
 
@@ -631,6 +637,9 @@ static int group_setup(void **state) {
 
         /* The users reach their own directories through it, and nothing else. */
         if (chmod(c->e->tmpdir, 0711) < 0)
+                goto fail;
+        /* And run loopmgrctl from it: the build tree may be out of their reach. */
+        if (env_loopmgrctl_for_users(c->e) < 0)
                 goto fail;
         for (unsigned i = 0; i < N_USERS; i++) {
                 c->dir[i] = env_join(c->e->tmpdir, user_names[i]);
@@ -1109,12 +1118,19 @@ static void test_open_client_lifetime(void **state) {
         pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-                if (dup2(fds[1], STDOUT_FILENO) < 0 || setgroups(0, NULL) < 0 ||
-                    setresgid(c->gid[U1], c->gid[U1], c->gid[U1]) < 0 ||
-                    setresuid(c->uid[U1], c->uid[U1], c->uid[U1]) < 0)
+                if (dup2(fds[1], STDOUT_FILENO) < 0) {
+                        perror("test-desktop: dup2 stdout");
                         _exit(123);
+                }
+                if (setgroups(0, NULL) < 0 || setresgid(c->gid[U1], c->gid[U1], c->gid[U1]) < 0 ||
+                    setresuid(c->uid[U1], c->uid[U1], c->uid[U1]) < 0) {
+                        perror("test-desktop: dropping to the user");
+                        _exit(123);
+                }
                 execl(c->e->loopmgrctl, c->e->loopmgrctl, "open", "--lifetime=client", image,
                       (char *) NULL);
+                fprintf(stderr, "test-desktop: cannot execute %s as %s: %m\n", c->e->loopmgrctl,
+                        user_names[U1]);
                 _exit(127);
         }
         close(fds[1]);

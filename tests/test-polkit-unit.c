@@ -133,6 +133,8 @@ static int start_bus(PrivateBus *b, unsigned max_replies) {
                 return -errno;
         if (b->pid == 0) {
                 int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+                /* Our stderr, for saying why the exec failed. */
+                int saved_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
 
                 /* Quiet: it complains about rlimits it may not raise when not root. */
                 if (null >= 0) {
@@ -142,6 +144,9 @@ static int start_bus(PrivateBus *b, unsigned max_replies) {
                 }
                 execl(DBUS_DAEMON, DBUS_DAEMON, "--nofork", "--nopidfile", "--nosyslog",
                       "--config-file", conf, (char *) NULL);
+                if (saved_stderr >= 0)
+                        dprintf(saved_stderr, "test-polkit-unit: cannot execute %s: %m\n",
+                                DBUS_DAEMON);
                 _exit(127);
         }
 

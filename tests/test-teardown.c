@@ -423,10 +423,14 @@ static pid_t spawn_namespace_mount(const char *node, const char *dir) {
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 if (getppid() != parent)
                         _exit(1);
-                if (dup2(p[1], STDOUT_FILENO) < 0 || dup2(p[1], STDERR_FILENO) < 0)
+                if (dup2(p[1], STDOUT_FILENO) < 0 || dup2(p[1], STDERR_FILENO) < 0) {
+                        perror("test-teardown: dup2 of stdout and stderr for unshare");
                         _exit(1);
+                }
                 execlp("unshare", "unshare", "-m", "--propagation", "private", "sh", "-c", script,
                        NULL);
+                /* stderr is the pipe: the parent shows this in its failure message. */
+                fprintf(stderr, "cannot execute unshare: %m\n");
                 _exit(127);
         }
         children[n_children++] = pid;
