@@ -34,10 +34,16 @@ packages=(
 # loopmgrd against (udisks2: udisksd and udisksctl), fio for the data path, gnuplot for the
 # plots.
 bench_packages=(udisks2 fio gnuplot-nox)
+# tools/deps.sh --deb: also what tools/build-deb.sh needs to build and check the Debian
+# package: dpkg-buildpackage (dpkg-dev), build-essential (which dpkg-checkbuilddeps requires),
+# dh and dh_* (debhelper), lintian. debian/control's Build-Depends are all in the list above.
+# No fakeroot: Rules-Requires-Root: no.
+deb_packages=(dpkg-dev build-essential debhelper lintian pkgconf)
 for arg in "$@"; do
     case $arg in
     --bench) packages+=("${bench_packages[@]}") ;;
-    *) echo "deps: unknown argument '$arg' (known: --bench)" >&2; exit 2 ;;
+    --deb) packages+=("${deb_packages[@]}") ;;
+    *) echo "deps: unknown argument '$arg' (known: --bench, --deb)" >&2; exit 2 ;;
     esac
 done
 
