@@ -1074,6 +1074,20 @@ static int attach_with_retries(const char *root, const LoopConfig *c, const Atta
                 if (errno != EINTR)
                         return -errno;
 
+        if (c->use_device) {
+                if (c->device >= INT_MAX)
+                        return -ENODEV;
+                /* EEXIST is the usual case: the device is there already. */
+                if (ioctl(ctl, LOOP_CTL_ADD, (unsigned long) c->device) < 0 && errno != EEXIST)
+                        return errno == ENOMEM ? -ENOMEM : -ENODEV;
+                r = configure_device(root, (int) c->device, c, plan, ret);
+                if (r == -EAGAIN || r == -ENXIO)
+                        return -EBUSY;
+                if (r == -ENOENT)
+                        return -ENODEV; /* removed (LOOP_CTL_REMOVE) meanwhile */
+                return r;
+        }
+
         if (c->use_hint && c->hint < INT_MAX) {
                 r = configure_device(root, (int) c->hint, c, plan, ret);
                 if (r >= 0 || !attach_try_another(r))

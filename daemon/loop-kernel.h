@@ -26,6 +26,10 @@ typedef struct LoopConfig {
          * Anything wrong with it (bound, locked, gone) just falls back. */
         bool use_hint;
         unsigned hint;
+        /* Optional: bind exactly loop<device> and no other (created with LOOP_CTL_ADD when it
+         * does not exist, like losetup does); the hint is ignored then. */
+        bool use_device;
+        unsigned device;
         uint64_t offset;        /* bytes, multiple of 512 */
         uint64_t size_limit;    /* bytes, 0 = to the end of the backing object */
         uint32_t sector_size;   /* 0 = default (backing logical block size with direct I/O, else 512) */
@@ -102,6 +106,8 @@ int loop_validate_range(uint64_t backing_size, uint64_t offset, uint64_t size_li
  * O_DIRECT internally when direct I/O is wanted; the caller's fd is not modified.
  *   -EBUSY/-ENOSPC: no device could be taken; -EINVAL: the kernel refused the
  *   configuration; -EOPNOTSUPP: direct_io = ON and the kernel did not honour it.
+ * With use_device: -EBUSY when that device is bound, being torn down or locked by somebody
+ * else (udev's probe), -ENODEV when it does not exist and LOOP_CTL_ADD cannot create it.
  */
 int loop_attach(const char *root, int backing_fd, const LoopConfig *config, LoopStatus *ret);
 

@@ -1305,6 +1305,11 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         r = manager_check_aliases(m, &chain, req, &d, error);
         if (r < 0)
                 return r;
+        /* The identical device is not the one asked for: binding that one would be an alias. */
+        if (r > 0 && o->device >= 0 && d->status.number != (unsigned) o->device)
+                return bus_error_set_errnof(error, -EBUSY,
+                        "%s exposes exactly these bytes already; loop%d cannot be bound to them "
+                        "too.", d->node, o->device);
         if (r > 0 && d->state == DEVICE_DETACH_PENDING) {
                 r = device_revive(m, d);
                 if (r < 0)
@@ -1341,8 +1346,10 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
 
         _cleanup_(udev_prepare_done) UdevPrepare prepare = { .m = m, .uid = req->uid, .fd = -EBADF };
         config = (LoopConfig) {
-                .use_hint = m->has_free_hint,
+                .use_hint = m->has_free_hint && o->device < 0,
                 .hint = m->free_hint,
+                .use_device = o->device >= 0,
+                .device = o->device >= 0 ? (unsigned) o->device : 0,
                 .offset = o->offset,
                 .size_limit = o->size_limit,
                 .sector_size = o->sector_size,
@@ -1382,6 +1389,13 @@ int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req
         } else if (prepare.fd >= 0 && streq(prepare.name, st.name))
                 /* Now with the diskseq, which tells this binding's file from a later one's. */
                 (void) udev_props_add_diskseq(prepare.fd, st.diskseq);
+        if (o->device >= 0 && r == -EBUSY)
+                return bus_error_set_errnof(error, -EBUSY,
+                        "loop%d is bound already, being torn down, or in use by somebody else.",
+                        o->device);
+        if (o->device >= 0 && r == -ENODEV)
+                return bus_error_set_errnof(error, -ENODEV,
+                        "loop%d does not exist and the kernel cannot create it.", o->device);
         if (r == -EBUSY || r == -ENOSPC || r == -EAGAIN)
                 return bus_error_set_errnof(error, -ENOSPC,
                         "The kernel has no free loop device (%s).", strerror(-r));

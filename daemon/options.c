@@ -54,6 +54,7 @@ typedef enum OptionId {
         OPTION_MOUNT_OPTIONS,
         OPTION_RELEASE_REFERENCE,
         OPTION_FORCE,
+        OPTION_DEVICE,
         _OPTION_MAX,
 } OptionId;
 
@@ -84,6 +85,7 @@ static const OptionDef option_table[_OPTION_MAX] = {
         [OPTION_MOUNT_OPTIONS]       = { LOOPMGR_OPT_MOUNT_OPTIONS,       's', OPTION_SET_MOUNT },
         [OPTION_RELEASE_REFERENCE]   = { LOOPMGR_OPT_RELEASE_REFERENCE,   'b', OPTION_SET_MOUNT },
         [OPTION_FORCE]               = { LOOPMGR_OPT_FORCE,               'b', OPTION_SET_UNMOUNT },
+        [OPTION_DEVICE]              = { LOOPMGR_OPT_DEVICE,              's', OPTION_SET_ATTACH },
 };
 /* clang-format on */
 
@@ -358,6 +360,21 @@ static int attach_option_handler(OptionId id, const OptionValue *v, void *userda
         case OPTION_TIMEOUT_USEC:
                 return parse_timeout(key, v->u64, &o->timeout_usec, error);
 
+        case OPTION_DEVICE: {
+                const char *name = v->string;
+                unsigned nr;
+
+                if (strncmp(name, "/dev/", 5) == 0)
+                        name += 5;
+                if (loop_name_to_number(name, &nr) < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Option '%s' must name a loop device as 'loopN' "
+                                                 "or '/dev/loopN', got '%s'.",
+                                                 key, v->string);
+                o->device = (int) nr;
+                return 0;
+        }
+
         case OPTION_NO_USER_INTERACTION:
                 o->no_user_interaction = v->boolean;
                 return 0;
@@ -496,6 +513,7 @@ void attach_options_init(AttachOptions *o) {
                 .wait_udev = true,
                 .timeout_usec = LOOPMGR_DEFAULT_TIMEOUT_USEC,
                 .no_user_interaction = false,
+                .device = -1,
         };
 }
 

@@ -36,6 +36,7 @@ typedef struct AttachOptions {
         bool wait_udev;
         uint64_t timeout_usec;
         bool no_user_interaction;
+        int device;             /* "device": bind exactly loop<device>; -1 = any free one */
 } AttachOptions;
 
 typedef struct DetachOptions {

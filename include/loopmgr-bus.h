@@ -58,6 +58,8 @@ static const sd_bus_error_map loopmgr_error_map[] = {
 #define LOOPMGR_OPT_WAIT_UDEV         "wait-udev"         /* b */
 #define LOOPMGR_OPT_TIMEOUT_USEC      "timeout-usec"      /* t */
 #define LOOPMGR_OPT_NO_USER_INTERACTION "auth.no_user_interaction" /* b */
+/* Not in SPEC: bind exactly this device (loopmgr-losetup DEV FILE) */
+#define LOOPMGR_OPT_DEVICE            "device"            /* s: loopN or /dev/loopN */
 
 /* Detach options (SPEC §3) */
 #define LOOPMGR_OPT_WAIT              "wait"              /* b */

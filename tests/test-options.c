@@ -200,6 +200,7 @@ static void assert_attach_defaults(const AttachOptions *o) {
         assert_true(o->wait_udev);
         assert_int_equal(o->timeout_usec, LOOPMGR_DEFAULT_TIMEOUT_USEC);
         assert_false(o->no_user_interaction);
+        assert_int_equal(o->device, -1);
 }
 
 static void test_attach_defaults(void **state) {
@@ -291,6 +292,29 @@ static void test_attach_good_values(void **state) {
         assert_int_equal(o.timeout_usec, 1);
         PARSE_ATTACH_OK(*state, &o, LOOPMGR_OPT_TIMEOUT_USEC, "t", UINT64_C(3600000000), NULL);
         assert_int_equal(o.timeout_usec, UINT64_C(3600000000));
+
+        PARSE_ATTACH_OK(*state, &o, LOOPMGR_OPT_DEVICE, "s", "loop0", NULL);
+        assert_int_equal(o.device, 0);
+        PARSE_ATTACH_OK(*state, &o, LOOPMGR_OPT_DEVICE, "s", "/dev/loop17", NULL);
+        assert_int_equal(o.device, 17);
+}
+
+static void test_attach_bad_device(void **state) {
+        PARSE_ATTACH_FAIL(*state, "Option 'device' must name a loop device as 'loopN' or "
+                          "'/dev/loopN', got 'sda'.", NULL, LOOPMGR_OPT_DEVICE, "s", "sda", NULL);
+        PARSE_ATTACH_FAIL(*state, "'device'", "got 'loop01'.", LOOPMGR_OPT_DEVICE, "s", "loop01",
+                          NULL);
+        PARSE_ATTACH_FAIL(*state, "'device'", "got '/dev/loop'.", LOOPMGR_OPT_DEVICE, "s",
+                          "/dev/loop", NULL);
+        PARSE_ATTACH_FAIL(*state, "'device'", "got '/dev//dev/loop1'.", LOOPMGR_OPT_DEVICE, "s",
+                          "/dev//dev/loop1", NULL);
+        PARSE_ATTACH_FAIL(*state, "'device'", "got 'loop4294967296'.", LOOPMGR_OPT_DEVICE, "s",
+                          "loop4294967296", NULL);
+        PARSE_ATTACH_FAIL(*state, "'device'", "got ''.", LOOPMGR_OPT_DEVICE, "s", "", NULL);
+        PARSE_ATTACH_FAIL(*state, "'device'", "expected 's'", LOOPMGR_OPT_DEVICE, "u", 3, NULL);
+        /* An attach option only. */
+        PARSE_DETACH_FAIL(*state, "'device'", "attach option", LOOPMGR_OPT_DEVICE, "s", "loop0",
+                          NULL);
 }
 
 static void test_attach_wrong_types(void **state) {
@@ -571,6 +595,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_attach_good_values, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_attach_wrong_types, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_attach_bad_values, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_attach_bad_device, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_attach_unknown_and_duplicate, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_attach_refuses_detach_keys, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_detach_defaults, setup, teardown),
