@@ -39,11 +39,16 @@ bench_packages=(udisks2 fio gnuplot-nox)
 # dh and dh_* (debhelper), lintian. debian/control's Build-Depends are all in the list above.
 # No fakeroot: Rules-Requires-Root: no.
 deb_packages=(dpkg-dev build-essential debhelper lintian pkgconf)
+# tools/deps.sh --vm: also what tools/test-vm.sh needs: qemu (software emulation of a PC),
+# mmdebstrap for the guest's root file system, and what makes the suite's images without a loop
+# device: sfdisk (fdisk), mkfs.vfat (above) and mcopy (mtools), xorriso.
+vm_packages=(qemu-system-x86 mmdebstrap fdisk mtools xorriso)
 for arg in "$@"; do
     case $arg in
     --bench) packages+=("${bench_packages[@]}") ;;
     --deb) packages+=("${deb_packages[@]}") ;;
-    *) echo "deps: unknown argument '$arg' (known: --bench, --deb)" >&2; exit 2 ;;
+    --vm) packages+=("${vm_packages[@]}") ;;
+    *) echo "deps: unknown argument '$arg' (known: --bench, --deb, --vm)" >&2; exit 2 ;;
     esac
 done
 
