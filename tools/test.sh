@@ -14,8 +14,10 @@
 #      fuzz/ for LOOPMGR_FUZZ_TIME seconds on a temporary copy of its seed corpus; a crash,
 #      sanitizer report, leak or timeout fails the run (the input is kept in
 #      build-fuzz/fuzz-artifacts/). Each target counts as one test case in the summary.
-#   7. stops what step 4 started (also on failure or Ctrl-C), prints a summary line and exits
-#      non-zero if any step failed.
+#   7. stops what step 4 started (also on failure or Ctrl-C)
+#   8. for a whole run (no MESON-TEST-ARGS), the system suite in a VM: tools/test-vm.sh, a
+#      stock Debian 12 with systemd as PID 1 under qemu; each of its tests counts as one case
+#   9. prints a summary line and exits non-zero if any step failed.
 #
 # Knobs (environment):
 #   LOOPMGR_FORMAT_CHECK=warn|strict|off   style check: report only (default), fail, or skip
@@ -25,6 +27,8 @@
 #   LOOPMGR_FUZZ_TIME=SECONDS              per fuzz target; default 30, or 0 (no fuzzing) when
 #                                          MESON-TEST-ARGS select a subset of the tests
 #   LOOPMGR_FUZZ_BUILD_DIR=build-fuzz      build directory of the fuzz targets
+#   LOOPMGR_VM=0|1                         the system suite in a VM (tools/test-vm.sh): by
+#                                          default on for a whole run, off for a subset
 
 set -uo pipefail
 
@@ -287,5 +291,37 @@ if ((FUZZ_TIME > 0)); then
 fi
 
 cleanup
+
+# ---- 8. the system suite in a VM -------------------------------------------------------------
+
+# A stock Debian 12 with systemd as PID 1 under qemu (tools/test-vm.sh): only for a whole run,
+# since meson-test arguments select host tests. LOOPMGR_VM=0 skips it, LOOPMGR_VM=1 forces it.
+VM=${LOOPMGR_VM:-}
+if [[ -z $VM ]]; then
+    (($#)) && VM=0 || VM=1
+fi
+if [[ $VM != 0 ]]; then
+    step "the system suite in a VM (tools/test-vm.sh; LOOPMGR_VM=0 skips it)"
+    vm_log=$(mktemp "${TMPDIR:-/tmp}/loopmgr-vm-log.XXXXXX")
+    bash tools/test-vm.sh </dev/null 2>&1 | tee "$vm_log" &
+    child=$!
+    vm_rc=0
+    wait "$child" || vm_rc=$?
+    child=0
+    vm_counts=$(sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' \
+        "$vm_log" | tail -n 1)
+    rm -f "$vm_log"
+    if [[ -n $vm_counts ]]; then
+        read -r vp vf vs <<<"$vm_counts"
+        passed=$((passed + vp)) failed=$((failed + vf)) skipped=$((skipped + vs))
+        # An exit status without a failure counted (it cannot happen today) is one.
+        ((vf == 0 && vm_rc != 0)) && failed=$((failed + 1))
+        ((vf == 0 && vm_rc == 0)) || failed_steps+=(vm)
+    else
+        failed=$((failed + 1))
+        failed_steps+=(vm)
+    fi
+fi
+
 summary "$passed" "$failed" "$skipped"
 ((${#failed_steps[@]} == 0 && failed == 0))
