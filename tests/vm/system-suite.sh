@@ -138,7 +138,8 @@ test_package() {
         /usr/share/dbus-1/system-services/org.loopmgr.LoopManager1.service \
         /usr/share/dbus-1/system.d/org.loopmgr.LoopManager1.conf \
         /usr/share/polkit-1/actions/org.loopmgr.policy /lib/udev/rules.d/90-loopmgr.rules \
-        /usr/share/applications/loopmgr-open.desktop /usr/share/man/man1/loopmgrctl.1.gz; do
+        /usr/share/applications/loopmgr-open.desktop /usr/share/man/man1/loopmgrctl.1.gz \
+        /usr/share/man/man8/loopmgrd.8.gz; do
         [[ -e $f ]] || die "the package did not install $f"
     done
     pkaction --action-id org.loopmgr.attach >/dev/null || die "polkitd does not know org.loopmgr.attach"
@@ -232,7 +233,7 @@ test_loop_over_loop() {
 
 # The kernel's own partition scan (the host kernel has no partition-table parsers).
 partitioned() { # partitioned IMAGE-NAME LABEL-TYPE
-    local img=$work/$1 node name p
+    local img=$work/$1 node name p n
     cp "$share/images/$1" "$img"
     node=$(loopmgrctl attach --partscan "$img")
     name=${node#/dev/}
@@ -240,8 +241,11 @@ partitioned() { # partitioned IMAGE-NAME LABEL-TYPE
     [[ $(blkid -o value -s PTTYPE "$node") == "$2" ]] || die "partition table: $(blkid "$node")"
     # Each partition maps to its range of the image, so the same bytes are refused.
     p=$(cat "/sys/block/$name/${name}p1/start")
-    loopmgrctl resolve "/dev/${name}p1" | grep -F "$img"
-    expect_fail "" loopmgrctl attach --offset=$((p * 512)) --size-limit=$((8 * 1024 * 1024)) "$img"
+    n=$(cat "/sys/block/$name/${name}p1/size")
+    loopmgrctl resolve "/dev/${name}p1" | grep -F "bytes $((p * 512))+$((n * 512)) of $img" ||
+        die "resolve does not map ${name}p1 to its bytes of $img"
+    expect_fail "a second device over the same data would corrupt it" \
+        loopmgrctl attach --offset=$((p * 512)) --size-limit=$((n * 512)) "$img"
     [[ $(loopmgrctl detach "$node") == detached ]] || die "detach of the partitioned device"
     wait_for 10 bash -c "[[ ! -e /dev/${name}p1 ]]" || die "${name}p1 stayed after the detach"
 }
