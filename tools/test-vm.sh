@@ -26,6 +26,9 @@
 #   LOOPMGR_VM_VERBOSE=1      show every test's output, not only that of failures
 #   LOOPMGR_VM_TRACE=1        and trace their commands (set -x)
 #   LOOPMGR_VM_MEMORY=MIB     guest memory (default 2048)
+#   LOOPMGR_VM_MAIN=FILE      run this script in the guest instead of tests/vm/system-suite.sh
+#                             (it sources lib.sh from the share and ends with suite_end)
+#   LOOPMGR_VM_EXTRA=DIR      copy DIR to the share as extra/ (programs such a script runs)
 
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -104,14 +107,25 @@ make_images() {
     xorriso -as mkisofs -quiet -R -J -V LMISO -o "$d/cd.iso" "$tmp/iso" 2>/dev/null
 }
 make_images || fail "could not make the suite's images"
-cp tests/vm/guest-run.sh tests/vm/system-suite.sh tests/vm/session-agent.sh "$share/"
+cp tests/vm/guest-run.sh tests/vm/lib.sh tests/vm/system-suite.sh tests/vm/session-agent.sh \
+    "$share/"
+# What the guest runs: the system suite, or another script in its place (bench/guard-vm.sh
+# runs bench/guard-guest.sh), with files of its own in the share's extra/.
+main=${LOOPMGR_VM_MAIN:-tests/vm/system-suite.sh}
+[[ -f $main ]] || fail "LOOPMGR_VM_MAIN: no $main"
+cp "$main" "$share/"
+basename "$main" >"$share/main"
+if [[ -n ${LOOPMGR_VM_EXTRA:-} ]]; then
+    cp -R "$LOOPMGR_VM_EXTRA" "$share/extra" || fail "LOOPMGR_VM_EXTRA: cannot copy $LOOPMGR_VM_EXTRA"
+fi
 cp tests/vm/tests-*.sh "$share/" 2>/dev/null
 # Programs the guest's tests run that the guest cannot build (it has no compiler).
 if [[ -f tests/vm/build-helpers.sh ]]; then
     bash tests/vm/build-helpers.sh "$share/bin" || fail "tests/vm/build-helpers.sh failed"
 fi
 echo "$TIMEOUT" >"$share/time-limit"
-for v in LOOPMGR_VM_TESTS LOOPMGR_VM_VERBOSE LOOPMGR_VM_TRACE; do
+for v in LOOPMGR_VM_TESTS LOOPMGR_VM_VERBOSE LOOPMGR_VM_TRACE LOOPMGR_BENCH_ROUNDS \
+    LOOPMGR_BENCH_CYCLES LOOPMGR_BENCH_IOCTLS; do
     printf '%s=%q\n' "$v" "${!v:-}"
 done >"$share/suite.env"
 # The guest's users read the share as they would any directory of that mode.
