@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * The Device objects of loopmgrd as its clients (loopmgrctl, loopmgr-losetup) read them: one
+ * GetManagedObjects call, its Device properties parsed into DeviceInfo. Functions return 0 or a
+ * negative errno and print nothing.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-bus.h>
+
+typedef struct DeviceInfo {
+        char *object;
+        char *name;
+        char *node;
+        char *backing_file;
+        char *state;
+        uint64_t diskseq;
+        uint64_t size;
+        uint64_t offset;
+        uint64_t size_limit;
+        uint32_t sector_size;
+        uint32_t owner_uid;
+        uint32_t references;
+        int read_only;
+        int direct_io;
+        int managed;
+        int autoclear;
+        int partscan;
+        uint32_t major;
+        uint32_t minor;
+        uint64_t backing_device; /* dev_t */
+        uint64_t backing_inode;
+        /* The canonical identity; daemons before 0.2 do not send it. */
+        char *base_kind;
+        uint64_t base_device;
+        uint64_t base_inode;
+        uint64_t base_offset;
+        uint64_t base_size;
+        unsigned present; /* PRESENT_* bits of the properties above that were sent */
+        char *json;       /* the whole property set as a JSON object, for --json */
+} DeviceInfo;
+
+/* Which of the optional properties were sent (DeviceInfo.present). */
+enum {
+        PRESENT_BASE_DEVICE = 1 << 0,
+        PRESENT_BASE_INODE = 1 << 1,
+        PRESENT_BASE_OFFSET = 1 << 2,
+        PRESENT_BASE_SIZE = 1 << 3,
+};
+
+typedef struct DeviceList {
+        DeviceInfo *items;
+        size_t n;
+} DeviceList;
+
+void device_info_done(DeviceInfo *d);
+void device_list_done(DeviceList *l);
+
+/* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
+ * unexpected type are skipped: a newer daemon may add or change some. */
+int device_info_read(sd_bus_message *m, DeviceInfo *d);
+
+/* Parses a GetManagedObjects reply into the Device objects it lists, sorted by name (loop2
+ * before loop10); with json, DeviceInfo.json holds each object's properties as JSON. */
+int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret);
+
+int call_get_managed_objects(sd_bus *bus, sd_bus_error *error, sd_bus_message **ret);
