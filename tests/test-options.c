@@ -300,8 +300,8 @@ static void test_attach_good_values(void **state) {
 }
 
 static void test_attach_bad_device(void **state) {
-        PARSE_ATTACH_FAIL(*state, "Option 'device' must name a loop device as 'loopN' or "
-                          "'/dev/loopN', got 'sda'.", NULL, LOOPMGR_OPT_DEVICE, "s", "sda", NULL);
+        PARSE_ATTACH_FAIL(*state, "Option 'device' must name a loop device as 'loopN' or ",
+                          "got 'sda'.", LOOPMGR_OPT_DEVICE, "s", "sda", NULL);
         PARSE_ATTACH_FAIL(*state, "'device'", "got 'loop01'.", LOOPMGR_OPT_DEVICE, "s", "loop01",
                           NULL);
         PARSE_ATTACH_FAIL(*state, "'device'", "got '/dev/loop'.", LOOPMGR_OPT_DEVICE, "s",
