@@ -11,6 +11,8 @@ packages=(
     # build
     meson ninja-build pkg-config gcc libc6-dev
     libsystemd-dev libmount-dev libblkid-dev libcmocka-dev
+    # loopmgr-losetup: tables and JSON as losetup prints them
+    libsmartcols-dev
     # ACLs on /run/media/<user> (Device.Mount), as udisks sets them
     libacl1-dev
     # runtime of the test environment (tests/env.sh) and the daemon
