@@ -390,7 +390,8 @@ static int table_add_device(struct libscols_table *tb, const DeviceInfo *d, cons
                         r = add_cell(ln, i, "%3u:%-3u", d->major, d->minor);
                         break;
                 case COL_OFFSET:
-                        r = add_cell(ln, i, "%" PRIu64, d->offset);
+                        if (d->object) /* unknown for an unbound device */
+                                r = add_cell(ln, i, "%" PRIu64, d->offset);
                         break;
                 case COL_PARTSCAN:
                         r = scols_line_set_data(ln, i, one_zero(d->partscan));
@@ -399,7 +400,8 @@ static int table_add_device(struct libscols_table *tb, const DeviceInfo *d, cons
                         r = scols_line_set_data(ln, i, one_zero(d->read_only));
                         break;
                 case COL_SIZELIMIT:
-                        r = add_cell(ln, i, "%" PRIu64, d->size_limit);
+                        if (d->object)
+                                r = add_cell(ln, i, "%" PRIu64, d->size_limit);
                         break;
                 case COL_DIO:
                         r = scols_line_set_data(ln, i, one_zero(d->direct_io));
@@ -719,6 +721,45 @@ static const DeviceInfo *lookup_device(DeviceList *l, const char *arg) {
         if (!is_loop_node(arg, &devnum))
                 return NULL;
         return find_by_devnum(l, devnum);
+}
+
+static int read_sysfs_u64(dev_t devnum, const char *attr, uint64_t *ret) {
+        _cleanup_fclose_ FILE *f = NULL;
+        char path[96];
+        uint64_t v;
+
+        (void) snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s", major(devnum), minor(devnum),
+                        attr);
+        f = fopen(path, "re");
+        if (!f)
+                return -errno;
+        if (fscanf(f, "%" SCNu64, &v) != 1)
+                return -EBADMSG;
+        *ret = v;
+        return 0;
+}
+
+/* What losetup --list shows of a device that is not bound: its numbers, read-only flag and
+ * sector size from sysfs; the binding's own columns stay empty (object NULL). */
+static int unbound_device_info(const char *arg, const char *name, DeviceInfo *ret) {
+        DeviceInfo u = {};
+        uint64_t v = 0;
+        dev_t devnum;
+        int r;
+
+        if (!is_loop_node(arg, &devnum))
+                return -ENODEV;
+        u.major = major(devnum);
+        u.minor = minor(devnum);
+        r = read_sysfs_u64(devnum, "queue/logical_block_size", &v);
+        u.sector_size = r < 0 ? 0 : (uint32_t) v;
+        r = read_sysfs_u64(devnum, "ro", &v);
+        u.read_only = r >= 0 && v;
+        u.node = strdup(name);
+        if (!u.node)
+                return -ENOMEM;
+        *ret = u;
+        return 0;
 }
 
 static int do_set_capacity(sd_bus *bus, DeviceList *l, const char *name, const DeviceInfo *d) {
@@ -1089,8 +1130,21 @@ static int run(int argc, char *argv[]) {
                 break;
         case ACT_SHOW_ONE:
                 d = lookup_device(&list, dev_arg);
+                if (!d && arg_list) {
+                        /* losetup lists an unbound device with what sysfs has of it. */
+                        _cleanup_(device_info_done) DeviceInfo u = {};
+
+                        r = unbound_device_info(dev_arg, dev_name, &u);
+                        if (r < 0) {
+                                warn_errno(-r, "%s", dev_name);
+                                return EXIT_FAILURE;
+                        }
+                        res = show_table(&list, &u, dev_name) < 0;
+                        break;
+                }
                 if (!d) {
-                        warn_errno(ENXIO, "%s", dev_name);
+                        /* What losetup says: the sysfs backing_file is missing. */
+                        warn_errno(ENOENT, "%s", dev_name);
                         return EXIT_FAILURE;
                 }
                 if (arg_list)

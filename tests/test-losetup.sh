@@ -275,6 +275,7 @@ expect_same "setup -L DEV FILE over an attached file" "$x" \
 
 # --- listings ---------------------------------------------------------------------------------
 
+compare_list "(no arguments)"
 compare_list "-a" -a
 compare_list "--all" --all
 compare_list "-j FILE" -j "$plain_img_a"
@@ -360,6 +361,10 @@ else
     not_ok "-d: the devices are gone" "$(ls "/sys/block/${plain_b#/dev/}")"
 fi
 compare_exact "-d of an unbound device" -d "$named_b"
+compare_exact "DEV (unbound)" "$named_b"
+compare_exact "-l DEV (unbound)" -l "$named_b"
+compare_exact "-J --output-all DEV (unbound)" -J --output-all "$named_b"
+compare_exact "-c DEV (unbound)" -c "$named_b"
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
