@@ -535,7 +535,7 @@ static int find_overlap(DeviceList *l, const char *file, const DeviceInfo **ret)
         return 0;
 }
 
-static int append_options(sd_bus_message *m, const char *device, bool read_only, bool shared) {
+static int append_options(sd_bus_message *m, const char *device, bool read_only) {
         int r;
 
         r = sd_bus_message_open_container(m, 'a', "{sv}");
@@ -572,15 +572,39 @@ static int append_options(sd_bus_message *m, const char *device, bool read_only,
                 if (r < 0)
                         return r;
         }
-        /* losetup uses direct I/O only when asked to. Without --nooverlap it would make a
-         * second device for the same bytes; the daemon refuses aliases, so refuse reuse too. */
+        /* losetup uses direct I/O only when asked to. Shared: an identical device comes back
+         * (reused), which do_create() accepts only for --nooverlap; exclusive would also refuse
+         * a device stacked on a loop device, which losetup makes. */
         r = sd_bus_message_append(m, "{sv}{sv}{sv}", LOOPMGR_OPT_DIRECT_IO, "s",
-                                  arg_use_dio ? "on" : "off", LOOPMGR_OPT_SHARING, "s",
-                                  shared ? "shared" : "exclusive", LOOPMGR_OPT_LIFETIME, "s",
-                                  "persistent");
+                                  arg_use_dio ? "on" : "off", LOOPMGR_OPT_SHARING, "s", "shared",
+                                  LOOPMGR_OPT_LIFETIME, "s", "persistent");
         if (r < 0)
                 return r;
         return sd_bus_message_close_container(m);
+}
+
+/* Detach of the one reference of ours that Attach just gave us. */
+static void drop_reference(sd_bus *bus, const char *object, const char *node) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                               LOOPMGR_MANAGER_INTERFACE, "Detach", &error, NULL, "oa{sv}", object,
+                               0);
+        if (r < 0) {
+                warn_errno(bus_errno(&error, r), "%s: failed to drop the reference", node);
+                warn_daemon(&error);
+        }
+}
+
+/* Whether the kernel has a binding on device ("loopN" or "/dev/loopN"). */
+static bool device_bound(const char *device) {
+        char path[64];
+
+        if (strncmp(device, "/dev/", 5) == 0)
+                device += 5;
+        (void) snprintf(path, sizeof(path), "/sys/block/%s/loop", device);
+        return access(path, F_OK) >= 0;
 }
 
 /* Attach for -f FILE (name NULL) and DEV FILE (name as losetup prints it, device what the
@@ -591,8 +615,9 @@ static int do_create(sd_bus *bus, const char *name, const char *device, const ch
         _cleanup_(device_list_done) DeviceList list = {};
         _cleanup_close_ int fd = -EBADF;
         const DeviceInfo *conflict = NULL;
-        const char *node = NULL;
+        const char *node = NULL, *object = NULL;
         bool read_only = arg_read_only;
+        int reused = 0;
         int r, c = 0, err;
 
         if (arg_set_blocksize && arg_blocksize != 512 && arg_blocksize != 1024 &&
@@ -635,18 +660,30 @@ static int do_create(sd_bus *bus, const char *name, const char *device, const ch
                 return EXIT_FAILURE;
         }
 
-        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
-                                           LOOPMGR_MANAGER_INTERFACE, "Attach");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "h", fd);
-        if (r >= 0)
-                r = append_options(m, name ? device : NULL, read_only, c == 2);
-        if (r < 0) {
-                warn_errno(-r, "%s: failed to set up loop device", file);
-                return EXIT_FAILURE;
-        }
+        /* A named device that is unbound but busy for a moment (udev probing it after a
+         * teardown, the teardown itself) would be free for the kernel's LOOP_CONFIGURE in
+         * losetup soon after: wait for it, up to 5 s. */
+        for (unsigned attempt = 0;; attempt++) {
+                m = sd_bus_message_unref(m);
+                reply = sd_bus_message_unref(reply);
+                sd_bus_error_free(&error);
 
-        r = sd_bus_call(bus, m, CALL_TIMEOUT_USEC, &error, &reply);
+                r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                                                   LOOPMGR_MANAGER_INTERFACE, "Attach");
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "h", fd);
+                if (r >= 0)
+                        r = append_options(m, name ? device : NULL, read_only);
+                if (r < 0) {
+                        warn_errno(-r, "%s: failed to set up loop device", file);
+                        return EXIT_FAILURE;
+                }
+                r = sd_bus_call(bus, m, CALL_TIMEOUT_USEC, &error, &reply);
+                if (r >= 0 || !name || attempt >= 50 || bus_errno(&error, r) != EBUSY ||
+                    device_bound(device))
+                        break;
+                (void) usleep(100 * 1000);
+        }
         if (r < 0) {
                 err = bus_errno(&error, r);
                 if (arg_nooverlap && err == EADDRINUSE)
@@ -661,9 +698,19 @@ static int do_create(sd_bus *bus, const char *name, const char *device, const ch
                 warn_daemon(&error);
                 return EXIT_FAILURE;
         }
-        r = sd_bus_message_read(reply, "ostb", NULL, &node, NULL, NULL);
+        r = sd_bus_message_read(reply, "ostb", &object, &node, NULL, &reused);
         if (r < 0) {
                 warn_errno(-r, "failed to parse the reply of loopmgrd");
+                return EXIT_FAILURE;
+        }
+        if (reused && !arg_nooverlap) {
+                /* losetup would make a second device over these bytes, an alias: refuse, and
+                 * give back the reference the daemon just handed us. */
+                warn_errno(EBUSY, "%s: failed to set up loop device", file);
+                warnx_("%s exposes exactly these bytes already; a second device over them would "
+                       "be an alias (--nooverlap reuses it).",
+                       node);
+                drop_reference(bus, object, node);
                 return EXIT_FAILURE;
         }
 

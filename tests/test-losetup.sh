@@ -33,11 +33,16 @@ REAL=$(command -v losetup) || { echo "SKIP: no losetup"; exit 77; }
 tmp=$(mktemp -d /var/tmp/loopmgr-losetup-test.XXXXXX)
 daemon_pid=
 created=()  # numbers of loopN this test made the kernel create
+stacked=()  # devices over this test's devices, detached first
 passed=0
 failed=0
 
 cleanup() {
     local img dev
+    for dev in "${stacked[@]}"; do
+        [[ -n $dev && -b $dev ]] || continue
+        "$OURS" -d "$dev" >/dev/null 2>&1 || "$REAL" -d "$dev" >/dev/null 2>&1
+    done
     for img in "$tmp"/*.img; do
         [[ -e $img ]] || continue
         for dev in $("$REAL" -j "$img" -O NAME -n -l 2>/dev/null); do
@@ -236,11 +241,20 @@ run "$OURS" -f -L --show "$ro_img_b"
 expect_same "-f -L writable over a read-only device" "$x" \
     "$(printf '%s\n%s\nrc=%s' "$out" "$err" "$rc" | normalize "$ro_img_b" IMG "$ro_b" DEV)"
 # not in losetup: without -L the daemon refuses to make an alias
+references() {
+    busctl --system get-property org.loopmgr.LoopManager1 \
+        "/org/loopmgr/LoopManager1/device/$(cat "/sys/block/${1#/dev/}/diskseq")" \
+        org.loopmgr.LoopManager1.Device References
+}
+refs_before=$(references "$plain_b")
 run "$OURS" -f --show "$plain_img_b"
-if [[ $rc == 1 && -z $out && $err == *"failed to set up loop device"* ]]; then
-    ok "without -L, a second device for the same bytes is refused"
+refs_after=$(references "$plain_b")
+if [[ $rc == 1 && -z $out && $err == *"failed to set up loop device"* &&
+    $refs_before == "$refs_after" && -n $refs_before ]]; then
+    ok "without -L, a second device for the same bytes is refused, no reference left"
 else
-    not_ok "without -L, a second device for the same bytes is refused" "rc=$rc" "$out" "$err"
+    not_ok "without -L, a second device for the same bytes is refused, no reference left" \
+        "rc=$rc" "$out" "$err" "References $refs_before, then $refs_after"
 fi
 
 # DEV FILE, with a loopN that does not exist yet (the kernel creates it), then while it is bound.
@@ -272,6 +286,31 @@ x=$(printf '%s\n%s\nrc=%s' "$out" "$err" "$rc" | normalize "$img_a" IMG "$named_
 run "$OURS" -L --show "$named_b" "$img_b"
 expect_same "setup -L DEV FILE over an attached file" "$x" \
     "$(printf '%s\n%s\nrc=%s' "$out" "$err" "$rc" | normalize "$img_b" IMG "$named_b" DEV)"
+
+# Over a block device (loop over loop): BACK-INO and BACK-MAJ:MIN are then those of the node.
+# Not the whole device: that would be the same bytes again, an alias (reused with -L, else
+# refused).
+run "$REAL" -f --show -r -o 1M "$ro_a"
+st_a=$out rc_a=$rc
+stacked+=("$st_a")
+run "$OURS" -f --show -r -o 1M "$ro_b"
+st_b=$out
+stacked+=("$st_b")
+expect_same "setup -f -r -o over a loop device" "rc=$rc_a" "rc=$rc"
+if [[ -b $st_a && -b $st_b ]]; then
+    subst=("$ro_a" LOWER "$ro_b" LOWER "$st_a" DEV "$st_b" DEV "$(ino_of "$ro_a")" INO
+        "$(ino_of "$ro_b")" INO "7:$(devminor "$st_a")" 7:M "7:$(devminor "$st_b")" 7:M)
+    expect_same "setup -f -r over a loop device: the devices" \
+        "$("$REAL" -l --output-all -J "$st_a" | normalize "${subst[@]}")" \
+        "$("$REAL" -l --output-all -J "$st_b" | normalize "${subst[@]}")"
+    compare_exact "DEV over a loop device" "$st_b"
+    compare_exact "-l --output-all DEV over a loop device" -l --output-all "$st_b"
+    compare_exact "-j LOWER" -j "$ro_b"
+fi
+# Once detached, the numbers may go to somebody else's devices: forget them.
+"$OURS" -d "$st_b" >/dev/null 2>&1
+"$REAL" -d "$st_a" >/dev/null 2>&1
+stacked=()
 
 # --- listings ---------------------------------------------------------------------------------
 
@@ -365,6 +404,20 @@ compare_exact "DEV (unbound)" "$named_b"
 compare_exact "-l DEV (unbound)" -l "$named_b"
 compare_exact "-J --output-all DEV (unbound)" -J --output-all "$named_b"
 compare_exact "-c DEV (unbound)" -c "$named_b"
+
+# Not compared (losetup itself may fail while udev still probes the old binding): -d and at once
+# DEV FILE again, as scripts do, must work.
+img3_b=$(image b-again)
+run "$OURS" "$named_b" "$img3_b"
+x=$rc
+run "$OURS" -d "$named_b"
+x="$x $rc"
+run "$OURS" "$named_b" "$img3_b"
+if [[ "$x $rc" == "0 0 0" ]]; then
+    ok "DEV FILE right after -d DEV"
+else
+    not_ok "DEV FILE right after -d DEV" "exit statuses: $x $rc" "$err"
+fi
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
