@@ -51,8 +51,17 @@ for tool in mmdebstrap mkfs.ext4; do
 done
 
 mkdir -p "$cache"
+# One build at a time (two test runs may start together); the second finds the first's image.
+exec 9>"$cache/.lock"
+flock 9
+if [[ -s $out/rootfs.img && -s $out/vmlinuz && -s $out/initrd.img ]]; then
+    echo "$out"
+    exit 0
+fi
 work=$(mktemp -d "$cache/build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# --one-file-system: should mmdebstrap be killed before it unmounts what it mounted in the
+# root (/proc, /sys, /dev), the clean-up must not descend into the host's.
+trap 'rm -rf --one-file-system "$work"' EXIT
 
 # Only the machine's Debian sources, in deb822 form: other repositories the host may list
 # (vendor SDKs) have nothing the guest needs.
@@ -151,8 +160,13 @@ chmod 0644 "$work/vmlinuz" "$work/initrd.img"
 # ext4 filled from the directory: no loop device on the host. 3 GiB, sparse; the guest gets
 # a writable overlay of it (snapshot=on), so the image itself never changes.
 mkfs.ext4 -q -F -L lmvm-root -d "$work/root" "$work/rootfs.img" 3G >&2
-rm -rf "$work/root"
+rm -rf --one-file-system "$work/root"
 mkdir -p "$out"
 mv "$work/rootfs.img" "$work/vmlinuz" "$work/initrd.img" "$out/"
 echo "image.sh: built in $((SECONDS - t0)) s" >&2
+# Images of older recipes: keep the newest other one (another checkout may still use it).
+ls -dt "$cache"/bookworm-* 2>/dev/null | grep -vxF "$out" | tail -n +2 | while read -r old; do
+    echo "image.sh: removing $old, an image of an older recipe" >&2
+    rm -rf --one-file-system "$old"
+done
 echo "$out"
