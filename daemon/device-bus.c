@@ -28,6 +28,7 @@ DEFINE_GETTER(diskseq, "t", d->status.diskseq);
 DEFINE_GETTER(major, "u", (uint32_t) major(d->status.devnum));
 DEFINE_GETTER(minor, "u", (uint32_t) minor(d->status.devnum));
 DEFINE_GETTER(backing_file, "s", d->status.backing_file ?: "");
+DEFINE_GETTER(creator, "s", d->managed ? "loopmgrd" : d->creator ?: "");
 DEFINE_GETTER(backing_device, "t",
               (uint64_t) (d->backing_is_block ? d->status.backing_rdevice : d->status.backing_device));
 DEFINE_GETTER(backing_inode, "t", d->backing_is_block ? (uint64_t) 0 : d->status.backing_inode);
@@ -511,6 +512,8 @@ static const sd_bus_vtable device_vtable[] = {
         PROP("DirectIO", "b", direct_io),
         PROP("SectorSize", "u", sector_size),
         PROP_CONST("Managed", "b", managed),
+        /* Who configured the device (docs/API.md): set once the guard reports it. */
+        PROP("Creator", "s", creator),
         PROP("OwnerUID", "u", owner_uid),
         PROP("References", "u", references),
         PROP("State", "s", state),

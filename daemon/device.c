@@ -128,6 +128,7 @@ Device *device_free(Device *d) {
         sd_event_source_disable_unref(d->teardown_retry);
         device_drop_all_references(d);
         strv_free(d->openers);
+        free(d->creator);
         chain_done(&d->chain);
         loop_status_done(&d->status);
         free(d->mount_point);

@@ -94,6 +94,9 @@ struct Device {
         char *id_type;          /* what libblkid found, NULL when nothing (yet) */
         char *id_label;
         char *id_uuid;
+        /* Who configured it: "loopmgrd" for managed devices, "losetup (pid 1234, uid 0)" for
+         * a foreign one the guard saw being made, NULL when unknown. */
+        char *creator;
 };
 
 int device_new(Manager *m, const LoopStatus *status, bool managed, Device **ret);

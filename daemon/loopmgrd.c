@@ -7,12 +7,15 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
+#include "guard.h"
 #include "log.h"
 #include "manager.h"
 #include "polkit.h"
 
 static const char *arg_state_dir = NULL;
 static uint32_t arg_max_devices_per_user = POLKIT_DEFAULT_MAX_DEVICES_PER_USER;
+static GuardMode arg_guard = GUARD_MODE_OFF;
+static bool arg_remove_guard = false;
 
 static void help(void) {
         printf("Usage: loopmgrd [OPTIONS]\n\n"
@@ -26,7 +29,11 @@ static void help(void) {
                "                         /run/loopmgr)\n"
                "     --max-devices-per-user=N|unlimited\n"
                "                         Loop devices one non-root user may hold references on\n"
-               "                         (default: $LOOPMGR_MAX_DEVICES_PER_USER or %u)\n",
+               "                         (default: $LOOPMGR_MAX_DEVICES_PER_USER or %u)\n"
+               "     --guard=off|audit|aliases|exclusive\n"
+               "                         The BPF LSM guard against other processes' loop\n"
+               "                         configurations (default: $LOOPMGR_GUARD or off)\n"
+               "     --remove-guard      Remove the guard a loopmgrd left pinned, and exit\n",
                POLKIT_DEFAULT_MAX_DEVICES_PER_USER);
 }
 
@@ -49,13 +56,22 @@ static int parse_max_devices(const char *s, uint32_t *ret) {
 }
 
 static int parse_argv(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_LOG_LEVEL, ARG_STATE_DIR, ARG_MAX_DEVICES };
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_LOG_LEVEL,
+                ARG_STATE_DIR,
+                ARG_MAX_DEVICES,
+                ARG_GUARD,
+                ARG_REMOVE_GUARD,
+        };
         static const struct option options[] = {
                 { "help",                 no_argument,       NULL, 'h'             },
                 { "version",              no_argument,       NULL, ARG_VERSION     },
                 { "log-level",            required_argument, NULL, ARG_LOG_LEVEL   },
                 { "state-dir",            required_argument, NULL, ARG_STATE_DIR   },
                 { "max-devices-per-user", required_argument, NULL, ARG_MAX_DEVICES },
+                { "guard",                required_argument, NULL, ARG_GUARD       },
+                { "remove-guard",         no_argument,       NULL, ARG_REMOVE_GUARD },
                 {}
         };
         const char *e;
@@ -70,6 +86,17 @@ static int parse_argv(int argc, char *argv[]) {
                 log_error("Invalid $LOOPMGR_MAX_DEVICES_PER_USER '%s': expected a number or "
                           "'unlimited'.", e);
                 return -EINVAL;
+        }
+
+        e = getenv("LOOPMGR_GUARD");
+        if (e && *e) {
+                l = guard_mode_from_string(e);
+                if (l < 0) {
+                        log_error("Invalid $LOOPMGR_GUARD '%s': expected off, audit, aliases or "
+                                  "exclusive.", e);
+                        return -EINVAL;
+                }
+                arg_guard = l;
         }
 
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
@@ -98,6 +125,18 @@ static int parse_argv(int argc, char *argv[]) {
                                 return -EINVAL;
                         }
                         break;
+                case ARG_GUARD:
+                        l = guard_mode_from_string(optarg);
+                        if (l < 0) {
+                                log_error("Invalid --guard '%s': expected off, audit, aliases or "
+                                          "exclusive.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_guard = l;
+                        break;
+                case ARG_REMOVE_GUARD:
+                        arg_remove_guard = true;
+                        break;
                 default:
                         return -EINVAL;
                 }
@@ -118,6 +157,20 @@ int main(int argc, char *argv[]) {
         r = parse_argv(argc, argv);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
+
+        if (arg_remove_guard) {
+                /* The pins are the guard: once they are gone and no loopmgrd holds its links,
+                 * the kernel detaches it (asynchronously). */
+                r = guard_remove(GUARD_PIN_DIR);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to remove the guard pinned in %s: %m",
+                                        GUARD_PIN_DIR);
+                        return 1;
+                }
+                log_info(r > 0 ? "Removed the guard pinned in %s." : "No guard pinned in %s.",
+                         GUARD_PIN_DIR);
+                return 0;
+        }
 
         if (!arg_state_dir || !*arg_state_dir)
                 arg_state_dir = "/run/loopmgr";
@@ -153,6 +206,7 @@ int main(int argc, char *argv[]) {
                 goto finish;
         }
         polkit_registry_set_max_devices_per_user(m->polkit, arg_max_devices_per_user);
+        m->guard_requested = arg_guard;
         r = manager_start(m);
         if (r < 0)
                 goto finish;

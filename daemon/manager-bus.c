@@ -464,9 +464,30 @@ static int property_get_version(sd_bus *bus, const char *path, const char *inter
         return sd_bus_message_append(reply, "s", LOOPMGR_VERSION);
 }
 
+/* The guard's mode in force and, when it is not the one asked for, why (manager-guard.c). Both
+ * are settled at start-up, before the name is taken. */
+static int property_get_guard(sd_bus *bus, const char *path, const char *interface,
+                              const char *property, sd_bus_message *reply, void *userdata,
+                              sd_bus_error *error) {
+        Manager *m = userdata;
+
+        return sd_bus_message_append(reply, "s", guard_mode_to_string(m->guard_mode));
+}
+
+static int property_get_guard_problem(sd_bus *bus, const char *path, const char *interface,
+                                      const char *property, sd_bus_message *reply,
+                                      void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+
+        return sd_bus_message_append(reply, "s", m->guard_problem ?: "");
+}
+
 static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Guard", "s", property_get_guard, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("GuardProblem", "s", property_get_guard_problem, 0,
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("Attach",
                                 SD_BUS_ARGS("h", fd, "a{sv}", options),
                                 SD_BUS_RESULT("o", device, "s", node, "t", diskseq, "b", reused),

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager-bus.h"
+#include "manager-guard.h"
 #include "manager.h"
 #include "mount.h"
 #include "range-index.h"
@@ -35,6 +36,7 @@ int manager_new(sd_event *event, const char *root, const char *state_dir, Manage
                 if (!m->root)
                         goto oom;
         }
+        m->guard_pin_dir = GUARD_PIN_DIR;
         m->state_dir = strdup(state_dir ?: "/run/loopmgr");
         if (!m->state_dir)
                 goto oom;
@@ -60,6 +62,8 @@ Manager *manager_free(Manager *m) {
         free(m->by_diskseq);
         range_index_free(m->index);
 
+        manager_guard_stop(m);
+        free(m->guard_problem);
         state_done(&m->restored);
         state_writer_free(m->state_writer);
         foreign_mounts_done(&m->foreign);
@@ -338,6 +342,9 @@ static int manager_add_device(Manager *m, Device *d, bool announce) {
                 }
         }
 
+        /* The guard's map knows the device before anybody is told of it. */
+        manager_guard_sync(m);
+        manager_guard_device_added(m, d);
         if (announce)
                 manager_announce_device(m, d);
         log_debug("%s (diskseq %" PRIu64 ") %s", d->node, d->status.diskseq,
@@ -450,6 +457,7 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
                 if (lower)
                         manager_refresh_openers(m, lower, NULL);
         }
+        manager_guard_sync(m);
 }
 
 void manager_update_identity(Manager *m, Device *d) {
@@ -461,6 +469,8 @@ void manager_update_identity(Manager *m, Device *d) {
                 log_warning("Out of memory indexing %s; it is treated as unidentified.", d->node);
                 d->has_identity = false;
         }
+        if (m->devices[d->status.number] == d)
+                manager_guard_sync(m);
 }
 
 /* Copies what sysfs says into d and collects the names of changed properties. */
@@ -932,6 +942,8 @@ static int on_mounts_changed(sd_event_source *s, int fd, uint32_t revents, void 
         /* Device.Mount mounts unmounted by other means (may free devices). */
         mount_check_table(m, mounts);
         mnt_unref_table(mounts);
+        /* Mounted block devices are bases of the guard. */
+        manager_guard_sync(m);
         return 0;
 }
 
@@ -2031,6 +2043,9 @@ int manager_start(Manager *m) {
         r = manager_watch_mounts(m);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch the mount table: %m");
+        /* The guard before the first enumeration, so that no foreign configuration goes
+         * unseen between the two; its map is filled once the devices are known. */
+        manager_guard_start(m);
         m->has_restored_intent = m->restored.has_intent;
         m->restored_intent = m->restored.intent;
         manager_rescan(m);
@@ -2040,6 +2055,7 @@ int manager_start(Manager *m) {
         manager_resume(m);
         udev_props_cleanup(m->root);
         loop_private_nodes_cleanup(m->root);
+        manager_guard_publish(m);
 
         r = sd_bus_request_name(m->bus, LOOPMGR_BUS_NAME, 0);
         if (r < 0)

@@ -19,8 +19,16 @@
 #include "block-use.h"
 #include "mount.h"
 #include "state.h"
+#include "guard.h"
 
 typedef struct UdevWatch UdevWatch;
+
+/* Who configured a loop device whose uevent has not come yet (manager-guard.c). */
+typedef struct GuardCreator {
+        unsigned number;
+        char *creator;
+        uint64_t usec;  /* CLOCK_MONOTONIC of the event */
+} GuardCreator;
 typedef struct RangeIndex RangeIndex;
 
 typedef struct Manager {
@@ -69,6 +77,16 @@ typedef struct Manager {
         bool has_restored_intent;
         StateIntent restored_intent;
         UdevOwnerCache udev_owners;     /* user names for the udev properties (mount.h) */
+
+        /* The guard (manager-guard.c): what was asked for, what is in force, and why not. */
+        GuardMode guard_requested;
+        GuardMode guard_mode;
+        char *guard_problem;    /* NULL when the mode asked for is in force */
+        const char *guard_pin_dir;
+        Guard *guard;
+        bool guard_published;   /* the map is filled from the kernel's state, pins are ours */
+        sd_event_source *guard_source;
+        GuardCreator guard_creators[16];
 } Manager;
 
 /* What Attach asks for, once the bus layer has validated the fd and the options. */
