@@ -30,6 +30,9 @@ packages=(
     # the libFuzzer targets of fuzz/ (tools/test.sh step 6): clang and its fuzzer and
     # sanitizer runtimes
     clang libclang-rt-14-dev
+    # the BPF LSM guard (daemon/bpf/): clang (above) compiles it for the BPF target, bpftool
+    # makes its skeleton, libbpf loads it
+    bpftool libbpf-dev libelf-dev zlib1g-dev
 )
 
 # tools/deps.sh --bench: also what bench/run.sh needs besides the above: the peers it measures
@@ -45,6 +48,9 @@ deb_packages=(dpkg-dev build-essential debhelper lintian pkgconf)
 # mmdebstrap for the guest's root file system, and what makes the suite's images without a loop
 # device: sfdisk (fdisk), mkfs.vfat (above) and mcopy (mtools), xorriso.
 vm_packages=(qemu-system-x86 mmdebstrap fdisk mtools xorriso)
+# and gcc-multilib for tests/vm/build-helpers.sh: a static 32-bit program for the guard's
+# compat ioctl path
+vm_packages+=(gcc-multilib)
 for arg in "$@"; do
     case $arg in
     --bench) packages+=("${bench_packages[@]}") ;;
