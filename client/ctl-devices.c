@@ -16,6 +16,7 @@ void device_info_done(DeviceInfo *d) {
         free(d->node);
         free(d->backing_file);
         free(d->state);
+        free(d->creator);
         free(d->base_kind);
         free(d->json);
         *d = (DeviceInfo){};
@@ -36,6 +37,7 @@ int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                 { "Node",        's', offsetof(DeviceInfo, node)         },
                 { "BackingFile", 's', offsetof(DeviceInfo, backing_file) },
                 { "State",       's', offsetof(DeviceInfo, state)        },
+                { "Creator",     's', offsetof(DeviceInfo, creator)      },
                 { "DiskSeq",     't', offsetof(DeviceInfo, diskseq)      },
                 { "Size",        't', offsetof(DeviceInfo, size)         },
                 { "Offset",      't', offsetof(DeviceInfo, offset)       },

@@ -18,6 +18,7 @@ typedef struct DeviceInfo {
         char *node;
         char *backing_file;
         char *state;
+        char *creator; /* who configured it (the guard's report), "" when unknown */
         uint64_t diskseq;
         uint64_t size;
         uint64_t offset;

@@ -1137,14 +1137,15 @@ static int verb_detach(sd_bus *bus, char **args) {
 
 static int verb_list(sd_bus *bus, char **args) {
         static const char *const headers[] = {
-                "NAME",    "SIZE",  "OFFSET", "SIZELIMIT", "RO",   "DIO",   "SECTOR",
-                "MANAGED", "OWNER", "REFS",   "STATE",     "BASE", "RANGE", "BACKING-FILE",
+                "NAME",  "SIZE",   "OFFSET",  "SIZELIMIT", "RO",
+                "DIO",   "SECTOR", "MANAGED", "OWNER",     "REFS",
+                "STATE", "BASE",   "RANGE",   "CREATOR",   "BACKING-FILE",
         };
         static const TableAlign align[] = {
                 TABLE_ALIGN_LEFT,  TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT,
                 TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT, TABLE_ALIGN_RIGHT,
                 TABLE_ALIGN_LEFT,  TABLE_ALIGN_RIGHT, TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,
-                TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,
+                TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,  TABLE_ALIGN_LEFT,
         };
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -1213,7 +1214,10 @@ static int verb_list(sd_bus *bus, char **args) {
                 cells[10] = d->state ?: "-";
                 cells[11] = device_info_base(d, base);
                 cells[12] = device_info_range(d, range);
-                cells[13] = d->backing_file && d->backing_file[0] ? d->backing_file : "-";
+                /* Who configured it: "loopmgrd", or what the daemon's guard saw make a foreign
+                 * device ("losetup (pid 1234, uid 0)"); "-" when nobody knows. */
+                cells[13] = d->creator && d->creator[0] ? d->creator : "-";
+                cells[14] = d->backing_file && d->backing_file[0] ? d->backing_file : "-";
 
                 r = table_add_row(table, cells);
                 if (r < 0)
