@@ -188,6 +188,21 @@ test_guard_stop() {
     loopmgrctl detach "$node" >/dev/null
 }
 
+# An upgrade (dpkg -i: the maintainer scripts try-restart the unit) swaps the program: the
+# links are replaced, the guard never goes.
+test_guard_upgrade() {
+    local img node before
+    img=$(image guardup.img 16)
+    node=$(loopmgrctl attach "$img")
+    before=$(stat -c %i "$pins/link-ioctl")
+    dpkg -i "$share"/loopmgr_*.deb >/dev/null
+    [[ -e $pins/link-ioctl ]] || die "the upgrade removed the guard"
+    [[ $(stat -c %i "$pins/link-ioctl") != "$before" ]] || die "the upgrade did not replace the link"
+    [[ $(guard_prop Guard) == aliases ]] || die "after the upgrade: $(guard_prop GuardProblem)"
+    expect_fail "File exists" losetup -f --show "$img"
+    loopmgrctl detach "$node" >/dev/null
+}
+
 test_guard_exclusive() {
     local img out node
     guard_unit_set "Environment=LOOPMGR_GUARD=exclusive"
@@ -243,5 +258,6 @@ run_test "guard: udisks2 loop-setup of a managed image" test_guard_udisks
 run_test "guard: the 32-bit ioctl path" test_guard_compat
 run_test "guard: kill -9 keeps it, the next daemon takes it over" test_guard_kill
 run_test "guard: restart keeps it, stop removes it" test_guard_stop
+run_test "guard: an upgrade swaps the program without a gap" test_guard_upgrade
 run_test "guard: exclusive" test_guard_exclusive
 run_test "guard: systemd-analyze security" test_guard_security_figures
