@@ -83,6 +83,21 @@ fi
 [[ -f $deb && $deb == *.deb ]] || fail "no package ('$deb')"
 cp "$deb" "$share/"
 echo "test-vm: $(basename "$deb") ($((SECONDS - t0)) s)"
+# The guest has no network: what the package depends on must be in the image already.
+missing=()
+IFS=',' read -ra deps <<<"$(dpkg-deb -f "$deb" Depends)"
+for dep in "${deps[@]}"; do
+    found=0
+    IFS='|' read -ra alternatives <<<"$dep"
+    for a in "${alternatives[@]}"; do
+        a=${a%%(*}
+        a=${a// /}
+        grep -qxF "${a%%:*}" "$image_dir/packages.txt" && found=1
+    done
+    ((found)) || missing+=("${dep# }")
+done
+((${#missing[@]} == 0)) ||
+    fail "the guest image lacks what the package depends on: ${missing[*]}; add it to tests/vm/image.sh"
 
 echo "==> images for the suite"
 make_images() {

@@ -7,6 +7,7 @@
 #                dbus, polkitd, libpam-systemd, udisks2, the stock kernel, what loopmgr's
 #                package depends on and the tools the system suite calls
 #   vmlinuz, initrd.img   the stock kernel and its initramfs, taken out of rootfs.img's /boot
+#   packages.txt the packages installed in it, one a line
 # and prints that directory. <key> is a hash of this file, so an edit of the recipe builds a new
 # image and an unchanged one is reused (the suite itself comes over the 9p share at each boot,
 # not from the image). Packages come from the machine's own Debian apt sources; no loop device
@@ -34,11 +35,11 @@ out=$cache/bookworm-$key
 packages=(
     systemd systemd-sysv udev dbus polkitd libpam-systemd linux-image-amd64 initramfs-tools
     kmod login passwd udisks2
-    libsystemd0 libmount1 libblkid1 libacl1
+    libsystemd0 libmount1 libblkid1 libacl1 libbpf1
     util-linux mount fdisk e2fsprogs dosfstools procps psmisc jq
 )
 
-if [[ -s $out/rootfs.img && -s $out/vmlinuz && -s $out/initrd.img ]]; then
+if [[ -s $out/rootfs.img && -s $out/vmlinuz && -s $out/initrd.img && -s $out/packages.txt ]]; then
     echo "$out"
     exit 0
 fi
@@ -54,7 +55,7 @@ mkdir -p "$cache"
 # One build at a time (two test runs may start together); the second finds the first's image.
 exec 9>"$cache/.lock"
 flock 9
-if [[ -s $out/rootfs.img && -s $out/vmlinuz && -s $out/initrd.img ]]; then
+if [[ -s $out/rootfs.img && -s $out/vmlinuz && -s $out/initrd.img && -s $out/packages.txt ]]; then
     echo "$out"
     exit 0
 fi
@@ -153,6 +154,10 @@ mmdebstrap --variant=minbase --mode=root --quiet \
     --customize-hook="$work/customize.sh \"\$1\"" \
     bookworm "$work/root" - <"$sources" >&2
 
+# What is installed and what it provides (virtual packages such as dbus-system-bus), for
+# tools/test-vm.sh to check the package's dependencies against.
+chroot "$work/root" dpkg-query -W -f='${Package},${Provides}\n' |
+    tr ',' '\n' | sed 's/(.*//; s/ //g; /^$/d' | sort -u >"$work/packages.txt"
 cp "$(readlink -f "$work/root/vmlinuz")" "$work/vmlinuz"
 cp "$(readlink -f "$work/root/initrd.img")" "$work/initrd.img"
 chmod 0644 "$work/vmlinuz" "$work/initrd.img"
@@ -162,7 +167,7 @@ chmod 0644 "$work/vmlinuz" "$work/initrd.img"
 mkfs.ext4 -q -F -L lmvm-root -d "$work/root" "$work/rootfs.img" 3G >&2
 rm -rf --one-file-system "$work/root"
 mkdir -p "$out"
-mv "$work/rootfs.img" "$work/vmlinuz" "$work/initrd.img" "$out/"
+mv "$work/rootfs.img" "$work/vmlinuz" "$work/initrd.img" "$work/packages.txt" "$out/"
 echo "image.sh: built in $((SECONDS - t0)) s" >&2
 # Images of older recipes: keep the newest other one (another checkout may still use it).
 ls -dt "$cache"/bookworm-* 2>/dev/null | grep -vxF "$out" | tail -n +2 | while read -r old; do
