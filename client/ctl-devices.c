@@ -79,6 +79,24 @@ int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                 if (r < 0)
                         return r;
 
+                /* Aliases (ao): how many; `loopmgrctl status` shows the paths. */
+                if (streq(key, "Aliases") && streq(contents, "ao")) {
+                        const char *o;
+
+                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, "ao");
+                        if (r >= 0)
+                                r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "o");
+                        while (r >= 0 && (r = sd_bus_message_read_basic(m, 'o', &o)) > 0)
+                                d->n_aliases++;
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                        if (r < 0)
+                                return r;
+                        done = true;
+                }
+
                 for (size_t i = 0; i < ELEMENTSOF(map) && !done; i++) {
                         void *field = (uint8_t *) d + map[i].offset;
                         const char *s;

@@ -26,6 +26,7 @@ typedef struct DeviceInfo {
         uint32_t sector_size;
         uint32_t owner_uid;
         uint32_t references;
+        uint32_t n_aliases; /* devices over some of the same bytes (Aliases) */
         int read_only;
         int direct_io;
         int managed;

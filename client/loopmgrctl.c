@@ -1151,6 +1151,7 @@ static int verb_list(sd_bus *bus, char **args) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_list_done) DeviceList list = {};
         _cleanup_(table_freep) Table *table = NULL;
+        size_t n_aliased = 0;
         int r;
 
         r = call_get_managed_objects(bus, &error, &reply);
@@ -1181,7 +1182,7 @@ static int verb_list(sd_bus *bus, char **args) {
         for (size_t i = 0; i < list.n; i++) {
                 const DeviceInfo *d = list.items + i;
                 char size[FORMAT_SIZE_MAX], offset[32], limit[32], sector[16], owner[64], refs[16],
-                        base[FORMAT_BASE_MAX], range[48];
+                        base[FORMAT_BASE_MAX], range[48], name[80];
                 const char *cells[ELEMENTSOF(headers)];
 
                 /* Offsets and limits in exact bytes, as losetup prints them: a rounded "1M"
@@ -1201,7 +1202,12 @@ static int verb_list(sd_bus *bus, char **args) {
                                 snprintf(owner, sizeof(owner), "%" PRIu32, d->owner_uid);
                 }
 
-                cells[0] = device_display_name(d);
+                /* "!": another device shows some of the same bytes (Aliases). */
+                snprintf(name, sizeof(name), "%s%s", device_display_name(d),
+                         d->n_aliases > 0 ? "!" : "");
+                if (d->n_aliases > 0)
+                        n_aliased++;
+                cells[0] = name;
                 cells[1] = format_size(d->size, size);
                 cells[2] = offset;
                 cells[3] = limit;
@@ -1230,6 +1236,10 @@ static int verb_list(sd_bus *bus, char **args) {
                 if (r < 0)
                         return log_oom();
         }
+        if (n_aliased > 0 && !arg_no_legend)
+                printf("\n! %zu device(s) expose bytes that another device exposes too, an alias "
+                       "made without loopmgrd: see Aliases in loopmgrctl status.\n",
+                       n_aliased);
         return flush_stdout();
 }
 

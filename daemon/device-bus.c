@@ -10,6 +10,7 @@
 #include "device-bus.h"
 #include "log.h"
 #include "loopmgr-bus.h"
+#include "manager-aliases.h"
 #include "manager.h"
 #include "mount.h"
 #include "polkit.h"
@@ -55,6 +56,24 @@ DEFINE_GETTER(mount_user, "u", d->mount_point ? (uint32_t) d->mount_uid : UINT32
 DEFINE_GETTER(id_type, "s", d->id_type ?: "");
 DEFINE_GETTER(id_label, "s", d->id_label ?: "");
 DEFINE_GETTER(id_uuid, "s", d->id_uuid ?: "");
+
+static int property_get_aliases(sd_bus *bus, const char *path, const char *interface,
+                                const char *property, sd_bus_message *reply, void *userdata,
+                                sd_bus_error *error) {
+        _cleanup_free_ Device **list = NULL;
+        Device *d = userdata;
+        int r;
+
+        r = manager_device_aliases(d->manager, d, &list);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "o");
+        for (Device **p = list; r >= 0 && *p; p++)
+                r = sd_bus_message_append(reply, "o", (*p)->path);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        return r;
+}
 
 static int property_get_openers(sd_bus *bus, const char *path, const char *interface,
                                 const char *property, sd_bus_message *reply, void *userdata,
@@ -514,6 +533,8 @@ static const sd_bus_vtable device_vtable[] = {
         PROP_CONST("Managed", "b", managed),
         /* Who configured the device (docs/API.md): set once the guard reports it. */
         PROP("Creator", "s", creator),
+        /* Devices over some of the same bytes, neither stacked on the other (docs/API.md). */
+        PROP("Aliases", "ao", aliases),
         PROP("OwnerUID", "u", owner_uid),
         PROP("References", "u", references),
         PROP("State", "s", state),

@@ -15,6 +15,7 @@
 #include "device-bus.h"
 #include "log.h"
 #include "loopmgr-bus.h"
+#include "manager-aliases.h"
 #include "manager-bus.h"
 #include "manager-guard.h"
 #include "manager.h"
@@ -345,6 +346,7 @@ static int manager_add_device(Manager *m, Device *d, bool announce) {
         /* The guard's map knows the device before anybody is told of it. */
         manager_guard_sync(m);
         manager_guard_device_added(m, d);
+        manager_aliases_added(m, d, NULL);
         if (announce)
                 manager_announce_device(m, d);
         log_debug("%s (diskseq %" PRIu64 ") %s", d->node, d->status.diskseq,
@@ -419,12 +421,16 @@ static bool device_check_udev_ready(Manager *m, Device *d) {
 }
 
 void manager_remove_device(Manager *m, Device *d, int attach_error) {
+        _cleanup_free_ Device **aliases = NULL;
+
         /* InterfacesRemoved must go out while the object can still be found. */
         (void) sd_bus_emit_object_removed(m->bus, d->path);
         m->free_hint = d->status.number;
         m->has_free_hint = true;
 
         if (m->devices[d->status.number] == d) {
+                /* Out of memory: the others' Aliases change unannounced. */
+                (void) manager_device_aliases(m, d, &aliases);
                 diskseq_index_remove(m, d);
                 m->devices[d->status.number] = NULL;
                 m->n_devices--;
@@ -457,20 +463,28 @@ void manager_remove_device(Manager *m, Device *d, int attach_error) {
                 if (lower)
                         manager_refresh_openers(m, lower, NULL);
         }
+        manager_aliases_removed(m, aliases);
         manager_guard_sync(m);
 }
 
 void manager_update_identity(Manager *m, Device *d) {
-        if (d->has_identity && m->devices[d->status.number] == d)
+        _cleanup_free_ Device **old = NULL;
+        bool indexed = m->devices[d->status.number] == d;
+
+        if (indexed && manager_device_aliases(m, d, &old) < 0)
+                old = NULL;
+        if (d->has_identity && indexed)
                 (void) range_index_remove(m->index, &d->identity, d);
         device_update_identity(d);
-        if (d->has_identity && m->devices[d->status.number] == d &&
-            range_index_add(m->index, &d->identity, d) < 0) {
+        if (d->has_identity && indexed && range_index_add(m->index, &d->identity, d) < 0) {
                 log_warning("Out of memory indexing %s; it is treated as unidentified.", d->node);
                 d->has_identity = false;
         }
-        if (m->devices[d->status.number] == d)
+        if (indexed) {
+                if (old)
+                        manager_aliases_added(m, d, old);
                 manager_guard_sync(m);
+        }
 }
 
 /* Copies what sysfs says into d and collects the names of changed properties. */

@@ -881,6 +881,96 @@ static void foreign_reuse(Env *e, bool wait_for_daemon) {
                 fail_msg("the foreign %s is still bound", node);
 }
 
+static size_t strv_count(char **l) {
+        size_t n = 0;
+
+        while (l && l[n])
+                n++;
+        return n;
+}
+
+/* Device.Aliases of object, as a string list. */
+static char **aliases_of(Env *e, const char *object) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        char **l = NULL;
+        int r;
+
+        r = sd_bus_get_property(e->bus, LOOPMGR_BUS_NAME, object, LOOPMGR_DEVICE_INTERFACE,
+                                "Aliases", &error, &reply, "ao");
+        assert_bus_ok(r, &error, "Aliases");
+        assert_int_equal(sd_bus_message_read_strv(reply, &l), 1);
+        return l;
+}
+
+/* Waits until Aliases of object is exactly the n paths given. */
+static void expect_aliases(Env *e, const char *object, const char *what, size_t n, ...) {
+        uint64_t deadline = now_usec() + SIGNAL_TIMEOUT;
+
+        for (;;) {
+                _cleanup_strv_free_ char **l = aliases_of(e, object);
+                bool ok = strv_count(l) == n;
+                va_list ap;
+
+                va_start(ap, n);
+                for (size_t i = 0; ok && i < n; i++)
+                        ok = strv_contains(l, va_arg(ap, const char *));
+                va_end(ap);
+                if (ok)
+                        return;
+                if (now_usec() >= deadline)
+                        fail_msg("%s: Aliases of %s lists %zu device(s) (%s%s), expected %zu", what,
+                                 object, strv_count(l), l && l[0] ? l[0] : "",
+                                 l && l[0] && l[1] ? ", ..." : "", n);
+                sleep_usec(20 * USEC_PER_MSEC);
+        }
+}
+
+/* Aliases made behind the daemon's back (no guard on this machine): two losetup devices over
+ * one file name each other in Aliases, a device over other bytes of it is none, `loopmgrctl
+ * list` marks the two, and when one goes the other's Aliases is empty again. */
+static void test_foreign_aliases(void **state) {
+        Env *e = *state;
+        _cleanup_free_ char *path = make_image(e, 16 * MiB);
+        _cleanup_free_ char *n1 = NULL, *n2 = NULL, *n3 = NULL, *o1 = NULL, *o2 = NULL,
+                            *o3 = NULL, *out = NULL;
+        uint64_t s1, s2, s3;
+
+        n1 = losetup_foreign(e, path, "--sizelimit=8388608", &s1);
+        n2 = losetup_foreign(e, path, "--sizelimit=4194304", &s2);
+        n3 = losetup_foreign(e, path, "--offset=8388608", &s3);
+        o1 = object_for_node(e, n1);
+        o2 = object_for_node(e, n2);
+        o3 = object_for_node(e, n3);
+
+        expect_aliases(e, o1, "two devices over the first 4 MiB", 1, o2);
+        expect_aliases(e, o2, "two devices over the first 4 MiB", 1, o1);
+        expect_aliases(e, o3, "a device over the second half", 0);
+
+        assert_int_equal(env_run(&out, NULL, e->loopmgrctl, "list", NULL), 0);
+        {
+                _cleanup_free_ char *m1 = NULL, *m2 = NULL, *m3 = NULL;
+
+                assert_true(asprintf(&m1, "%s! ", n1 + 5) > 0);
+                assert_true(asprintf(&m2, "%s! ", n2 + 5) > 0);
+                assert_true(asprintf(&m3, "%s! ", n3 + 5) > 0);
+                if (!strstr(out, m1) || !strstr(out, m2) || strstr(out, m3) ||
+                    !strstr(out, "expose bytes that another device exposes too"))
+                        fail_msg("loopmgrctl list does not mark exactly %s and %s:\n%s", n1, n2,
+                                 out);
+        }
+
+        env_run_ok("losetup", "-d", n2);
+        if (!wait_binding_gone(n2 + 5, s2, SIGNAL_TIMEOUT))
+                fail_msg("the foreign %s is still bound after losetup -d", n2);
+        expect_aliases(e, o1, "after the other one went", 0);
+        env_run_ok("losetup", "-d", n1);
+        env_run_ok("losetup", "-d", n3);
+        if (!wait_binding_gone(n1 + 5, s1, SIGNAL_TIMEOUT) ||
+            !wait_binding_gone(n3 + 5, s3, SIGNAL_TIMEOUT))
+                fail_msg("the foreign devices are still bound after losetup -d");
+}
+
 /* The daemon knows the foreign device (it heard of it from udev) when the Attach comes. */
 static void test_foreign_reuse(void **state) {
         foreign_reuse(*state, true);
@@ -1273,6 +1363,7 @@ int main(void) {
                 T(test_mounted_foreign_device),
                 T(test_foreign_reuse),
                 T(test_foreign_reuse_immediate),
+                T(test_foreign_aliases),
                 T(test_concurrent_attach_16),
                 T(test_btrfs_subvolumes),
                 T(test_ext4_attached_twice),
