@@ -246,8 +246,11 @@ void manager_guard_device_added(Manager *m, Device *d) {
 
                 if (!c->creator || c->number != d->status.number)
                         continue;
-                if (now - c->usec <= CREATOR_TTL_USEC)
-                        set_creator(m, d, TAKE_PTR(c->creator));
+                /* Not announced yet: InterfacesAdded carries it, no PropertiesChanged. */
+                if (now - c->usec <= CREATOR_TTL_USEC) {
+                        free(d->creator);
+                        d->creator = TAKE_PTR(c->creator);
+                }
                 c->creator = mfree(c->creator);
         }
 }
@@ -258,11 +261,15 @@ static void on_guard_event(const GuardEvent *e, void *userdata) {
         unsigned number;
         Device *d;
 
+        /* Refusals always reach the log; what passed only in audit mode, whose purpose is
+         * the report (in aliases mode the Creator keeps who made a device). */
         if (guard_event_describe(e, &line) >= 0) {
                 if (e->verdict != 0)
                         log_notice("Guard: %s", line);
-                else
+                else if (m->guard_mode == GUARD_MODE_AUDIT)
                         log_info("Guard: %s", line);
+                else
+                        log_debug("Guard: %s", line);
         }
         if (e->verdict != 0 || !guard_event_is_bind(e))
                 return;
@@ -330,6 +337,14 @@ void manager_guard_start(Manager *m) {
                 log_warning("The guard (%s) is not in force, running unguarded: %s.",
                             guard_mode_to_string(m->guard_requested),
                             m->guard_problem ?: "out of memory");
+                /* A guard an earlier daemon pinned would go on refusing with a map nobody
+                 * keeps, and refuse us too (we are not in its task storage): unguarded means
+                 * unguarded. */
+                r = guard_remove(m->guard_pin_dir);
+                if (r > 0)
+                        log_warning("Removed the guard an earlier loopmgrd left in %s, which this "
+                                    "one cannot take over.",
+                                    m->guard_pin_dir);
                 return;
         }
         r = sd_event_add_io(m->event, &m->guard_source, guard_event_fd(m->guard), EPOLLIN,

@@ -22,7 +22,8 @@ void manager_guard_publish(Manager *m);
  * unguarded). Called whenever a device appears, goes, or changes identity, and on mount
  * changes. */
 void manager_guard_sync(Manager *m);
-/* A foreign device appeared: gives it the Creator an event named for it, if any. */
+/* A foreign device appeared (before it is announced): gives it the Creator an event named for
+ * it, if any. */
 void manager_guard_device_added(Manager *m, Device *d);
 void manager_guard_stop(Manager *m);
 
