@@ -188,6 +188,80 @@ test_guard_stop() {
     loopmgrctl detach "$node" >/dev/null
 }
 
+# audit: nothing is refused, not even an alias; every configuration is reported and the
+# foreign device has its Creator.
+test_guard_audit() {
+    local img node other
+    guard_unit_set "Environment=LOOPMGR_GUARD=audit"
+    [[ $(guard_prop Guard) == audit ]] || die "Guard: $(guard_prop Guard) $(guard_prop GuardProblem)"
+    img=$(image guarda.img 16)
+    node=$(loopmgrctl attach "$img")
+    other=$(losetup -f --show "$img") || { guard_unit_set; die "audit refused losetup"; }
+    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $other | jq -r .Creator) == losetup* ]]" ||
+        { losetup -d "$other"; guard_unit_set; die "Creator of $other: '$(prop "$other" Creator)'"; }
+    echo "audit: $other made beside $node, Creator $(prop "$other" Creator)"
+    losetup -d "$other"
+    journalctl -b -u loopmgrd.service -o cat | grep -F "LOOP_CONFIGURE on ${other#/dev/}" |
+        tail -n 1 | tee "$work/audit.log"
+    grep -q ": passed$" "$work/audit.log" || { guard_unit_set; die "no report of the bind"; }
+    loopmgrctl detach "$node" >/dev/null
+    guard_unit_set
+}
+
+# A daemon that cannot load the guard (here: bpf(2) denied by a drop-in) runs unguarded, says
+# why, and removes the guard an earlier daemon pinned, which it can neither keep nor pass.
+test_guard_unavailable() {
+    local img node problem
+    [[ -e $pins/link-ioctl ]] || die "no guard pinned before the test"
+    guard_unit_set "SystemCallFilter=~bpf"
+    problem=$(guard_prop GuardProblem)
+    echo "Guard: $(guard_prop Guard), GuardProblem: $problem"
+    [[ $(guard_prop Guard) == off && $problem == "loading the BPF LSM program failed: Operation not permitted" ]] ||
+        { guard_unit_set; die "unexpected Guard/GuardProblem"; }
+    [[ ! -e $pins/link-ioctl ]] || { guard_unit_set; die "the earlier guard stayed pinned"; }
+    journalctl -b -u loopmgrd.service -o cat | grep -F "is not in force, running unguarded" | tail -n 1
+    img=$(image guardn.img 16)
+    node=$(loopmgrctl attach "$img") || { guard_unit_set; die "an unguarded daemon does not attach"; }
+    loopmgrctl detach "$node" >/dev/null
+    guard_unit_set
+    [[ $(guard_prop Guard) == aliases && -e $pins/link-ioctl ]] || die "the guard did not come back"
+}
+
+# The guard's cost: LOOPMGR_BENCH_CYCLES losetup attach/detach cycles of an unrelated file with
+# the guard (aliases) and without (off), in alternating rounds. Skipped unless asked for.
+cycles_ms() { # cycles_ms IMAGE N: milliseconds for N cycles
+    local t0 t1 dev i
+    t0=$(date +%s%N)
+    for ((i = 0; i < $2; i++)); do
+        dev=$(losetup -f --show "$1")
+        losetup -d "$dev"
+    done
+    t1=$(date +%s%N)
+    echo $(((t1 - t0) / 1000000))
+}
+test_guard_bench() {
+    local n=${LOOPMGR_BENCH_CYCLES:-} img round on=0 off=0 t
+    if [[ -z $n ]]; then
+        echo "SKIP: LOOPMGR_BENCH_CYCLES not set"
+        exit 77
+    fi
+    img=$(image guardb.img 16)
+    for round in 1 2; do
+        guard_unit_set
+        t=$(cycles_ms "$img" "$n")
+        on=$((on + t))
+        echo "round $round, guard aliases: $n cycles in $t ms"
+        guard_unit_set "Environment=LOOPMGR_GUARD=off"
+        sleep 1
+        t=$(cycles_ms "$img" "$n")
+        off=$((off + t))
+        echo "round $round, guard off: $n cycles in $t ms"
+    done
+    guard_unit_set
+    echo "per cycle: guard $((on * 1000 / (2 * n))) us, off $((off * 1000 / (2 * n))) us" |
+        tee "$share/results/guard-bench.txt"
+}
+
 # An upgrade (dpkg -i: the maintainer scripts try-restart the unit) swaps the program: the
 # links are replaced, the guard never goes.
 test_guard_upgrade() {
@@ -260,4 +334,7 @@ run_test "guard: kill -9 keeps it, the next daemon takes it over" test_guard_kil
 run_test "guard: restart keeps it, stop removes it" test_guard_stop
 run_test "guard: an upgrade swaps the program without a gap" test_guard_upgrade
 run_test "guard: exclusive" test_guard_exclusive
+run_test "guard: audit" test_guard_audit
+run_test "guard: unavailable, the daemon runs unguarded" test_guard_unavailable
+run_test "guard: cost of losetup cycles, on and off" test_guard_bench
 run_test "guard: systemd-analyze security" test_guard_security_figures
