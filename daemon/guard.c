@@ -56,15 +56,35 @@ int guard_key_compare(const void *a, const void *b) {
         return 0;
 }
 
-size_t guard_keys_uniq(GuardKey *keys, size_t n) {
+GuardBase guard_base(GuardKey key, dev_t holder, uint32_t flags) {
+        return (GuardBase){
+                .key = key,
+                .holder = holder == 0 ? 0 : LOOP_GUARD_KDEV(major(holder), minor(holder)),
+                .flags = flags,
+        };
+}
+
+int guard_base_compare(const void *a, const void *b) {
+        const GuardBase *x = a, *y = b;
+
+        return guard_key_compare(&x->key, &y->key);
+}
+
+size_t guard_bases_uniq(GuardBase *bases, size_t n) {
         size_t k = 0;
 
         if (n == 0)
                 return 0;
-        qsort(keys, n, sizeof(GuardKey), guard_key_compare);
-        for (size_t i = 1; i < n; i++)
-                if (guard_key_compare(&keys[k], &keys[i]) != 0)
-                        keys[++k] = keys[i];
+        qsort(bases, n, sizeof(GuardBase), guard_base_compare);
+        for (size_t i = 1; i < n; i++) {
+                if (guard_base_compare(&bases[k], &bases[i]) != 0) {
+                        bases[++k] = bases[i];
+                        continue;
+                }
+                if (bases[k].holder != bases[i].holder)
+                        bases[k].holder = 0;
+                bases[k].flags |= bases[i].flags;
+        }
         return k + 1;
 }
 
@@ -135,13 +155,16 @@ int guard_event_describe(const GuardEvent *e, char **ret) {
                 (void) snprintf(backing, sizeof(backing), ", backing inode %" PRIu64 " on %u:%u",
                                 (uint64_t) e->backing_ino, LOOP_GUARD_KDEV_MAJOR(e->backing_dev),
                                 LOOP_GUARD_KDEV_MINOR(e->backing_dev));
-        if (e->verdict == 0)
+        if (e->verdict == 0 && !(e->flags & LOOP_GUARD_EVENT_STALE))
                 (void) snprintf(verdict, sizeof(verdict), "passed");
-        else
+        else if (e->verdict != 0)
                 (void) snprintf(verdict, sizeof(verdict), "refused (%s)",
                                 e->verdict == -EEXIST  ? "EEXIST, an alias"
+                                : e->verdict == -EBUSY ? "EBUSY, the device over it is going"
                                 : e->verdict == -EPERM ? "EPERM"
                                                        : "error");
+        else if (e->flags & LOOP_GUARD_EVENT_STALE)
+                (void) snprintf(verdict, sizeof(verdict), "passed (the device over it is gone)");
         if (asprintf(ret, "%s: %s%s on %s%s: %s", who, guard_ioctl_name(e->cmd, name, sizeof(name)),
                      (e->flags & LOOP_GUARD_EVENT_COMPAT) ? " (32-bit)" : "", target, backing,
                      verdict) < 0)
@@ -170,9 +193,11 @@ int guard_remove(const char *pin_dir) {
                 "link-ioctl",     "link-ioctl-compat",
                 "config",         "bases",
                 "allowed",        "events",
-                "new-link-ioctl", "new-link-ioctl-compat",
+                "pending",        "new-link-ioctl",
+                "new-link-ioctl-compat",
                 "new-config",     "new-bases",
                 "new-allowed",    "new-events",
+                "new-pending",
         };
         int found = 0;
 
@@ -202,26 +227,31 @@ int guard_remove(const char *pin_dir) {
 #include "loop-guard.skel.h"
 
 #define GUARD_N_LINKS 2
+#define GUARD_N_MAPS  5
+
+static const char *const map_names[GUARD_N_MAPS] = {"config", "bases", "allowed", "events",
+                                                    "pending"};
 
 struct Guard {
         struct loop_guard_bpf *skel;
         char *pin_dir;
         GuardMode mode;
         struct bpf_link *links[GUARD_N_LINKS];
-        bool reused[4]; /* config, bases, allowed, events: taken from the pins */
+        bool reused[GUARD_N_MAPS]; /* taken from the pins */
         int pidfd;
         struct ring_buffer *ring;
         GuardEventHandler handler;
         void *userdata;
-        GuardKey *keys; /* what the bases map holds, sorted */
-        size_t n_keys;
+        GuardBase *bases; /* what the bases map holds, sorted */
+        size_t n_bases;
 };
 
 static const char *const link_names[GUARD_N_LINKS] = {"link-ioctl", "link-ioctl-compat"};
 
 static struct bpf_map *guard_map(Guard *g, size_t i) {
-        struct bpf_map *maps[] = {g->skel->maps.config, g->skel->maps.bases, g->skel->maps.allowed,
-                                  g->skel->maps.events};
+        struct bpf_map *maps[GUARD_N_MAPS] = {g->skel->maps.config, g->skel->maps.bases,
+                                              g->skel->maps.allowed, g->skel->maps.events,
+                                              g->skel->maps.pending};
 
         return maps[i];
 }
@@ -235,7 +265,7 @@ Guard *guard_free(Guard *g) {
                 bpf_link__destroy(g->links[i]);
         loop_guard_bpf__destroy(g->skel);
         safe_close(g->pidfd);
-        free(g->keys);
+        free(g->bases);
         free(g->pin_dir);
         free(g);
         return NULL;
@@ -358,10 +388,8 @@ int guard_open(GuardMode mode, const char *pin_dir, GuardEventHandler handler, v
                 (void) bpf_program__set_autoload(g->skel->progs.loop_guard_ioctl_compat, false);
 
         {
-                static const char *const names[] = {"config", "bases", "allowed", "events"};
-
-                for (size_t i = 0; i < ELEMENTSOF(names); i++) {
-                        r = reuse_pinned_map(guard_map(g, i), pin_dir, names[i]);
+                for (size_t i = 0; i < GUARD_N_MAPS; i++) {
+                        r = reuse_pinned_map(guard_map(g, i), pin_dir, map_names[i]);
                         if (r < 0) {
                                 guard_free(g);
                                 return problem(ret_problem, r, "reusing the pinned maps failed");
@@ -397,22 +425,26 @@ int guard_open(GuardMode mode, const char *pin_dir, GuardEventHandler handler, v
         }
         if (g->reused[1]) {
                 /* What the earlier daemon left: kept (stale entries only refuse more) until
-                 * the first guard_sync_keys(), which needs to know it to remove it. */
+                 * the first guard_sync_bases(), which needs to know it to remove it. */
+                int fd = bpf_map__fd(g->skel->maps.bases);
                 GuardKey k, next, *cur = NULL;
 
-                while (bpf_map_get_next_key(bpf_map__fd(g->skel->maps.bases), cur, &next) == 0) {
-                        GuardKey *nk = realloc(g->keys, (g->n_keys + 1) * sizeof(GuardKey));
+                while (bpf_map_get_next_key(fd, cur, &next) == 0) {
+                        GuardBase *nb = realloc(g->bases, (g->n_bases + 1) * sizeof(GuardBase));
+                        struct loop_guard_base v = {};
 
-                        if (!nk) {
+                        if (!nb) {
                                 guard_free(g);
                                 return problem(ret_problem, -ENOMEM, "reading the bases failed");
                         }
-                        g->keys = nk;
-                        g->keys[g->n_keys++] = next;
+                        g->bases = nb;
+                        (void) bpf_map_lookup_elem(fd, &next, &v);
+                        g->bases[g->n_bases++] =
+                                (GuardBase){.key = next, .holder = v.holder, .flags = v.flags};
                         k = next;
                         cur = &k;
                 }
-                g->n_keys = guard_keys_uniq(g->keys, g->n_keys);
+                g->n_bases = guard_bases_uniq(g->bases, g->n_bases);
         }
 
         {
@@ -466,15 +498,14 @@ static int pin_replace(const char *pin_dir, const char *name, int fd) {
 }
 
 int guard_publish(Guard *g) {
-        static const char *const names[] = {"config", "bases", "allowed", "events"};
         int r;
 
         if (mkdir(g->pin_dir, 0700) < 0 && errno != EEXIST)
                 return -errno;
-        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+        for (size_t i = 0; i < GUARD_N_MAPS; i++) {
                 if (g->reused[i])
                         continue;
-                r = pin_replace(g->pin_dir, names[i], bpf_map__fd(guard_map(g, i)));
+                r = pin_replace(g->pin_dir, map_names[i], bpf_map__fd(guard_map(g, i)));
                 if (r < 0)
                         return r;
                 g->reused[i] = true;
@@ -506,43 +537,48 @@ int guard_process_events(Guard *g) {
         return r < 0 ? r : 0;
 }
 
-int guard_sync_keys(Guard *g, const GuardKey *keys, size_t n) {
+int guard_sync_bases(Guard *g, const GuardBase *bases, size_t n) {
         int fd = bpf_map__fd(g->skel->maps.bases);
-        uint8_t one = 1;
         size_t i = 0, j = 0;
-        GuardKey *copy;
+        GuardBase *copy;
 
-        /* Both sorted: one merge adds what is new and deletes what went. Additions first, so
-         * that a key that moved is never missing. */
+        /* Both sorted: one merge adds what is new or has another holder now and deletes what
+         * went. Additions first, so that a key that moved is never missing. */
         while (j < n) {
-                int c = i < g->n_keys ? guard_key_compare(&g->keys[i], &keys[j]) : 1;
+                int c = i < g->n_bases ? guard_base_compare(&g->bases[i], &bases[j]) : 1;
 
                 if (c < 0)
                         i++;
                 else {
-                        if (c > 0 && bpf_map_update_elem(fd, &keys[j], &one, BPF_ANY) < 0)
-                                return -errno;
+                        if (c > 0 || g->bases[i].holder != bases[j].holder ||
+                            g->bases[i].flags != bases[j].flags) {
+                                struct loop_guard_base v = {.holder = bases[j].holder,
+                                                            .flags = bases[j].flags};
+
+                                if (bpf_map_update_elem(fd, &bases[j].key, &v, BPF_ANY) < 0)
+                                        return -errno;
+                        }
                         if (c == 0)
                                 i++;
                         j++;
                 }
         }
-        for (i = 0, j = 0; i < g->n_keys; i++) {
-                while (j < n && guard_key_compare(&keys[j], &g->keys[i]) < 0)
+        for (i = 0, j = 0; i < g->n_bases; i++) {
+                while (j < n && guard_base_compare(&bases[j], &g->bases[i]) < 0)
                         j++;
-                if (j < n && guard_key_compare(&keys[j], &g->keys[i]) == 0)
+                if (j < n && guard_base_compare(&bases[j], &g->bases[i]) == 0)
                         continue;
-                if (bpf_map_delete_elem(fd, &g->keys[i]) < 0 && errno != ENOENT)
+                if (bpf_map_delete_elem(fd, &g->bases[i].key) < 0 && errno != ENOENT)
                         return -errno;
         }
-        copy = n > 0 ? malloc(n * sizeof(GuardKey)) : NULL;
+        copy = n > 0 ? malloc(n * sizeof(GuardBase)) : NULL;
         if (n > 0 && !copy)
                 return -ENOMEM;
         if (n > 0)
-                memcpy(copy, keys, n * sizeof(GuardKey));
-        free(g->keys);
-        g->keys = copy;
-        g->n_keys = n;
+                memcpy(copy, bases, n * sizeof(GuardBase));
+        free(g->bases);
+        g->bases = copy;
+        g->n_bases = n;
         return 0;
 }
 
@@ -575,7 +611,7 @@ int guard_process_events(Guard *g) {
         return -EOPNOTSUPP;
 }
 
-int guard_sync_keys(Guard *g, const GuardKey *keys, size_t n) {
+int guard_sync_bases(Guard *g, const GuardBase *bases, size_t n) {
         return -EOPNOTSUPP;
 }
 

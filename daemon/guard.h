@@ -41,8 +41,24 @@ int guard_mode_from_string(const char *s);
 GuardKey guard_key_file(dev_t st_dev, uint64_t ino);
 GuardKey guard_key_block(dev_t rdev);
 int guard_key_compare(const void *a, const void *b);
-/* Sorts keys and drops duplicates; returns the new count. */
-size_t guard_keys_uniq(GuardKey *keys, size_t n);
+
+/* An entry of the bases map: the key, its holder (the loop device, kernel encoding, whose
+ * direct backing it is, or 0) and LOOP_GUARD_BASE_* flags (loop-guard.h, struct
+ * loop_guard_base). */
+typedef struct GuardBase {
+        GuardKey key;
+        uint64_t holder;
+        uint32_t flags;
+} GuardBase;
+
+/* holder: the loop device whose direct backing key is, 0 for none. */
+GuardBase guard_base(GuardKey key, dev_t holder, uint32_t flags);
+/* Orders by key only. */
+int guard_base_compare(const void *a, const void *b);
+/* Sorts by key and merges duplicates: a key that two entries name with different holders
+ * has none (it is more than one device's backing, or a base for another reason too); the
+ * flags are or'ed. Returns the new count. */
+size_t guard_bases_uniq(GuardBase *bases, size_t n);
 
 /* "LOOP_CONFIGURE"; "0x4c42" style for unknown ones (buf: at least 16 bytes). */
 const char *guard_ioctl_name(uint32_t cmd, char *buf, size_t size);
@@ -76,8 +92,8 @@ Guard *guard_free(Guard *g);
 int guard_event_fd(Guard *g);
 int guard_process_events(Guard *g);
 
-/* Makes the bases map hold exactly these keys (sorted and unique). */
-int guard_sync_keys(Guard *g, const GuardKey *keys, size_t n);
+/* Makes the bases map hold exactly these entries (guard_bases_uniq()'d). */
+int guard_sync_bases(Guard *g, const GuardBase *bases, size_t n);
 
 /* Removes every pin in pin_dir: the guard is gone once no process holds its links. Returns 1
  * if there was something to remove, 0 if not. */

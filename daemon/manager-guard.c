@@ -21,24 +21,25 @@ static void *mfree(void *p) {
         return NULL;
 }
 
-static int keys_add(GuardKey **keys, size_t *n, GuardKey k) {
-        GuardKey *nk = realloc(*keys, (*n + 1) * sizeof(GuardKey));
+static int keys_add(GuardBase **keys, size_t *n, GuardKey k, dev_t holder, uint32_t flags) {
+        GuardBase *nk = realloc(*keys, (*n + 1) * sizeof(GuardBase));
 
         if (!nk)
                 return -ENOMEM;
-        nk[(*n)++] = k;
+        nk[(*n)++] = guard_base(k, holder, flags);
         *keys = nk;
         return 0;
 }
 
-int guard_keys_add_block(const char *root, dev_t devnum, GuardKey **keys, size_t *n_keys) {
+int guard_keys_add_block(const char *root, dev_t devnum, dev_t holder, uint32_t flags,
+                         GuardBase **keys, size_t *n_keys) {
         _cleanup_free_ char *dir = NULL, *sys = NULL;
         PartitionInfo pi;
         dev_t disk = devnum;
         DIR *d;
         int r;
 
-        r = keys_add(keys, n_keys, guard_key_block(devnum));
+        r = keys_add(keys, n_keys, guard_key_block(devnum), holder, flags);
         if (r < 0)
                 return r;
         r = blockdev_get_partition(root, devnum, &pi);
@@ -46,7 +47,7 @@ int guard_keys_add_block(const char *root, dev_t devnum, GuardKey **keys, size_t
                 return r == -ENOENT ? 0 : r;
         if (r > 0) {
                 disk = pi.parent;
-                r = keys_add(keys, n_keys, guard_key_block(disk));
+                r = keys_add(keys, n_keys, guard_key_block(disk), 0, flags);
                 if (r < 0)
                         return r;
         }
@@ -78,7 +79,9 @@ int guard_keys_add_block(const char *root, dev_t devnum, GuardKey **keys, size_t
                 }
                 if (read_one_line_file(p, &v) < 0 || parse_devnum(v, &part) < 0)
                         continue;
-                r = keys_add(keys, n_keys, guard_key_block(part));
+                /* The device itself again, with its holder: the merge keeps that. */
+                r = keys_add(keys, n_keys, guard_key_block(part), part == devnum ? holder : 0,
+                             flags);
                 if (r < 0) {
                         closedir(d);
                         return r;
@@ -90,7 +93,7 @@ int guard_keys_add_block(const char *root, dev_t devnum, GuardKey **keys, size_t
 
 /* Block devices that something holds (a dm or md device on them): /sys/class/block/X/holders
  * is not empty. */
-static int keys_add_held(const char *root, GuardKey **keys, size_t *n) {
+static int keys_add_held(const char *root, GuardBase **keys, size_t *n) {
         _cleanup_free_ char *dir = path_join_root(root, "/sys/class/block");
         DIR *d;
         int r = 0;
@@ -129,7 +132,7 @@ static int keys_add_held(const char *root, GuardKey **keys, size_t *n) {
                 }
                 if (read_one_line_file(p, &v) < 0 || parse_devnum(v, &devnum) < 0)
                         continue;
-                r = guard_keys_add_block(root, devnum, keys, n);
+                r = guard_keys_add_block(root, devnum, 0, LOOP_GUARD_BASE_IN_USE, keys, n);
         }
         closedir(d);
         return r;
@@ -137,7 +140,7 @@ static int keys_add_held(const char *root, GuardKey **keys, size_t *n) {
 
 /* Block devices mounted in the daemon's namespace (the device numbers of mountinfo that are
  * block devices: not those of virtual file systems). */
-static int keys_add_mounted(Manager *m, GuardKey **keys, size_t *n) {
+static int keys_add_mounted(Manager *m, GuardBase **keys, size_t *n) {
         struct libmnt_table *t = manager_mount_table(m);
         struct libmnt_iter *it;
         struct libmnt_fs *fs;
@@ -158,39 +161,52 @@ static int keys_add_mounted(Manager *m, GuardKey **keys, size_t *n) {
                         continue;
                 if (blockdev_get_name(m->root, devnum, name, sizeof(name)) < 0)
                         continue;
-                r = guard_keys_add_block(m->root, devnum, keys, n);
+                r = guard_keys_add_block(m->root, devnum, 0, LOOP_GUARD_BASE_IN_USE, keys, n);
         }
         mnt_free_iter(it);
         mnt_unref_table(t);
         return r;
 }
 
-static int keys_add_device(Manager *m, Device *d, GuardKey **keys, size_t *n) {
+static int keys_add_device(Manager *m, Device *d, GuardBase **keys, size_t *n) {
+        dev_t self = d->status.devnum;
         int r;
 
-        /* The device itself (loop over it), its partitions, and whatever it lies on. */
-        r = guard_keys_add_block(m->root, d->status.devnum, keys, n);
+        /* The device itself (loop over it) and its partitions: a device, in use only if
+         * something else says so. */
+        r = guard_keys_add_block(m->root, self, 0, 0, keys, n);
         if (r < 0)
                 return r;
+        /* Its direct backing, held by it: the guard can tell when the kernel let it go. */
         if (d->status.backing_rdevice != 0) {
-                r = guard_keys_add_block(m->root, d->status.backing_rdevice, keys, n);
+                r = guard_keys_add_block(m->root, d->status.backing_rdevice, self,
+                                         LOOP_GUARD_BASE_IN_USE, keys, n);
                 if (r < 0)
                         return r;
         } else if (d->status.backing_inode != 0) {
                 r = keys_add(keys, n,
-                             guard_key_file(d->status.backing_device, d->status.backing_inode));
+                             guard_key_file(d->status.backing_device, d->status.backing_inode),
+                             self, LOOP_GUARD_BASE_IN_USE);
                 if (r < 0)
                         return r;
         }
+        /* Whatever it lies on below that: the top layer is the device, the next one its
+         * backing (already in). */
         for (size_t i = 0; i < d->chain.n_layers; i++) {
                 const Layer *l = &d->chain.layers[i];
 
-                if (l->kind == LAYER_BASE_FILE)
+                if (l->kind == LAYER_BASE_FILE) {
+                        if (d->chain.identity.base_device == d->status.backing_device &&
+                            d->chain.identity.base_inode == d->status.backing_inode)
+                                continue;
                         r = keys_add(keys, n,
                                      guard_key_file(d->chain.identity.base_device,
-                                                    d->chain.identity.base_inode));
-                else if (l->devnum != 0)
-                        r = guard_keys_add_block(m->root, l->devnum, keys, n);
+                                                    d->chain.identity.base_inode),
+                                     0, LOOP_GUARD_BASE_IN_USE);
+                } else if (l->devnum != 0 && l->devnum != self &&
+                           l->devnum != d->status.backing_rdevice)
+                        r = guard_keys_add_block(m->root, l->devnum, 0, LOOP_GUARD_BASE_IN_USE,
+                                                 keys, n);
                 if (r < 0)
                         return r;
         }
@@ -198,7 +214,7 @@ static int keys_add_device(Manager *m, Device *d, GuardKey **keys, size_t *n) {
 }
 
 void manager_guard_sync(Manager *m) {
-        _cleanup_free_ GuardKey *keys = NULL;
+        _cleanup_free_ GuardBase *keys = NULL;
         size_t n = 0;
         int r = 0;
 
@@ -212,8 +228,8 @@ void manager_guard_sync(Manager *m) {
         if (r >= 0)
                 r = keys_add_held(m->root, &keys, &n);
         if (r >= 0) {
-                n = guard_keys_uniq(keys, n);
-                r = guard_sync_keys(m->guard, keys, n);
+                n = guard_bases_uniq(keys, n);
+                r = guard_sync_bases(m->guard, keys, n);
         }
         if (r < 0)
                 log_warning_errno(r, "Failed to update the guard's map of bases: %m");
@@ -262,11 +278,12 @@ static void on_guard_event(const GuardEvent *e, void *userdata) {
         Device *d;
 
         /* Refusals always reach the log; what passed only in audit mode, whose purpose is
-         * the report (in aliases mode the Creator keeps who made a device). */
+         * the report (in aliases mode the Creator keeps who made a device), and a pass that
+         * the map alone would have refused (it was behind the kernel). */
         if (guard_event_describe(e, &line) >= 0) {
                 if (e->verdict != 0)
                         log_notice("Guard: %s", line);
-                else if (m->guard_mode == GUARD_MODE_AUDIT)
+                else if (m->guard_mode == GUARD_MODE_AUDIT || (e->flags & LOOP_GUARD_EVENT_STALE))
                         log_info("Guard: %s", line);
                 else
                         log_debug("Guard: %s", line);

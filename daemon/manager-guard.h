@@ -29,5 +29,8 @@ void manager_guard_stop(Manager *m);
 
 /* The key set of one block device: itself, and for a disk or a partition the disk and every
  * partition of it (a partition in use counts for its disk, the disk for its partitions).
- * Appends to *keys (realloc'd, *n_keys updated). */
-int guard_keys_add_block(const char *root, dev_t devnum, GuardKey **keys, size_t *n_keys);
+ * holder: the loop device whose direct backing devnum is (0: none); only devnum's own entry
+ * has it. flags (LOOP_GUARD_BASE_*) go to every entry. Appends to *keys (realloc'd, *n_keys
+ * updated). */
+int guard_keys_add_block(const char *root, dev_t devnum, dev_t holder, uint32_t flags,
+                         GuardBase **keys, size_t *n_keys);

@@ -52,18 +52,39 @@ static void test_keys(void **state) {
         assert_int_equal(LOOP_GUARD_KDEV_MINOR(k.dev), 3);
 }
 
-static void test_keys_uniq(void **state) {
-        GuardKey keys[] = {
-                guard_key_file(makedev(8, 1), 12), guard_key_block(makedev(7, 0)),
-                guard_key_file(makedev(8, 1), 12), guard_key_block(makedev(7, 0)),
-                guard_key_file(makedev(8, 1), 11), guard_key_block(makedev(8, 0)),
+static void test_bases_uniq(void **state) {
+        GuardBase b[] = {
+                guard_base(guard_key_file(makedev(8, 1), 12), makedev(7, 3), 1),
+                guard_base(guard_key_block(makedev(7, 0)), 0, 0),
+                guard_base(guard_key_file(makedev(8, 1), 12), makedev(7, 3), 1),
+                guard_base(guard_key_block(makedev(7, 0)), makedev(7, 1), 1),
+                guard_base(guard_key_file(makedev(8, 1), 11), makedev(7, 4), 0),
+                guard_base(guard_key_block(makedev(8, 0)), makedev(7, 5), 0),
+                guard_base(guard_key_block(makedev(8, 0)), makedev(7, 6), 0),
         };
-        size_t n = guard_keys_uniq(keys, ELEMENTSOF(keys));
+        size_t n = guard_bases_uniq(b, ELEMENTSOF(b));
 
         assert_int_equal(n, 4);
         for (size_t i = 1; i < n; i++)
-                assert_true(guard_key_compare(&keys[i - 1], &keys[i]) < 0);
-        assert_int_equal(guard_keys_uniq(keys, 0), 0);
+                assert_true(guard_base_compare(&b[i - 1], &b[i]) < 0);
+        /* Sorted by dev, then ino: 7:0, 8:0, then the files on 8:1. The holder stays where
+         * every entry names the same one; two devices, or a base for another reason too,
+         * leave none. */
+        assert_int_equal(b[0].key.dev, LOOP_GUARD_KDEV(7, 0));
+        assert_int_equal(b[0].holder, 0);
+        assert_int_equal(b[0].flags, 1); /* or'ed */
+        assert_int_equal(b[1].key.dev, LOOP_GUARD_KDEV(8, 0));
+        assert_int_equal(b[1].holder, 0);
+        assert_int_equal(b[1].flags, 0);
+        assert_int_equal(b[2].key.ino, 11);
+        assert_int_equal(b[2].holder, LOOP_GUARD_KDEV(7, 4));
+        assert_int_equal(b[3].key.ino, 12);
+        assert_int_equal(b[3].holder, LOOP_GUARD_KDEV(7, 3));
+        assert_int_equal(b[3].flags, 1);
+        assert_int_equal(guard_bases_uniq(b, 0), 0);
+        /* The kernel's encoding for the holder too. */
+        assert_int_equal(guard_base(guard_key_block(makedev(7, 0)), makedev(7, 1048575), 0).holder,
+                         (7ull << 20) | 1048575u);
 }
 
 static GuardEvent event(const char *comm, uint32_t cmd, int verdict) {
@@ -96,7 +117,7 @@ static void test_event_creator(void **state) {
 }
 
 static void test_event_describe(void **state) {
-        _cleanup_free_ char *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+        _cleanup_free_ char *a = NULL, *b = NULL, *c = NULL, *d = NULL, *f = NULL, *g = NULL;
         GuardEvent e = event("losetup", 0x4C0A, -EEXIST);
         char buf[16];
 
@@ -130,6 +151,20 @@ static void test_event_describe(void **state) {
         e = event("x", 0x4C01, 0);
         assert_int_equal(guard_event_describe(&e, &d), 0);
         assert_string_equal(d, "x (pid 1234, uid 1000): LOOP_CLR_FD on loop1: passed");
+        e = event("losetup", 0x4C0A, -EBUSY);
+        e.flags = LOOP_GUARD_EVENT_BACKING | LOOP_GUARD_EVENT_PENDING;
+        e.backing_dev = LOOP_GUARD_KDEV(254, 1);
+        e.backing_ino = 7;
+        assert_int_equal(guard_event_describe(&e, &f), 0);
+        assert_string_equal(f, "losetup (pid 1234, uid 1000): LOOP_CONFIGURE on loop1, backing "
+                               "inode 7 on 254:1: refused (EBUSY, the device over it is going)");
+        e = event("losetup", 0x4C0A, 0);
+        e.flags = LOOP_GUARD_EVENT_BACKING | LOOP_GUARD_EVENT_STALE;
+        e.backing_dev = LOOP_GUARD_KDEV(254, 1);
+        e.backing_ino = 7;
+        assert_int_equal(guard_event_describe(&e, &g), 0);
+        assert_string_equal(g, "losetup (pid 1234, uid 1000): LOOP_CONFIGURE on loop1, backing "
+                               "inode 7 on 254:1: passed (the device over it is gone)");
 }
 
 static void test_lsm_list(void **state) {
@@ -197,41 +232,52 @@ static int teardown_tree(void **state) {
         return nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static size_t keys_of(dev_t d, GuardKey **keys) {
+static size_t keys_of(dev_t d, dev_t holder, GuardBase **keys) {
         size_t n = 0;
 
         *keys = NULL;
-        assert_int_equal(guard_keys_add_block(root, d, keys, &n), 0);
-        return guard_keys_uniq(*keys, n);
+        assert_int_equal(guard_keys_add_block(root, d, holder, LOOP_GUARD_BASE_IN_USE, keys, &n),
+                         0);
+        return guard_bases_uniq(*keys, n);
 }
 
 static void test_block_keys(void **state) {
-        _cleanup_free_ GuardKey *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+        _cleanup_free_ GuardBase *a = NULL, *b = NULL, *c = NULL, *d = NULL;
         GuardKey want[] = {guard_key_block(makedev(8, 0)), guard_key_block(makedev(8, 1)),
                            guard_key_block(makedev(8, 2))};
         size_t n;
 
-        /* A partition counts for the disk, and the disk for all its partitions. */
-        n = keys_of(makedev(8, 1), &a);
+        /* A partition counts for the disk, and the disk for all its partitions; only the
+         * device itself has the holder. */
+        n = keys_of(makedev(8, 1), makedev(7, 2), &a);
         assert_int_equal(n, 3);
-        assert_memory_equal(a, want, sizeof(want));
-        n = keys_of(makedev(8, 0), &b);
+        for (size_t i = 0; i < n; i++) {
+                assert_memory_equal(&a[i].key, &want[i], sizeof(GuardKey));
+                assert_int_equal(a[i].holder, i == 1 ? LOOP_GUARD_KDEV(7, 2) : 0);
+                assert_int_equal(a[i].flags, LOOP_GUARD_BASE_IN_USE);
+        }
+        n = keys_of(makedev(8, 0), makedev(7, 2), &b);
         assert_int_equal(n, 3);
-        assert_memory_equal(b, want, sizeof(want));
-        n = keys_of(makedev(7, 0), &c);
+        for (size_t i = 0; i < n; i++) {
+                assert_memory_equal(&b[i].key, &want[i], sizeof(GuardKey));
+                assert_int_equal(b[i].holder, i == 0 ? LOOP_GUARD_KDEV(7, 2) : 0);
+        }
+        n = keys_of(makedev(7, 0), 0, &c);
         assert_int_equal(n, 1);
-        assert_int_equal(c[0].dev, LOOP_GUARD_KDEV(7, 0));
+        assert_int_equal(c[0].key.dev, LOOP_GUARD_KDEV(7, 0));
+        assert_int_equal(c[0].holder, 0);
         /* A device that is gone counts for itself only. */
-        n = keys_of(makedev(7, 9), &d);
+        n = keys_of(makedev(7, 9), makedev(7, 1), &d);
         assert_int_equal(n, 1);
-        assert_int_equal(d[0].dev, LOOP_GUARD_KDEV(7, 9));
+        assert_int_equal(d[0].key.dev, LOOP_GUARD_KDEV(7, 9));
+        assert_int_equal(d[0].holder, LOOP_GUARD_KDEV(7, 1));
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_mode_names),
                 cmocka_unit_test(test_keys),
-                cmocka_unit_test(test_keys_uniq),
+                cmocka_unit_test(test_bases_uniq),
                 cmocka_unit_test(test_event_creator),
                 cmocka_unit_test(test_event_describe),
                 cmocka_unit_test(test_lsm_list),

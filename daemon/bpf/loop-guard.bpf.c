@@ -9,6 +9,17 @@
  * configuration with EPERM (exclusive). Read-only queries (LOOP_GET_STATUS*, GET_FREE) and
  * every other ioctl always pass.
  *
+ * The map lags the kernel by the daemon's reaction to a uevent, and a LOOP_CLR_FD whose device
+ * is still open leaves it bound until the last close (udev's probe, for a moment). For an
+ * entry that is only the direct backing of one loop device (its "holder") the program asks
+ * the kernel instead: the loop driver clears __GFP_IO and __GFP_FS in the gfp mask of its
+ * backing's page cache while it is bound and restores them in its teardown, so a backing
+ * whose mapping has both again has no device over it (the entry is stale, the bind passes).
+ * A bind of the backing of a holder that a LOOP_CLR_FD by another process put into its
+ * deferred teardown ("pending", written here), and that nothing uses but its openers (not
+ * mounted, held or a backing: LOOP_GUARD_BASE_IN_USE), gets EBUSY instead of EEXIST: losetup
+ * -f tries again on EBUSY, and by then the device has usually gone.
+ *
  * CO-RE with the few kernel structures it reads declared here with preserve_access_index:
  * the build needs no BTF of the build host's kernel (package builds run in chroots on other
  * kernels); libbpf relocates the field offsets against the running kernel's BTF at load.
@@ -32,7 +43,12 @@
 /* Return values: pre-negated constants, which the verifier of 6.12 checks to lie in
  * [-MAX_ERRNO, 0] for LSM programs. */
 #define GUARD_EPERM  (-1)
+#define GUARD_EBUSY  (-16)
 #define GUARD_EEXIST (-17)
+
+/* include/linux/gfp_types.h: ___GFP_IO and ___GFP_FS, the same bits from 2.6 to 6.18. */
+#define GUARD_GFP_IO 0x40u
+#define GUARD_GFP_FS 0x80u
 
 #define S_IFMT  00170000
 #define S_IFBLK 0060000
@@ -67,8 +83,13 @@ struct inode {
         struct super_block *i_sb;
 } __attribute__((preserve_access_index));
 
+struct address_space {
+        unsigned int gfp_mask;
+} __attribute__((preserve_access_index));
+
 struct file {
         struct inode *f_inode;
+        struct address_space *f_mapping;
 } __attribute__((preserve_access_index));
 
 struct fdtable {
@@ -100,8 +121,18 @@ struct {
         __uint(type, BPF_MAP_TYPE_HASH);
         __uint(max_entries, 65536);
         __type(key, struct loop_guard_key);
-        __type(value, __u8);
+        __type(value, struct loop_guard_base);
 } bases SEC(".maps");
+
+/* Loop devices (kernel encoding) on which another process called LOOP_CLR_FD: their teardown
+ * may be deferred. Any later configuration of the device takes it out; LRU, because nobody
+ * takes out the entry of a device nobody configures again. */
+struct {
+        __uint(type, BPF_MAP_TYPE_LRU_HASH);
+        __uint(max_entries, 4096);
+        __type(key, __u64);
+        __type(value, __u8);
+} pending SEC(".maps");
 
 struct {
         __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -135,9 +166,9 @@ static __always_inline int is_loop_config(unsigned int cmd) {
         return 0;
 }
 
-/* The inode behind the caller's fd, from its fd table: there is no kfunc for an fd lookup
+/* The file behind the caller's fd, from its fd table: there is no kfunc for an fd lookup
  * (6.1), so the table is read with bpf_probe_read_kernel. NULL when fd is not open. */
-static __always_inline struct inode *backing_inode(struct task_struct *task, __u32 fd) {
+static __always_inline struct file *backing_file(struct task_struct *task, __u32 fd) {
         struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
         struct file **fds;
         struct file *f = NULL;
@@ -147,7 +178,25 @@ static __always_inline struct inode *backing_inode(struct task_struct *task, __u
         fds = BPF_CORE_READ(fdt, fd);
         if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) < 0 || !f)
                 return NULL;
-        return BPF_CORE_READ(f, f_inode);
+        return f;
+}
+
+/* Whether a loop device binds this file now: the driver takes __GFP_IO and __GFP_FS out of
+ * the gfp mask of the backing's page cache (file->f_mapping, the block device's own for a
+ * device node) while it is bound. A mapping without them for another reason counts as bound:
+ * the guard then refuses as if it had no such check. */
+static __always_inline int backing_bound(struct file *f) {
+        unsigned int gfp = BPF_CORE_READ(f, f_mapping, gfp_mask);
+
+        return (gfp & (GUARD_GFP_IO | GUARD_GFP_FS)) != (GUARD_GFP_IO | GUARD_GFP_FS);
+}
+
+/* Whether the holder, a loop device, is used beyond being one: mounted, held, a backing. */
+static __always_inline int holder_in_use(__u64 holder) {
+        struct loop_guard_key hk = {.dev = holder, .ino = 0};
+        struct loop_guard_base *hb = bpf_map_lookup_elem(&bases, &hk);
+
+        return !hb || (hb->flags & LOOP_GUARD_BASE_IN_USE);
 }
 
 static __always_inline int guard(struct file *file, unsigned int cmd, unsigned long arg,
@@ -186,10 +235,15 @@ static __always_inline int guard(struct file *file, unsigned int cmd, unsigned l
                 return 0;
 
         task = bpf_get_current_task_btf();
-        if (bpf_task_storage_get(&allowed, task, NULL, 0))
+        if (bpf_task_storage_get(&allowed, task, NULL, 0)) {
+                /* The daemon binding or reviving a device: it is no longer going away. */
+                if (device && cmd != LOOP_CLR_FD)
+                        bpf_map_delete_elem(&pending, &device);
                 return 0;
+        }
 
         if (is_bind(cmd)) {
+                struct file *bf;
                 struct inode *b;
                 __u32 fd = (__u32) arg;
 
@@ -200,8 +254,10 @@ static __always_inline int guard(struct file *file, unsigned int cmd, unsigned l
                                 head.fd = (__u32) -1;
                         fd = head.fd;
                 }
-                b = backing_inode(task, fd);
+                bf = backing_file(task, fd);
+                b = bf ? BPF_CORE_READ(bf, f_inode) : NULL;
                 if (b) {
+                        struct loop_guard_base *base;
                         __u16 bmode = BPF_CORE_READ(b, i_mode) & S_IFMT;
 
                         if (bmode == S_IFBLK) {
@@ -213,12 +269,33 @@ static __always_inline int guard(struct file *file, unsigned int cmd, unsigned l
                                 key.ino = BPF_CORE_READ(b, i_ino);
                                 flags |= LOOP_GUARD_EVENT_BACKING;
                         }
-                        if (mode == LOOP_GUARD_MODE_ALIASES && bpf_map_lookup_elem(&bases, &key))
-                                verdict = GUARD_EEXIST;
+                        base = mode == LOOP_GUARD_MODE_ALIASES ? bpf_map_lookup_elem(&bases, &key)
+                                                                   : NULL;
+                        if (base) {
+                                __u64 holder = base->holder;
+
+                                if (holder && !backing_bound(bf))
+                                        flags |= LOOP_GUARD_EVENT_STALE;
+                                else if (holder && bpf_map_lookup_elem(&pending, &holder) &&
+                                         !holder_in_use(holder)) {
+                                        verdict = GUARD_EBUSY;
+                                        flags |= LOOP_GUARD_EVENT_PENDING;
+                                } else
+                                        verdict = GUARD_EEXIST;
+                        }
                 }
         }
         if (mode == LOOP_GUARD_MODE_EXCLUSIVE)
                 verdict = GUARD_EPERM;
+
+        if (verdict == 0 && device) {
+                __u8 one = 1;
+
+                if (cmd == LOOP_CLR_FD)
+                        bpf_map_update_elem(&pending, &device, &one, BPF_ANY);
+                else
+                        bpf_map_delete_elem(&pending, &device);
+        }
 
         e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
         if (e) {
@@ -240,6 +317,8 @@ static __always_inline int guard(struct file *file, unsigned int cmd, unsigned l
 
         if (verdict == GUARD_EEXIST)
                 return GUARD_EEXIST;
+        if (verdict == GUARD_EBUSY)
+                return GUARD_EBUSY;
         if (verdict == GUARD_EPERM)
                 return GUARD_EPERM;
         return 0;

@@ -36,6 +36,27 @@ struct loop_guard_key {
 #define LOOP_GUARD_KDEV_MAJOR(k)      ((unsigned) ((k) >> 20))
 #define LOOP_GUARD_KDEV_MINOR(k)      ((unsigned) ((k) &0xfffff))
 
+/*
+ * The value of a "bases" entry.
+ *
+ * holder: the loop device (kernel encoding) whose direct backing the key is, when that is all
+ * the key is; 0 when anything else makes it a base too (a mount, a holder, a lower layer, a
+ * relative of a used disk or partition, a loop device itself), or when more than one loop
+ * device binds it. Only an entry with a holder can be stale or pending (the program asks the
+ * kernel and the "pending" map); any other is refused as it stands.
+ *
+ * flags: LOOP_GUARD_BASE_IN_USE when something uses the device or file beyond its being a
+ * loop device (the entry of loopN itself has it when loopN is mounted, held, or a backing).
+ * A holder in use is not merely in a teardown that an opener delays: the bind is an alias.
+ */
+struct loop_guard_base {
+        __u64 holder;
+        __u32 flags;
+        __u32 reserved;
+};
+
+#define LOOP_GUARD_BASE_IN_USE (1u << 0)
+
 /* The value the daemon's task-storage entry holds: which loopmgrd claimed the guard. */
 struct loop_guard_allowed {
         __u32 allowed;
@@ -47,6 +68,10 @@ struct loop_guard_allowed {
 #define LOOP_GUARD_EVENT_CONTROL       (1u << 1) /* on /dev/loop-control, not a loop device */
 #define LOOP_GUARD_EVENT_BACKING       (1u << 2) /* backing_* are filled in */
 #define LOOP_GUARD_EVENT_BACKING_BLOCK (1u << 3) /* the backing is a block device */
+#define LOOP_GUARD_EVENT_STALE         (1u << 4) /* passed: the map names the backing, but no
+                                                  * loop device binds it any more */
+#define LOOP_GUARD_EVENT_PENDING       (1u << 5) /* refused with EBUSY: the one device over it
+                                                  * is in the teardown a LOOP_CLR_FD deferred */
 
 /* One configuration by a process other than loopmgrd, as the ring buffer carries it. */
 struct loop_guard_event {

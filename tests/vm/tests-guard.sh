@@ -41,7 +41,7 @@ test_guard_in_force() {
         die "Guard: $(guard_prop Guard), GuardProblem: $(guard_prop GuardProblem)"
     [[ -z $(guard_prop GuardProblem) ]] || die "GuardProblem: $(guard_prop GuardProblem)"
     ls -la "$pins"
-    for f in link-ioctl link-ioctl-compat config bases allowed events; do
+    for f in link-ioctl link-ioctl-compat config bases allowed events pending; do
         [[ -e $pins/$f ]] || die "$pins/$f is not pinned"
     done
     journalctl -b -u loopmgrd.service -o cat | grep -F "Guard in force: aliases"
@@ -238,11 +238,11 @@ test_guard_unavailable() {
     [[ $(guard_prop Guard) == aliases && -e $pins/link-ioctl ]] || die "the guard did not come back"
 }
 
-# What scripts do: losetup -d, then at once losetup -f of the same file. In aliases mode that
-# works (30 times in a row here), and a second device while the first is bound is refused. What
-# is refused too (docs/SECURITY.md): a bind while the last device over the file is still in its
-# deferred teardown (held open by udev's probe for a moment), which losetup -f then meets as
-# "File exists" on the next free device.
+# What scripts do: losetup -d, then at once losetup -f of the same file, 30 times. Each bind
+# passes: the map names the file until loopmgrd has seen the device go, but the program asks the
+# kernel (the backing's page cache has its gfp mask back), and a teardown that udev's probe
+# delays for a moment is EBUSY, on which losetup tries again. A second device while the first is
+# bound is refused.
 test_guard_cycles() {
     local img dev other i
     img=$(image guardc.img 16)
@@ -259,6 +259,79 @@ test_guard_cycles() {
     [[ $other == *"File exists"* ]] || die "second device: $other"
     losetup -d "$dev"
     echo "30 cycles, then the second device refused: $other"
+}
+
+# ms_since START_NS
+ms_since() {
+    echo $((($(date +%s%N) - $1) / 1000000))
+}
+
+# losetup -d of a device that a process holds open leaves it bound until that close. A losetup
+# -f of its file meanwhile is refused with EBUSY (the device is going), which losetup meets by
+# trying again every 200 ms: it waits for the close, then binds. A mounted device is not going:
+# the same losetup -f is refused with "File exists", at once.
+test_guard_deferred() {
+    local img dev other t0 took holder fd mnt=$work/guard-deferred
+    img=$(image guardd.img 16)
+    dev=$(losetup -f --show "$img")
+    wait_for 10 loopmgrctl status "$dev" >/dev/null || die "$dev never listed"
+    exec {fd}<"$dev"
+    sleep 3 &
+    holder=$!
+    exec {fd}<&-
+    losetup -d "$dev"
+    [[ -e /sys/block/${dev#/dev/}/loop/backing_file ]] || die "$dev went at once, unheld"
+    t0=$(date +%s%N)
+    other=$(losetup -f --show "$img") || { wait $holder; die "losetup -f during the teardown failed"; }
+    took=$(ms_since "$t0")
+    wait $holder
+    # The old device went at the close; the new one may be the same number (the lowest free).
+    (($(devices_of "$img") == 1)) || { losetup -l; die "$(devices_of "$img") devices over $img"; }
+    ((took >= 1000)) || { losetup -d "$other"; die "$other was bound beside $dev (after $took ms)"; }
+    echo "losetup -f waited $took ms for $dev to go, then made $other"
+    wait_for 10 loopmgrctl status "$other" >/dev/null || die "$other never listed"
+    journalctl -u loopmgrd.service -o cat | grep -F "EBUSY, the device over it is going" | tail -n 1 ||
+        die "no EBUSY refusal in the journal"
+    mkdir -p "$mnt"
+    mount "$other" "$mnt"
+    losetup -d "$other"
+    [[ -e /sys/block/${other#/dev/}/loop/backing_file ]] || { umount "$mnt"; die "mounted $other went"; }
+    t0=$(date +%s%N)
+    if dev=$(losetup -f --show "$img" 2>&1); then
+        losetup -d "$dev"
+        umount "$mnt"
+        die "a device beside the mounted $other: $dev"
+    fi
+    took=$(ms_since "$t0")
+    umount "$mnt"
+    echo "beside the mounted $other, after $took ms: $dev"
+    [[ $dev == *"File exists"* ]] || die "beside the mounted device: $dev"
+    ((took < 5000)) || die "the refusal took $took ms"
+    wait_for 10 test ! -e "/sys/block/${other#/dev/}/loop/backing_file" || die "$other stays bound"
+}
+
+# The map behind the kernel: loopmgrd stopped (SIGSTOP) while losetup -d takes a device away,
+# so its map still names the file. The next bind passes all the same (the kernel says no device
+# is over it), and the daemon reports it once it runs again.
+test_guard_stale() {
+    local img dev other pid
+    img=$(image guards.img 16)
+    dev=$(losetup -f --show "$img")
+    wait_for 10 loopmgrctl status "$dev" >/dev/null || die "$dev never listed"
+    pid=$(daemon_pid)
+    kill -STOP "$pid"
+    trap 'kill -CONT '"$pid" EXIT
+    losetup -d "$dev"
+    wait_for 10 test ! -e "/sys/block/${dev#/dev/}/loop/backing_file" || die "$dev stays bound"
+    other=$(losetup -f --show "$img") || die "losetup -f with the map behind failed"
+    kill -CONT "$pid"
+    trap - EXIT
+    wait_for 10 loopmgrctl status "$other" >/dev/null || die "$other never listed"
+    wait_for 10 sh -c 'journalctl -u loopmgrd.service -o cat | grep -qF "passed (the device over it is gone)"' ||
+        die "no stale pass in the journal"
+    journalctl -u loopmgrd.service -o cat | grep -F "passed (the device over it is gone)" | tail -n 1
+    expect_fail "File exists" losetup -f --show "$img"
+    losetup -d "$other"
 }
 
 # An upgrade (dpkg -i: the maintainer scripts try-restart the unit) swaps the program: the
@@ -328,6 +401,8 @@ run_test "guard: in force with the shipped unit" test_guard_in_force
 run_test "guard: loopmgrctl mount, losetup, mount -o loop: one device" test_guard_three_commands
 run_test "guard: foreign device, its aliases refused, Creator" test_guard_foreign
 run_test "guard: losetup -d and at once losetup -f of the same file" test_guard_cycles
+run_test "guard: a deferred teardown: EBUSY, then the bind; mounted: File exists" test_guard_deferred
+run_test "guard: the map behind the kernel: the bind passes" test_guard_stale
 run_test "guard: udisks2 loop-setup of a managed image" test_guard_udisks
 run_test "guard: the 32-bit ioctl path" test_guard_compat
 run_test "guard: kill -9 keeps it, the next daemon takes it over" test_guard_kill
