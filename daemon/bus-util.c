@@ -67,6 +67,14 @@ int bus_error_set_errnof(sd_bus_error *error, int r, const char *format, ...) {
         return r;
 }
 
+int bus_error_set_problem(sd_bus_error *error, const Problem *p) {
+        if (!p || p->error == 0)
+                return bus_error_set_errnof(error, -EIO, "Internal error: no reason was given.");
+        if (!p->message)
+                return bus_error_set_errnof(error, p->error, NULL);
+        return bus_error_set_errnof(error, p->error, "%s", p->message);
+}
+
 int bus_reply_errnof(sd_bus_message *m, int r, const char *format, ...) {
         _cleanup_(sd_bus_error_freep) sd_bus_error error = SD_BUS_ERROR_NULL;
         va_list ap;
@@ -77,62 +85,15 @@ int bus_reply_errnof(sd_bus_message *m, int r, const char *format, ...) {
         return sd_bus_reply_method_error(m, &error);
 }
 
-int bus_device_path(uint64_t diskseq, char **ret) {
-        char *p;
-
-        if (asprintf(&p, "%s/%" PRIu64, LOOPMGR_DEVICE_PATH_PREFIX, diskseq) < 0)
-                return -ENOMEM;
-        *ret = p;
-        return 0;
-}
-
-int bus_device_path_parse(const char *path, uint64_t *ret) {
-        const char *prefix = LOOPMGR_DEVICE_PATH_PREFIX "/";
-        uint64_t v;
-        int r;
-
-        if (!path || strncmp(path, prefix, strlen(prefix)) != 0)
-                return -EINVAL;
-        path += strlen(prefix);
-        /* Only the spelling bus_device_path() makes names an object: "device/042" is not
-         * "device/42" (GetManagedObjects lists the latter only). */
-        if (path[0] == '0' && path[1] != 0)
-                return -EINVAL;
-        r = safe_atou64(path, &v);
-        if (r < 0)
-                return r;
-        *ret = v;
-        return 0;
-}
-
-/*
- * The uids of the last few callers, by unique bus name. Without a cache every call costs a
- * synchronous GetConnectionCredentials round trip to the bus daemon (the system bus does not
- * attach credentials to messages): the larger part of what an Attach spends on the bus. A
- * unique name names one connection for the lifetime of the bus and is never given out again,
- * and the bus daemon recorded that connection's uid once, at connect: the answer cannot
- * change. The bus's id is part of the key, in case we ever talk to another bus instance.
- */
-#define SENDER_UID_CACHE_SIZE 32U
-
-typedef struct SenderUid {
-        sd_id128_t bus_id;
-        char name[64];
-        uid_t uid;
-        uint64_t used;  /* 0: empty */
-} SenderUid;
-
-static SenderUid sender_uid_cache[SENDER_UID_CACHE_SIZE];
-static uint64_t sender_uid_clock;
-
-static SenderUid *sender_uid_lookup(sd_id128_t bus_id, const char *name, bool add) {
-        SenderUid *oldest = &sender_uid_cache[0];
+static SenderUid *sender_uid_lookup(SenderUidCache *c, sd_id128_t bus_id, const char *name,
+                                    bool add) {
+        SenderUid *oldest = &c->entries[0];
 
         for (size_t i = 0; i < SENDER_UID_CACHE_SIZE; i++) {
-                SenderUid *e = &sender_uid_cache[i];
+                SenderUid *e = &c->entries[i];
 
                 if (e->used && sd_id128_equal(e->bus_id, bus_id) && streq(e->name, name)) {
-                        e->used = ++sender_uid_clock;
+                        e->used = ++c->clock;
                         return e;
                 }
                 if (e->used < oldest->used)
@@ -142,13 +103,13 @@ static SenderUid *sender_uid_lookup(sd_id128_t bus_id, const char *name, bool ad
                 return NULL;
         *oldest = (SenderUid) {
                 .bus_id = bus_id,
-                .used = ++sender_uid_clock,
+                .used = ++c->clock,
         };
         (void) snprintf(oldest->name, sizeof(oldest->name), "%s", name);
         return oldest;
 }
 
-int bus_message_sender_uid(sd_bus_message *m, uid_t *ret) {
+int bus_message_sender_uid(SenderUidCache *c, sd_bus_message *m, uid_t *ret) {
         sd_bus_creds *creds = NULL;
         sd_id128_t bus_id = SD_ID128_NULL;
         const char *sender;
@@ -162,7 +123,7 @@ int bus_message_sender_uid(sd_bus_message *m, uid_t *ret) {
             sd_bus_get_bus_id(sd_bus_message_get_bus(m), &bus_id) < 0)
                 sender = NULL;
         if (sender) {
-                e = sender_uid_lookup(bus_id, sender, false);
+                e = c ? sender_uid_lookup(c, bus_id, sender, false) : NULL;
                 if (e) {
                         *ret = e->uid;
                         return 0;
@@ -181,17 +142,18 @@ int bus_message_sender_uid(sd_bus_message *m, uid_t *ret) {
         sd_bus_creds_unref(creds);
         if (r < 0)
                 return r;
-        if (sender)
-                sender_uid_lookup(bus_id, sender, true)->uid = uid;
+        if (sender && c)
+                sender_uid_lookup(c, bus_id, sender, true)->uid = uid;
         *ret = uid;
         return 0;
 }
 
-int bus_sender_uid_or_deny(sd_bus_message *message, uid_t *ret_uid, sd_bus_error *error) {
+int bus_sender_uid_or_deny(SenderUidCache *c, sd_bus_message *message, uid_t *ret_uid,
+                           sd_bus_error *error) {
         uid_t uid;
         int r;
 
-        r = bus_message_sender_uid(message, &uid);
+        r = bus_message_sender_uid(c, message, &uid);
         if (r < 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
                                          "Cannot identify the caller (%s), so it is not authorised.",

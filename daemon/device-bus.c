@@ -6,13 +6,16 @@
 #include <sys/mount.h>
 #include <sys/sysmacros.h>
 
+#include "bus-send.h"
 #include "bus-util.h"
 #include "device-bus.h"
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager-aliases.h"
+#include "manager-bus.h"
 #include "manager.h"
 #include "mount.h"
+#include "openers.h"
 #include "polkit.h"
 
 #define DEFINE_GETTER(name, type, expr)                                                        \
@@ -91,7 +94,7 @@ static int property_get_openers(sd_bus *bus, const char *path, const char *inter
         if (d->openers && d->openers_iteration == iteration && iteration != 0)
                 pairs = strv_copy(d->openers);
         else {
-                r = device_openers(d, NULL, &pairs);
+                r = manager_device_openers(d->manager, d, NULL, &pairs);
                 if (r < 0)
                         return r;
                 strv_free(d->openers);
@@ -149,7 +152,7 @@ int device_bus_authorize_change(Device *d, sd_bus_message *message, DeviceChange
         uid_t uid = (uid_t) -1;
         int r;
 
-        r = bus_sender_uid_or_deny(message, &uid, error);
+        r = bus_sender_uid_or_deny(&d->manager->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
         *ret_uid = uid;
@@ -214,10 +217,11 @@ static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *
                                         o.recursive, o.no_user_interaction, &uid, error);
         if (r <= 0)
                 return r < 0 ? r : 1;   /* 0: polkit was asked; we run again when it answers */
-        return manager_detach(d->manager, message, d, &o, uid, error);
+        return bus_detach(d->manager, message, d, &o, uid, error);
 }
 
 static int method_set_autoclear(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
         Device *d = userdata;
         CommonOptions o;
         uid_t uid = (uid_t) -1;
@@ -237,18 +241,14 @@ static int method_set_autoclear(sd_bus_message *message, void *userdata, sd_bus_
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        r = loop_set_autoclear(d->manager->root, d->status.name, d->status.diskseq, value);
+        r = manager_set_autoclear(d->manager, d, value, &p);
         if (r < 0)
-                return bus_error_set_errnof(error, r == -ESTALE ? -ENODEV : r,
-                                            "Failed to set autoclear on %s: %m.", d->node);
-
-        /* With nothing holding it open, the kernel clears the device right away on 6.11+;
-         * reconcile reads either outcome and emits the matching signals. */
-        (void) manager_reconcile(d->manager, d->status.name);
+                return bus_error_set_problem(error, &p);
         return sd_bus_reply_method_return(message, NULL);
 }
 
 static int method_set_capacity(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
         Device *d = userdata;
         CommonOptions o;
         uid_t uid = (uid_t) -1;
@@ -262,47 +262,10 @@ static int method_set_capacity(sd_bus_message *message, void *userdata, sd_bus_e
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        r = loop_set_capacity(d->manager->root, d->status.name, d->status.diskseq);
+        r = manager_set_capacity(d->manager, d, &p);
         if (r < 0)
-                return bus_error_set_errnof(error, r == -ESTALE ? -ENODEV : r,
-                                            "Failed to update the capacity of %s: %m.", d->node);
-
-        (void) manager_reconcile(d->manager, d->status.name);
+                return bus_error_set_problem(error, &p);
         return sd_bus_reply_method_return(message, NULL);
-}
-
-/* The caller's newest reference on d that no mount holds. */
-static Reference *own_reference(Device *d, uid_t uid) {
-        for (Reference *r = d->references; r; r = r->next)
-                if (r->uid == uid && r->lifetime != LIFETIME_MOUNT)
-                        return r;
-        return NULL;
-}
-
-/* release-reference: the mount takes the caller's reference over, or, when the mount holds one
- * already, the caller's surplus one is dropped. */
-static int release_to_mount(Device *d, Reference *own) {
-        Manager *m = d->manager;
-        char *owner;
-
-        if (d->mount_ref_id && device_find_reference(d, d->mount_ref_id)) {
-                (void) device_drop_reference_id(d, own->id);
-                if (d->managed)
-                        (void) manager_save_state(m);
-                manager_emit_device_changed(m, d, (char *[]) { "References", NULL });
-                return 0;
-        }
-        owner = strdup(d->mount_point);
-        if (!owner)
-                return -ENOMEM;
-        free(own->owner);
-        own->owner = owner;
-        own->lifetime = LIFETIME_MOUNT;
-        own->confirmed = true;
-        d->mount_ref_id = own->id;
-        if (d->managed)
-                (void) manager_save_state(m);
-        return 0;
 }
 
 static int authorize_mount(Device *d, sd_bus_message *message, uid_t uid, bool others,
@@ -363,14 +326,14 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
                                          "Option 'options': mount option '%s' is not allowed (only "
                                          "ro, noexec, noatime, nodiratime, relatime, sync, dirsync; "
                                          "nosuid and nodev are always set).", bad ?: "");
-        r = bus_sender_uid_or_deny(message, &uid, error);
+        r = bus_sender_uid_or_deny(&m->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
         if (d->state != DEVICE_ATTACHED)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY, "%s is being torn down.",
                                          d->node);
 
-        own = own_reference(d, uid);
+        own = device_own_reference(d, uid);
         if (o.release_reference && !own)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "Option 'release-reference': you hold no reference on %s "
@@ -383,7 +346,7 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
                                                  "%s is mounted on %s for another user.", d->node,
                                                  d->mount_point);
                 if (o.release_reference) {
-                        r = release_to_mount(d, own);
+                        r = manager_release_to_mount(m, d, own);
                         if (r < 0)
                                 return bus_error_set_errnof(error, r, "Out of memory.");
                 }
@@ -457,8 +420,8 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
         d->mount_point = TAKE_PTR(mount_point);
         d->mount_uid = uid;
         d->mount_ref_id = 0;
-        own = own_reference(d, uid);
-        if (o.release_reference && own && release_to_mount(d, own) < 0)
+        own = device_own_reference(d, uid);
+        if (o.release_reference && own && manager_release_to_mount(m, d, own) < 0)
                 log_warning("%s: out of memory handing the reference over to the mount", d->node);
         manager_emit_device_changed(m, d, (char *[]) { "MountPoint", "MountUser", NULL });
         return sd_bus_reply_method_return(message, "s", d->mount_point);
@@ -475,7 +438,7 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         r = unmount_options_parse(message, &o, error);
         if (r < 0)
                 return r;
-        r = bus_sender_uid_or_deny(message, &uid, error);
+        r = bus_sender_uid_or_deny(&m->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
         if (!d->mount_point)

@@ -9,9 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <libmount.h>
 #include <sys/types.h>
-#include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
 #include "canonical.h"
@@ -19,6 +17,8 @@
 #include "options.h"
 
 typedef struct Manager Manager;
+/* A call the core answers later: the bus layer's, opaque here (notify.h). */
+typedef struct Call Call;
 typedef struct Device Device;
 typedef struct Reference Reference;
 typedef struct Waiter Waiter;
@@ -44,9 +44,10 @@ typedef enum WaiterKind {
 } WaiterKind;
 
 struct Waiter {
+        Manager *manager;
         Device *device;
         WaiterKind kind;
-        sd_bus_message *message;        /* the call to reply to */
+        Call *call;                     /* the call to reply to (a reference) */
         bool reused;                    /* WAITER_ATTACH: the reply's "reused" */
         uid_t uid;                      /* WAITER_ATTACH: whose reference the attach took */
         uint64_t ref_id;                /* WAITER_ATTACH: the reference, confirmed on reply */
@@ -58,7 +59,8 @@ struct Waiter {
 };
 
 struct Device {
-        Manager *manager;
+        Manager *manager;       /* the owner; device.c itself never looks inside */
+        uint64_t *reference_ids;        /* the owner's counter: reference ids are unique in a run */
         LoopStatus status;      /* as last read from the kernel */
         char *path;             /* /org/loopmgr/LoopManager1/device/<diskseq> */
         char *node;             /* /dev/loopN */
@@ -99,16 +101,12 @@ struct Device {
         char *creator;
 };
 
-int device_new(Manager *m, const LoopStatus *status, bool managed, Device **ret);
+int device_new(Manager *m, uint64_t *reference_ids, const LoopStatus *status, bool managed,
+               Device **ret);
+/* Frees d; its waiters must be gone (waiter.h). */
 Device *device_free(Device *d);
 
 const char *device_state_to_string(DeviceState s);
-
-/* (Re)computes d->chain and d->identity from d->status through the manager's registry. The
- * caller keeps the manager's range index in step (manager_update_identity()). */
-void device_update_identity(Device *d);
-/* The registry's answer to the canonicaliser: what bound loop device devnum is backed by. */
-int device_loop_info_lookup(dev_t devnum, void *userdata, LoopLayerInfo *ret);
 
 /* Adds a confirmed reference (d->references is the new one afterwards). */
 int device_add_reference(Device *d, uid_t uid, Lifetime lifetime, const char *owner);
@@ -123,19 +121,5 @@ void device_drop_all_references(Device *d);
 /* Drops the client-lifetime references held by `owner`; returns how many. */
 unsigned device_drop_client_references(Device *d, const char *owner);
 
-int device_add_waiter(Device *d, WaiterKind kind, sd_bus_message *message, bool reused,
-                      uid_t uid, uint64_t timeout_usec, Waiter **ret);
-/* Removes w from d's list without freeing it. */
-void device_unlink_waiter(Device *d, Waiter *w);
-Waiter *waiter_free(Waiter *w);
-
 /* Human-readable chain, top layer first (the Chain property and Resolve's "chain"). */
 int device_chain(Device *d, char ***ret);
-/* What holds the device open: pairs (kind, description) for the Openers property. mounts: a
- * parsed mount table to use, or NULL to read one. */
-int device_openers(Device *d, struct libmnt_table *mounts, char ***ret_pairs);
-/* The same with the mounts of other namespaces given (NULL: none known): what event handlers
- * use, so that a uevent or a mount in our namespace does not rescan every process. */
-struct ForeignMounts;
-int device_openers_with(Device *d, struct libmnt_table *mounts,
-                        const struct ForeignMounts *foreign, char ***ret_pairs);

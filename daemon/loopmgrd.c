@@ -9,6 +9,7 @@
 
 #include "guard.h"
 #include "log.h"
+#include "bus-send.h"
 #include "manager.h"
 #include "polkit.h"
 
@@ -207,7 +208,15 @@ int main(int argc, char *argv[]) {
         }
         polkit_registry_set_max_devices_per_user(m->polkit, arg_max_devices_per_user);
         m->guard_requested = arg_guard;
+        /* The bus first (the resume asks which clients still exist), the name last: nobody
+         * can call before the devices are known. */
+        r = manager_bus_start(m);
+        if (r < 0)
+                goto finish;
         r = manager_start(m);
+        if (r < 0)
+                goto finish;
+        r = manager_bus_take_name(m);
         if (r < 0)
                 goto finish;
 
@@ -222,6 +231,7 @@ finish:
         if (m)
                 /* Before the bus goes: pending queries hold messages and slots of it. */
                 m->polkit = polkit_registry_free(m->polkit);
+        manager_bus_stop(m);
         manager_free(m);
         sd_event_unref(event);
         return r < 0 ? 1 : 0;

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include "bus-send.h"
 #include "bus-util.h"
 #include "device-bus.h"
 #include "log.h"
@@ -16,17 +17,12 @@
 #include "polkit.h"
 #include "range-index.h"
 
-int manager_bus_reply_attach(sd_bus_message *message, Device *d, bool reused) {
-        return sd_bus_reply_method_return(message, "ostb", d->path, d->node, d->status.diskseq,
-                                          reused);
-}
-
 /* Devices on which uid holds at least one reference: what the per-user cap counts. */
 static unsigned count_devices_of(Manager *m, uid_t uid) {
         unsigned n = 0;
 
-        for (size_t i = 0; i < m->n_slots; i++)
-                if (m->devices[i] && device_has_reference_of(m->devices[i], uid))
+        MANAGER_FOREACH_DEVICE(d, m)
+                if (device_has_reference_of(d, uid))
                         n++;
         return n;
 }
@@ -35,7 +31,7 @@ static unsigned count_devices_of(Manager *m, uid_t uid) {
  * exempt. A request that will reuse a device the user holds a reference on already adds no
  * device, so it is let through even at the cap; anything else at the cap is refused. */
 static int check_device_limit(Manager *m, const AttachRequest *req, sd_bus_error *error) {
-        _cleanup_(sd_bus_error_freep) sd_bus_error ignored = SD_BUS_ERROR_NULL;
+        _cleanup_(problem_done) Problem ignored = PROBLEM_NULL;
         uint32_t max = polkit_registry_get_max_devices_per_user(m->polkit);
         _cleanup_(chain_done) Chain chain = {};
         Device *d = NULL;
@@ -55,6 +51,29 @@ static int check_device_limit(Manager *m, const AttachRequest *req, sd_bus_error
                 "User %u holds references on %u loop devices already, the most one user may hold "
                 "(loopmgrd --max-devices-per-user=%" PRIu32 "); detach one first.",
                 (unsigned) req->uid, n, max);
+}
+
+/* The core's Attach, with its Problem turned into the bus error. */
+static int bus_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
+                      sd_bus_error *error) {
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
+        int r;
+
+        r = manager_attach(m, call_of_message(message), req, &p);
+        if (r < 0)
+                return bus_error_set_problem(error, &p);
+        return r;
+}
+
+int bus_detach(Manager *m, sd_bus_message *message, Device *d, const DetachOptions *o, uid_t uid,
+               sd_bus_error *error) {
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
+        int r;
+
+        r = manager_detach(m, call_of_message(message), d, o, uid, &p);
+        if (r < 0)
+                return bus_error_set_problem(error, &p);
+        return r;
 }
 
 /* The backing's path as the kernel names it, for polkit rules and messages; "" if unknown. */
@@ -211,7 +230,7 @@ static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *
         r = read_fd_request(message, &o, &req, error);
         if (r < 0)
                 return r;
-        r = bus_sender_uid_or_deny(message, &uid, error);
+        r = bus_sender_uid_or_deny(&m->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
         req.uid = uid;
@@ -225,7 +244,7 @@ static int method_attach(sd_bus_message *message, void *userdata, sd_bus_error *
         if (r <= 0)
                 return r < 0 ? r : 1;   /* 0: polkit was asked; we run again when it answers */
 
-        return manager_attach(m, message, &req, error);
+        return bus_attach(m, message, &req, error);
 }
 
 /* Why AttachPath could not open the path, as the error a caller can act on. */
@@ -278,7 +297,7 @@ static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_er
         if (strlen(path) >= PATH_MAX)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "The path is longer than %d bytes.", PATH_MAX - 1);
-        r = bus_sender_uid_or_deny(message, &uid, error);
+        r = bus_sender_uid_or_deny(&m->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
 
@@ -305,7 +324,7 @@ static int method_attach_path(sd_bus_message *message, void *userdata, sd_bus_er
         if (r < 0)
                 return r;
 
-        return manager_attach(m, message, &req, error);
+        return bus_attach(m, message, &req, error);
 }
 
 static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -333,7 +352,7 @@ static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        return manager_detach(m, message, d, &o, uid, error);
+        return bus_detach(m, message, d, &o, uid, error);
 }
 
 static int method_get_device(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -388,7 +407,7 @@ typedef struct PathList {
         size_t n;
 } PathList;
 
-static int collect_path(void *item, void *userdata) {
+static int collect_path(Device *d, void *userdata) {
         PathList *l = userdata;
         char **n = realloc(l->paths, (l->n + 2) * sizeof(char *));
 
@@ -396,7 +415,7 @@ static int collect_path(void *item, void *userdata) {
                 return -ENOMEM;
         l->paths = n;
         /* Borrowed: the devices outlive the reply being built. */
-        l->paths[l->n++] = ((Device *) item)->path;
+        l->paths[l->n++] = d->path;
         l->paths[l->n] = NULL;
         return 0;
 }
@@ -417,19 +436,18 @@ static int method_resolve(sd_bus_message *message, void *userdata, sd_bus_error 
                 return r;
 
         r = manager_resolve_request(m, &req, &chain);
-        if (r == -ELOOP)
-                return bus_error_set_errnof(error, -ELOOP,
-                        "The backing chain loops back on itself or is deeper than %d layers.",
-                        CHAIN_MAX_DEPTH);
-        if (r < 0)
-                return bus_error_set_errnof(error, r == -ENOMEM ? r : -EINVAL,
-                        "Cannot map the range onto its backing: %s.", strerror(-r));
+        if (r < 0) {
+                _cleanup_(problem_done) Problem p = PROBLEM_NULL;
+
+                (void) manager_resolve_problem(r, &p);
+                return bus_error_set_problem(error, &p);
+        }
         id = &chain.identity;
 
         r = chain_format(&chain, &lines);
         if (r < 0)
                 return r;
-        r = range_index_foreach_intersecting(m->index, id, collect_path, &aliases);
+        r = registry_foreach_intersecting(m, id, collect_path, &aliases);
         if (r < 0) {
                 free(aliases.paths);
                 return r;

@@ -2,12 +2,18 @@
 #pragma once
 
 #include <stdbool.h>
+#include <sys/types.h>
 #include <systemd/sd-bus.h>
+
+#include "options.h"
 
 typedef struct Manager Manager;
 typedef struct Device Device;
 
 /* Registers the manager object, its ObjectManager and the Manager interface. */
 int manager_bus_register(Manager *m);
-/* Sends Attach's reply (o device, s node, t diskseq, b reused). */
-int manager_bus_reply_attach(sd_bus_message *message, Device *d, bool reused);
+/* The core's Detach for the call `message` (Manager.Detach, Device.Detach), with its Problem
+ * turned into *error. */
+
+int bus_detach(Manager *m, sd_bus_message *message, Device *d, const DetachOptions *o, uid_t uid,
+               sd_bus_error *error);

@@ -2,24 +2,33 @@
 #pragma once
 
 /*
- * The manager: registry of every loop device on the host and the one place where state
- * changes happen. Everything runs on one sd-event loop, so a check and the action that
- * depends on it never interleave with another request's.
+ * The manager: the core's state and operations. It tracks every loop device on the host and
+ * is the one place where state changes happen. Everything runs on one sd-event loop, so a
+ * check and the action that depends on it never interleave with another request's. The core
+ * knows nothing of D-Bus: requests come in as function calls, answers and signals go out
+ * through the bus layer's send operations (notify.h), failures as a Problem.
+ *
+ * The operations are in their modules (the file named at each group below); this header
+ * declares them all.
  */
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <libmount.h>
 #include <sys/stat.h>
-#include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
-#include "device.h"
-#include "options.h"
 #include "block-use.h"
-#include "mount.h"
-#include "state.h"
+#include "device.h"
 #include "guard.h"
+#include "mount.h"
+#include "notify.h"
+#include "options.h"
+#include "problem.h"
+#include "registry.h"
+#include "state.h"
+
+struct sd_bus;
 
 typedef struct UdevWatch UdevWatch;
 
@@ -33,9 +42,12 @@ typedef struct RangeIndex RangeIndex;
 
 typedef struct Manager {
         sd_event *event;
-        sd_bus *bus;
+        /* The bus layer's: its connection (NULL in unit tests), its state and the operations
+         * through which the core answers and announces (notify.h). */
+        struct sd_bus *bus;
+        struct BusState *bus_state;
+        const ManagerSendOps *send;
         UdevWatch *udev_watch;
-        sd_bus_slot *name_owner_slot;
         struct libmnt_monitor *mount_monitor;
         sd_event_source *mount_source;
 
@@ -101,19 +113,15 @@ typedef struct AttachRequest {
         const char *sender;     /* unique bus name, for lifetime = client */
 } AttachRequest;
 
+/* manager.c */
 int manager_new(sd_event *event, const char *root, const char *state_dir, Manager **ret);
 Manager *manager_free(Manager *m);
-/* Connects to the system bus, registers objects, takes the name, starts the udev watch and
- * enumerates the loop devices that exist. */
+/* Reads the ownership record, starts the udev and mount watches and the guard, enumerates
+ * the loop devices that exist and resumes what the record says. The bus layer connects
+ * before (the resume asks which clients still exist) and takes the name after. */
 int manager_start(Manager *m);
 
-Device *manager_get_device_by_number(Manager *m, unsigned number);
-Device *manager_get_device_by_diskseq(Manager *m, uint64_t diskseq);
-Device *manager_get_device_by_devnum(Manager *m, dev_t devnum);
-Device *manager_get_device_by_path(Manager *m, const char *path);
-/* /dev/loopN, loopN, /dev/disk/by-diskseq/N or a backing file covered whole. */
-int manager_find_device(Manager *m, const char *spec, Device **ret);
-
+/* reconcile.c */
 /* Re-reads one loop device from the kernel and brings the object in line: adds, updates,
  * or removes it (completing waiters). Called for udev events and at start-up. */
 int manager_reconcile(Manager *m, const char *name);
@@ -125,55 +133,93 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
                         bool from_udev, bool plain);
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
-
-/* Applies the alias rule (SPEC §4) to a request whose chain is `chain`: finds the existing
- * device it must reuse (rule 1), or refuses it. Returns 1 with *ret_reuse set, 0 when a new
- * device may be made, or a negative errno with a message in *error: -EADDRINUSE (rule 3,
- * Overlap), -EBUSY (exclusive, or a block device in the chain is mounted or held). */
-int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *req,
-                          Device **ret_reuse, sd_bus_error *error);
-
-/* Mounts in every other mount namespace, cached for the current event-loop iteration (so one
- * GetManagedObjects reads /proc once). Never NULL; empty when unreadable. */
-const ForeignMounts *manager_foreign_mounts(Manager *m);
-
-/* The mount table of the daemon's namespace (under the root), or NULL if unreadable. */
-struct libmnt_table *manager_mount_table(Manager *m);
-
-/* Recomputes d's Openers and emits PropertiesChanged when they differ from the last ones
- * published. mounts: a parsed mount table, or NULL to read one. */
-void manager_refresh_openers(Manager *m, Device *d, struct libmnt_table *mounts);
-
-/* Recomputes d's chain and identity and keeps the range index in step. */
-void manager_update_identity(Manager *m, Device *d);
-
 /* Adopts bound loop devices the registry has not seen yet (udev may not have reported them). */
 void manager_adopt_unseen(Manager *m);
 
+/* alias-rule.c */
+/* Applies the alias rule (SPEC section 4) to a request whose chain is `chain`: finds the
+ * existing device it must reuse (rule 1), or refuses it. Returns 1 with *ret_reuse set, 0 when
+ * a new device may be made, or a negative errno with *error set: -EADDRINUSE (rule 3,
+ * Overlap), -EBUSY (exclusive, or a block device in the chain is mounted or held). */
+int manager_check_aliases(Manager *m, const Chain *chain, const AttachRequest *req,
+                          Device **ret_reuse, Problem *error);
 /* Resolves the chain of a prospective binding (Attach, Resolve); the top layer describes the
  * request. */
 int manager_resolve_request(Manager *m, const AttachRequest *req, Chain *ret);
+/* The one sentence for a manager_resolve_request() failure r; returns the errno to report. */
+int manager_resolve_problem(int r, Problem *error);
 
-/* The Attach core: reuse or bind, register, and reply now or once udev is done. Returns 1 if
- * the reply was sent or queued, or a negative errno with *error set. */
-int manager_attach(Manager *m, sd_bus_message *message, const AttachRequest *req,
-                   sd_bus_error *error);
-int manager_detach(Manager *m, sd_bus_message *message, Device *d, const DetachOptions *o,
-                   uid_t uid, sd_bus_error *error);
+/* mount-watch.c */
+int manager_watch_mounts(Manager *m);
+/* Mounts in every other mount namespace, cached for the current event-loop iteration (so one
+ * GetManagedObjects reads /proc once). Never NULL; empty when unreadable. */
+const ForeignMounts *manager_foreign_mounts(Manager *m);
+/* The same as last read, without reading them again (once, if never): what event handlers
+ * use. */
+const ForeignMounts *manager_foreign_mounts_known(Manager *m);
+/* The mount table of the daemon's namespace (under the root), or NULL if unreadable. */
+struct libmnt_table *manager_mount_table(Manager *m);
+/* Recomputes d's Openers and emits PropertiesChanged when they differ from the last ones
+ * published. mounts: a parsed mount table, or NULL to use the last one read. */
+void manager_refresh_openers(Manager *m, Device *d, struct libmnt_table *mounts);
 
-/* Completes a device's removal: emits InterfacesRemoved, answers waiters, frees it. */
-void manager_remove_device(Manager *m, Device *d, int attach_error);
+/* attach.c */
+/* The Attach core: reuse or bind, register, and answer `call` now or once udev is done.
+ * Returns 1 if the answer was sent or queued, or a negative errno with *error set (nothing
+ * was answered then). */
+int manager_attach(Manager *m, Call *call, const AttachRequest *req, Problem *error);
+/* Whether udev has processed d (its by-diskseq link exists); answers d's Attach waiters
+ * then. */
+bool manager_check_udev_ready(Manager *m, Device *d);
 
-void manager_emit_device_changed(Manager *m, Device *d, char **properties);
-
-/* Writes the ownership record (managed devices, their references, pending teardowns). */
-int manager_save_state(Manager *m);
-
+/* teardown.c */
+/* Detach: drops uid's reference (or all), tears the device down when none is left, answers
+ * `call` now or queues it. Returns as manager_attach(). */
+int manager_detach(Manager *m, Call *call, Device *d, const DetachOptions *o, uid_t uid,
+                   Problem *error);
+/* Requests the kernel teardown of a device nobody references. Returns 1 when gone (freed), 0
+ * when pending, 2 when retried on a timer (udev's probe holds a lock on it), <0 on error. */
+int device_teardown(Manager *m, Device *d);
 /* Device.Mount (mount.h): forgets d's loopmgr mount (MountPoint, MountUser). */
 void manager_device_clear_mount(Manager *m, Device *d);
 /* Drops the reference ref_id of d (0: nothing to drop); when it was the last one of a managed
  * device, requests the teardown. Returns 1 when d is gone (freed), 0 if not, <0 on error. */
 int manager_release_reference(Manager *m, Device *d, uint64_t ref_id);
-
 /* A waiter's timer fired: answers it with Timeout and undoes what its call did. Takes w. */
 void manager_waiter_timeout(Manager *m, Waiter *w);
+/* A bus client went away: drops its lifetime=client references. */
+void manager_client_vanished(Manager *m, const char *unique_name);
+
+/* device-ops.c */
+int manager_set_autoclear(Manager *m, Device *d, bool value, Problem *error);
+int manager_set_capacity(Manager *m, Device *d, Problem *error);
+/* The caller's newest reference on d that no mount holds. */
+Reference *device_own_reference(Device *d, uid_t uid);
+/* Device.Mount's release-reference: the mount takes the caller's reference over, or, when the
+ * mount holds one already, the caller's surplus one is dropped. */
+int manager_release_to_mount(Manager *m, Device *d, Reference *own);
+
+/* lifecycle.c */
+/* Registers d, records it and updates the guard; announce: InterfacesAdded now (false for
+ * the caller that answers its client first and calls manager_announce_device() after). */
+int manager_add_device(Manager *m, Device *d, bool announce);
+void manager_announce_device(Manager *m, Device *d);
+/* Completes a device's removal: emits InterfacesRemoved, answers waiters, frees it. */
+void manager_remove_device(Manager *m, Device *d, int attach_error);
+/* Recomputes d's chain and identity and keeps the range index, aliases and guard in step. */
+void manager_update_identity(Manager *m, Device *d);
+/* Copies what sysfs says (st) into d and announces the properties that changed. */
+void manager_update_status(Manager *m, Device *d, LoopStatus *st);
+
+/* persist.c */
+/* Writes the ownership record (managed devices, their references, pending teardowns). */
+int manager_save_state(Manager *m);
+/* The same after a change to d alone (NULL: to the intent alone). */
+int manager_save_device_state(Manager *m, Device *d);
+/* The same after d left the registry. */
+int manager_save_dropped_state(Manager *m, Device *d);
+/* Gives a binding found at start-up back what the ownership record says about it. */
+int manager_restore_device(Device *d, const StateDevice *sd);
+/* After the restored devices were matched with the kernel: drops references whose holder
+ * went away, finishes what a previous run left half done, writes the record. */
+void manager_resume(Manager *m);

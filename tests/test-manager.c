@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "bus-util.h"
 #include "loopmgr-bus.h"
 #include "manager.h"
 #include "range-index.h"
@@ -26,6 +27,17 @@ typedef struct Fixture {
         sd_event *event;
         Manager *manager;
 } Fixture;
+
+/* The error name the bus layer gives the problem (bus_error_set_problem()). */
+static bool problem_has_name(const Problem *p, const char *name) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        bool has;
+
+        (void) bus_error_set_problem(&e, p);
+        has = sd_bus_error_has_name(&e, name);
+        sd_bus_error_free(&e);
+        return has;
+}
 
 static void put(const char *root, const char *rel, const char *contents) {
         char path[512], cmd[600];
@@ -213,7 +225,7 @@ static void request_chain(Chain *c, Layer layers[2], const Identity *id, dev_t l
 
 static void test_alias_rule(void **state) {
         Fixture *f = *state;
-        sd_bus_error error = SD_BUS_ERROR_NULL;
+        Problem error = PROBLEM_NULL;
         AttachOptions o;
         AttachRequest req = { .options = &o };
         Identity id = { .kind = BASE_FILE, .base_device = makedev(254, 0), .base_inode = 100,
@@ -239,9 +251,9 @@ static void test_alias_rule(void **state) {
         /* Other read-only mode: not identical, so an overlap. */
         req.read_only = true;
         assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EADDRINUSE);
-        assert_true(sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP));
+        assert_true(problem_has_name(&error, LOOPMGR_ERROR_OVERLAP));
         assert_non_null(strstr(error.message, "read-only"));
-        sd_bus_error_free(&error);
+        problem_done(&error);
         req.read_only = false;
 
         /* A sub-range: overlap naming a device and both ranges. */
@@ -249,10 +261,10 @@ static void test_alias_rule(void **state) {
         id.size = 4096;
         request_chain(&c, layers, &id, 0);
         assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EADDRINUSE);
-        assert_true(sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP));
+        assert_true(problem_has_name(&error, LOOPMGR_ERROR_OVERLAP));
         assert_non_null(strstr(error.message, "/dev/loop0"));
         assert_non_null(strstr(error.message, "512-4608"));
-        sd_bus_error_free(&error);
+        problem_done(&error);
 
         /* Exclusive: any intersection is Busy, identical included. */
         id.offset = 0;
@@ -260,8 +272,8 @@ static void test_alias_rule(void **state) {
         request_chain(&c, layers, &id, 0);
         o.sharing = SHARING_EXCLUSIVE;
         assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EBUSY);
-        assert_true(sd_bus_error_has_name(&error, LOOPMGR_ERROR_BUSY));
-        sd_bus_error_free(&error);
+        assert_true(problem_has_name(&error, LOOPMGR_ERROR_BUSY));
+        problem_done(&error);
         o.sharing = SHARING_SHARED;
 
         /* Disjoint range of the same file, and another file: a new device may be made. */
@@ -283,7 +295,7 @@ static void test_alias_rule(void **state) {
         request_chain(&c, layers, &id, foreign->status.devnum);
         assert_int_equal(manager_check_aliases(f->manager, &c, &req, &reuse, &error), -EADDRINUSE);
         assert_non_null(strstr(error.message, "/dev/loop1"));
-        sd_bus_error_free(&error);
+        problem_done(&error);
         /* ...and once it is gone, only the lower device is in the way. */
         assert_int_equal(range_index_remove(f->manager->index, &managed->identity, managed), 0);
         managed->has_identity = false;
