@@ -113,7 +113,7 @@ static int loop_info_from_kernel(const char *root, dev_t devnum, const char *nam
                 return r;
 
         /* lo_device/lo_inode of a block backing are those of the device node; lo_rdevice
-         * says which block device it is (KERNEL-NOTES "Identity"). */
+         * says which block device it is (docs/KERNEL.md, "Identity: diskseq and backing inode"). */
         if (s.backing_rdevice != 0)
                 ret->backing = (Backing){.is_block = true, .device = s.backing_rdevice};
         else if (s.backing_device != 0 || s.backing_inode != 0)

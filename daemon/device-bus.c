@@ -16,6 +16,7 @@
 #include "manager.h"
 #include "mount.h"
 #include "openers.h"
+#include "options-bus.h"
 #include "polkit.h"
 
 #define DEFINE_GETTER(name, type, expr)                                                        \

@@ -43,7 +43,7 @@
 
 /* How long detach waits for udev's LOCK_SH probe to finish: at most ~100 ms, polled every
  * millisecond (a probe takes a few). On 6.11+ kernels the clear is deferred to the last close
- * anyway, so waiting longer buys nothing. */
+ * anyway, so waiting longer buys nothing (docs/KERNEL.md, "Deferred teardown"). */
 #define DETACH_LOCK_TRIES     100U
 #define DETACH_LOCK_WAIT_USEC 1000U
 

@@ -14,6 +14,7 @@
 #include "loopmgr-bus.h"
 #include "manager-bus.h"
 #include "manager.h"
+#include "options-bus.h"
 #include "polkit.h"
 #include "range-index.h"
 

@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <linux/fs.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -2,14 +2,12 @@
 #pragma once
 
 /*
- * Parsing and validation of the a{sv} option dictionaries of SPEC §3. Pure: reads a message,
- * fills a struct, never touches the kernel or daemon state. Errors are
- * org.freedesktop.DBus.Error.InvalidArgs with a sentence naming the key and the problem.
+ * The options of SPEC §3 as every layer above the kernel's sees them: their types, defaults
+ * and names. Reading them from a message is the bus layer's (options-bus.h).
  */
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <systemd/sd-bus.h>
 
 #include "loop-kernel.h"
 
@@ -73,11 +71,6 @@ void detach_options_init(DetachOptions *o);
 /* Each reads one a{sv} from m (the read pointer must be at it) and leaves the pointer after
  * it. Return 0, or a negative errno with *error set (InvalidArgs for bad input). A key given
  * twice is InvalidArgs. timeout-usec 0 is InvalidArgs (use wait-udev=false instead). */
-int attach_options_parse(sd_bus_message *m, AttachOptions *ret, sd_bus_error *error);
-int detach_options_parse(sd_bus_message *m, DetachOptions *ret, sd_bus_error *error);
-int common_options_parse(sd_bus_message *m, CommonOptions *ret, sd_bus_error *error);
-int mount_options_parse(sd_bus_message *m, MountOptions *ret, sd_bus_error *error);
-int unmount_options_parse(sd_bus_message *m, UnmountOptions *ret, sd_bus_error *error);
 
 const char *direct_io_mode_to_string(DirectIOMode m);
 const char *sharing_to_string(Sharing s);

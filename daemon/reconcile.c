@@ -212,7 +212,8 @@ void manager_adopt_unseen(Manager *m) {
 
         /* A request that closely follows `losetup` may arrive before we processed the uevent
          * of that binding. The kernel sends the uevent inside the ioctl, before losetup even
-         * returns, so it is already queued on our kernel monitor: process the queue now. This
+         * returns (docs/KERNEL.md, "Uevents and udev"), so it is already queued on our kernel
+         * monitor: process the queue now. This
          * costs what is pending, not what exists. */
         if (m->udev_watch) {
                 udev_watch_flush_kernel(m->udev_watch);

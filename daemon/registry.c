@@ -107,7 +107,8 @@ Device *manager_get_device_by_devnum(Manager *m, dev_t devnum) {
 
         if (major(devnum) != LOOP_MAJOR_NUMBER)
                 return NULL;
-        /* Without partitions (max_part=0, the default) the minor is the loop number. */
+        /* Without partitions (max_part=0, the default) the minor is the loop number
+         * (docs/KERNEL.md, "Partitions"). */
         d = manager_get_device_by_number(m, minor(devnum));
         if (d && d->status.devnum == devnum)
                 return d;

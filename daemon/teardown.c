@@ -19,7 +19,8 @@
 
 /* A teardown that finds the device flock()ed (udev probing it) is retried every 1 ms for 20 ms,
  * then backing off to 4 ms, for at most 100 ms (a probe takes a few); then it goes on without the lock and
- * the kernel defers the clear to the holder's close (6.11+). */
+ * the kernel defers the clear to the holder's close (6.11+; docs/KERNEL.md, "Deferred
+ * teardown"). */
 #define TEARDOWN_RETRY_FIRST_USEC  1000U
 #define TEARDOWN_RETRY_MAX_USEC    4000U
 #define TEARDOWN_RETRY_FAST_USEC   20000U

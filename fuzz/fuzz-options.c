@@ -38,6 +38,7 @@
 #include <systemd/sd-bus.h>
 
 #include "loopmgr-bus.h"
+#include "options-bus.h"
 #include "options.h"
 #include "util.h"
 

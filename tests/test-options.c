@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "loopmgr-bus.h"
+#include "options-bus.h"
 #include "options.h"
 #include "util.h"
 

@@ -27,7 +27,7 @@
  * What the program sees of a bind is the backing fd at the time of the hook: the driver
  * resolves the fd again afterwards, so a second thread of the caller can swap it in between.
  * The guard is a safety net against accidents, not a wall against a determined root
- * (docs/SECURITY.md).
+ * (docs/SECURITY.md). The kernel facts it relies on: docs/KERNEL.md, "BPF LSM".
  *
  * GPL: the helpers the program calls (bpf_probe_read_*, task storage) are GPL-only.
  */
