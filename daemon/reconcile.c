@@ -23,12 +23,17 @@ const ForeignMounts *manager_foreign_mounts_known(Manager *m) {
         return m->foreign_valid ? &m->foreign : manager_foreign_mounts(m);
 }
 
-int manager_reconcile(Manager *m, const char *name) {
+int manager_reconcile(Manager *m, const char *device_name) {
         _cleanup_(loop_status_done) LoopStatus st = {};
+        char name[sizeof(st.name)];
         unsigned number;
         Device *d;
         int r;
 
+        /* A copy: callers pass the name of a device that this may free. */
+        if (strlen(device_name) >= sizeof(name))
+                return -EINVAL;
+        memcpy(name, device_name, strlen(device_name) + 1);
         r = loop_name_to_number(name, &number);
         if (r < 0)
                 return r;

@@ -12,13 +12,29 @@
 
 #define REGISTRY_CONCAT_(a, b) a##b
 #define REGISTRY_CONCAT(a, b)  REGISTRY_CONCAT_(a, b)
-#define REGISTRY_FOREACH_(d, m, i)                                                               \
-        for (size_t i = 0; i < (m)->n_slots; i++)                                                \
-                for (Device *d = (m)->devices[i]; d; d = NULL)
+
+/* The next device from slot *i on, or NULL at the end; *i is past it afterwards. */
+static inline Device *registry_next_(Device **slots, size_t n_slots, size_t *i) {
+        while (*i < n_slots) {
+                Device *d = slots[(*i)++];
+
+                if (d)
+                        return d;
+        }
+        return NULL;
+}
+
+/* One loop, so that break ends the walk; the outer one runs once and only scopes i. */
+#define REGISTRY_FOREACH_(d, m, i, once)                                                         \
+        for (size_t i = 0, once = 1; once; once = 0)                                             \
+                for (Device *d = registry_next_((m)->devices, (m)->n_slots, &i); d;              \
+                     d = registry_next_((m)->devices, (m)->n_slots, &i))
 
 /* Every tracked device, by loop number. The body may remove the device it is given (the
  * walk reads the next slot afresh), not others. break and continue work as in any loop. */
-#define MANAGER_FOREACH_DEVICE(d, m) REGISTRY_FOREACH_(d, m, REGISTRY_CONCAT(registry_i_, __COUNTER__))
+#define MANAGER_FOREACH_DEVICE(d, m)                                                             \
+        REGISTRY_FOREACH_(d, m, REGISTRY_CONCAT(registry_i_, __COUNTER__),                       \
+                          REGISTRY_CONCAT(registry_once_, __COUNTER__))
 
 Device *manager_get_device_by_number(Manager *m, unsigned number);
 Device *manager_get_device_by_diskseq(Manager *m, uint64_t diskseq);
