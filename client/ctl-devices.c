@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <inttypes.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/sysmacros.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -281,4 +284,48 @@ int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret) {
 int call_get_managed_objects(sd_bus *bus, sd_bus_error *error, sd_bus_message **ret) {
         return sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
                                   OBJECT_MANAGER_INTERFACE, "GetManagedObjects", error, ret, NULL);
+}
+
+/* ---- formatting for people ---- */
+
+/* "file 254:0 ino 403312", "block 8:0"; "-" for a daemon that does not say. */
+const char *format_base(const char *kind, uint64_t device, uint64_t inode, bool has_inode,
+                        char buf[static FORMAT_BASE_MAX]) {
+        if (!kind || !kind[0])
+                return "-";
+        if (streq(kind, "file") && has_inode)
+                snprintf(buf, FORMAT_BASE_MAX, "file %u:%u ino %" PRIu64, major((dev_t) device),
+                         minor((dev_t) device), inode);
+        else
+                snprintf(buf, FORMAT_BASE_MAX, "%s %u:%u", kind, major((dev_t) device),
+                         minor((dev_t) device));
+        return buf;
+}
+
+/* "OFFSET+LENGTH" in exact bytes. */
+const char *format_range(uint64_t offset, uint64_t size, char buf[static 48]) {
+        snprintf(buf, 48, "%" PRIu64 "+%" PRIu64, offset, size);
+        return buf;
+}
+
+const char *device_info_base(const DeviceInfo *d, char buf[static FORMAT_BASE_MAX]) {
+        if (!(d->present & PRESENT_BASE_DEVICE))
+                return "-";
+        return format_base(d->base_kind, d->base_device, d->base_inode,
+                           d->present & PRESENT_BASE_INODE, buf);
+}
+
+const char *device_info_range(const DeviceInfo *d, char buf[static 48]) {
+        if ((d->present & (PRESENT_BASE_OFFSET | PRESENT_BASE_SIZE)) !=
+            (PRESENT_BASE_OFFSET | PRESENT_BASE_SIZE))
+                return "-";
+        return format_range(d->base_offset, d->base_size, buf);
+}
+
+const char *device_display_name(const DeviceInfo *d) {
+        if (d->name && d->name[0])
+                return d->name;
+        if (d->node && d->node[0])
+                return d->node;
+        return d->object;
 }

@@ -71,3 +71,16 @@ int device_info_read(sd_bus_message *m, DeviceInfo *d);
 int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret);
 
 int call_get_managed_objects(sd_bus *bus, sd_bus_error *error, sd_bus_message **ret);
+
+/* Formatting for people */
+#define FORMAT_BASE_MAX 96
+/* "file 254:0 ino 403312", "block 8:0"; "-" for a daemon that does not say. */
+const char *format_base(const char *kind, uint64_t device, uint64_t inode, bool has_inode,
+                        char buf[static FORMAT_BASE_MAX]);
+/* "OFFSET+LENGTH" in exact bytes. */
+const char *format_range(uint64_t offset, uint64_t size, char buf[static 48]);
+/* The base and range of d, "-" when the daemon did not send them. */
+const char *device_info_base(const DeviceInfo *d, char buf[static FORMAT_BASE_MAX]);
+const char *device_info_range(const DeviceInfo *d, char buf[static 48]);
+/* Name, else node, else object path. */
+const char *device_display_name(const DeviceInfo *d);

@@ -666,3 +666,105 @@ int table_print(const Table *t, FILE *f, bool legend) {
 
         return 0;
 }
+
+/* ---- fields ---- */
+
+void field_list_done(FieldList *l) {
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].name);
+                strv_free(l->items[i].lines);
+        }
+        free(l->items);
+        *l = (FieldList){};
+}
+
+/* Takes ownership of lines, also on failure. */
+int field_list_add(FieldList *l, const char *name, char **lines) {
+        Field *items;
+        char *n;
+
+        n = strdup(name);
+        items = n ? reallocarray(l->items, l->n + 1, sizeof(Field)) : NULL;
+        if (!items) {
+                free(n);
+                strv_free(lines);
+                return -ENOMEM;
+        }
+        l->items = items;
+        l->items[l->n++] = (Field){.name = n, .lines = lines};
+        return 0;
+}
+
+int field_list_add_one(FieldList *l, const char *name, const char *value) {
+        char **lines = calloc(2, sizeof(char *));
+
+        if (!lines)
+                return -ENOMEM;
+        lines[0] = strdup(value);
+        if (!lines[0]) {
+                free(lines);
+                return -ENOMEM;
+        }
+        return field_list_add(l, name, lines);
+}
+
+/* "Name: value" with the names right-aligned, continuation lines of arrays under the first,
+ * and "-" for empty arrays. */
+int field_list_print(const FieldList *l) {
+        int width = 0;
+
+        for (size_t i = 0; i < l->n; i++)
+                if ((int) strlen(l->items[i].name) > width)
+                        width = (int) strlen(l->items[i].name);
+
+        for (size_t i = 0; i < l->n; i++) {
+                char **lines = l->items[i].lines;
+
+                if (!lines || !lines[0]) {
+                        printf("%*s: -\n", width, l->items[i].name);
+                        continue;
+                }
+                for (size_t j = 0; lines[j]; j++) {
+                        _cleanup_free_ char *e = escape_human(lines[j]);
+
+                        if (!e)
+                                return -ENOMEM;
+                        if (j == 0)
+                                printf("%*s: %s\n", width, l->items[i].name, e);
+                        else
+                                printf("%*s  %s\n", width, "", e);
+                }
+        }
+        return 0;
+}
+
+/* Reads an a{sv} into formatted fields, in the order the daemon sent them. */
+int field_list_read(sd_bus_message *m, FieldList *l) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+
+        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                const char *key;
+                char **lines = NULL;
+
+                r = sd_bus_message_read(m, "s", &key);
+                if (r >= 0)
+                        r = format_property(key, m, &lines);
+                if (r < 0)
+                        return r;
+                r = field_list_add(l, key, lines);
+                if (r < 0)
+                        return r;
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+
+        return sd_bus_message_exit_container(m);
+}

@@ -55,3 +55,24 @@ int table_print(const Table *t, FILE *f, bool legend);
 static inline void table_freep(Table **t) {
         table_free(*t);
 }
+
+/* Fields: named values of one or more lines, printed as "Name: value" */
+typedef struct Field {
+        char *name;
+        char **lines;
+} Field;
+
+typedef struct FieldList {
+        Field *items;
+        size_t n;
+} FieldList;
+
+void field_list_done(FieldList *l);
+/* Takes ownership of lines, also on failure. */
+int field_list_add(FieldList *l, const char *name, char **lines);
+int field_list_add_one(FieldList *l, const char *name, const char *value);
+/* "Name: value" with the names right-aligned, continuation lines of arrays under the first,
+ * and "-" for empty arrays. */
+int field_list_print(const FieldList *l);
+/* Reads an a{sv} into formatted fields (format_property()), in the order they were sent. */
+int field_list_read(sd_bus_message *m, FieldList *l);
