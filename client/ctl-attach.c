@@ -182,9 +182,9 @@ int verb_attach(sd_bus *bus, char **args) {
 
         if (arg_json) {
                 fputs("{\"device\":", stdout);
-                json_write_string(stdout, object);
-                fputs(",\"node\":", stdout);
                 json_write_string(stdout, node);
+                fputs(",\"object\":", stdout);
+                json_write_string(stdout, object);
                 printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
                        reused ? "true" : "false");
         } else
@@ -241,6 +241,7 @@ int call_detach(sd_bus *bus, const char *object, sd_bus_error *error, sd_bus_mes
 int verb_detach(sd_bus *bus, char **args) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_info_done) DeviceInfo d = {};
         _cleanup_free_ char *object = NULL;
         const char *state;
         int r;
@@ -248,6 +249,11 @@ int verb_detach(sd_bus *bus, char **args) {
         r = resolve_device(bus, args[0], &object);
         if (r != 0)
                 return r;
+
+        /* The node for --json, while the device is still there. A device that went away in
+         * between is Detach's to report. */
+        if (arg_json && device_info_get(bus, object, NULL, &d) == -ENOMEM)
+                return log_oom();
 
         r = call_detach(bus, object, &error, &reply);
         if (r < 0)
@@ -259,6 +265,11 @@ int verb_detach(sd_bus *bus, char **args) {
 
         if (arg_json) {
                 fputs("{\"device\":", stdout);
+                if (d.node)
+                        json_write_string(stdout, d.node);
+                else
+                        fputs("null", stdout);
+                fputs(",\"object\":", stdout);
                 json_write_string(stdout, object);
                 fputs(",\"state\":", stdout);
                 json_write_string(stdout, state);
@@ -451,16 +462,12 @@ static int resolve_info_read(sd_bus_message *m, ResolveInfo *info) {
 /* One line for an aliasing device: its node and what it exposes, from its properties. A
  * device that went away in the meantime is shown by its object path. */
 static int format_alias(sd_bus *bus, const char *object, char **ret) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_info_done) DeviceInfo d = {};
         char range[48];
         int r;
 
-        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll",
-                               &error, &reply, "s", LOOPMGR_DEVICE_INTERFACE);
-        if (r >= 0)
-                r = device_info_read(reply, &d);
+        r = device_info_get(bus, object, &error, &d);
         if (r == -ENOMEM)
                 return r;
         if (r < 0 || !d.node) {

@@ -62,7 +62,9 @@ typedef enum OptionFlag {
         OPT_TYPES = 1 << 16,
         OPT_VERBOSE = 1 << 17,
         OPT_WRITABLE = 1 << 18,
-        _OPT_COUNT = 19,
+        OPT_RAW = 1 << 19,
+        OPT_OUTPUT = 1 << 20,
+        _OPT_COUNT = 21,
 } OptionFlag;
 
 /* Parsed arguments (loopmgrctl.c), read by the verbs. */
@@ -82,7 +84,9 @@ extern bool arg_recursive;
 extern bool arg_all_references;
 extern bool arg_json;
 extern bool arg_writable;
-extern bool arg_no_legend;
+extern bool arg_no_legend; /* --no-legend, --noheadings */
+extern bool arg_raw;
+extern const char *arg_output;  /* --output: columns of list and status */
 extern char *arg_mount_options; /* the -o/--options of mount, joined with commas */
 extern const char *arg_fstype;
 extern bool arg_verbose;

@@ -1,15 +1,16 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <inttypes.h>
+#include <linux/major.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl-common.h"
 #include "ctl-devices.h"
-#include "ctl-output.h"
 #include "ctl-util.h"
 #include "loopmgr-bus.h"
 
@@ -20,9 +21,52 @@ void device_info_done(DeviceInfo *d) {
         free(d->backing_file);
         free(d->state);
         free(d->creator);
+        free(d->mount_point);
+        free(d->id_type);
+        free(d->id_label);
+        free(d->id_uuid);
+        strv_free(d->aliases);
+        strv_free(d->openers);
+        strv_free(d->chain);
         free(d->base_kind);
-        free(d->json);
         *d = (DeviceInfo){};
+}
+
+/* Openers (a(ss)) as "KIND WHAT" lines. */
+static int read_openers(sd_bus_message *m, char ***field) {
+        _cleanup_strv_free_ char **l = NULL;
+        const char *kind, *what;
+        size_t n = 0;
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, "a(ss)");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "(ss)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(m, "(ss)", &kind, &what)) > 0) {
+                char **c = reallocarray(l, n + 2, sizeof(char *));
+
+                if (!c)
+                        return -ENOMEM;
+                l = c;
+                if (asprintf(&l[n], "%s %s", kind, what) < 0) {
+                        l[n] = NULL;
+                        return -ENOMEM;
+                }
+                l[++n] = NULL;
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(m);
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        strv_free(*field);
+        *field = TAKE_PTR(l);
+        return 0;
 }
 
 /* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
@@ -41,12 +85,17 @@ int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                 { "BackingFile", 's', offsetof(DeviceInfo, backing_file) },
                 { "State",       's', offsetof(DeviceInfo, state)        },
                 { "Creator",     's', offsetof(DeviceInfo, creator)      },
+                { "MountPoint",  's', offsetof(DeviceInfo, mount_point)  },
+                { "IdType",      's', offsetof(DeviceInfo, id_type)      },
+                { "IdLabel",     's', offsetof(DeviceInfo, id_label)     },
+                { "IdUUID",      's', offsetof(DeviceInfo, id_uuid)      },
+                { "MountUser",   'u', offsetof(DeviceInfo, mount_user),  PRESENT_MOUNT_USER },
                 { "DiskSeq",     't', offsetof(DeviceInfo, diskseq)      },
                 { "Size",        't', offsetof(DeviceInfo, size)         },
                 { "Offset",      't', offsetof(DeviceInfo, offset)       },
                 { "SizeLimit",   't', offsetof(DeviceInfo, size_limit)   },
                 { "SectorSize",  'u', offsetof(DeviceInfo, sector_size)  },
-                { "OwnerUID",    'u', offsetof(DeviceInfo, owner_uid)    },
+                { "OwnerUID",    'u', offsetof(DeviceInfo, owner_uid),   PRESENT_OWNER_UID  },
                 { "References",  'u', offsetof(DeviceInfo, references)   },
                 { "ReadOnly",    'b', offsetof(DeviceInfo, read_only)    },
                 { "DirectIO",    'b', offsetof(DeviceInfo, direct_io)    },
@@ -82,19 +131,27 @@ int device_info_read(sd_bus_message *m, DeviceInfo *d) {
                 if (r < 0)
                         return r;
 
-                /* Aliases (ao): how many; `loopmgrctl status` shows the paths. */
-                if (streq(key, "Aliases") && streq(contents, "ao")) {
-                        const char *o;
+                if ((streq(key, "Aliases") && streq(contents, "ao")) ||
+                    (streq(key, "Chain") && streq(contents, "as"))) {
+                        char ***field = streq(key, "Aliases") ? &d->aliases : &d->chain;
+                        char **l = NULL;
 
-                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, "ao");
+                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, contents);
                         if (r >= 0)
-                                r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "o");
-                        while (r >= 0 && (r = sd_bus_message_read_basic(m, 'o', &o)) > 0)
-                                d->n_aliases++;
+                                r = sd_bus_message_read_strv(m, &l);
                         if (r >= 0)
                                 r = sd_bus_message_exit_container(m);
-                        if (r >= 0)
-                                r = sd_bus_message_exit_container(m);
+                        if (r < 0) {
+                                strv_free(l);
+                                return r;
+                        }
+                        strv_free(*field);
+                        *field = l;
+                        if (field == &d->aliases)
+                                d->n_aliases = (uint32_t) strv_length(l);
+                        done = true;
+                } else if (streq(key, "Openers") && streq(contents, "a(ss)")) {
+                        r = read_openers(m, &d->openers);
                         if (r < 0)
                                 return r;
                         done = true;
@@ -146,51 +203,6 @@ int device_info_read(sd_bus_message *m, DeviceInfo *d) {
         return sd_bus_message_exit_container(m);
 }
 
-/* Reads one a{sv} of Device properties belonging to object: the JSON text of all of them
- * (with the object path added as "ObjectPath") when json is set, and the known ones into *d.
- * The dictionary is read twice; the caller must have entered a container around it, which
- * sd_bus_message_rewind(m, false) returns to, and skip_before names what precedes the
- * dictionary in that container. */
-static int device_info_read_with_json(sd_bus_message *m, const char *object, bool json,
-                                      const char *skip_before, DeviceInfo *d) {
-        int r;
-
-        if (json) {
-                _cleanup_free_ char *buf = NULL;
-                bool first = false;
-                size_t size = 0;
-                FILE *f;
-
-                f = open_memstream(&buf, &size);
-                if (!f)
-                        return -ENOMEM;
-                fputs("{\"ObjectPath\":", f);
-                json_write_string(f, object);
-                r = json_write_dict_members(m, f, &first);
-                fputc('}', f);
-                if (fclose(f) != 0)
-                        return -ENOMEM;
-                if (r < 0)
-                        return r;
-
-                r = sd_bus_message_rewind(m, false);
-                if (r < 0)
-                        return r;
-                if (skip_before) {
-                        r = sd_bus_message_skip(m, skip_before);
-                        if (r < 0)
-                                return r;
-                }
-                d->json = TAKE_PTR(buf);
-        }
-
-        d->object = strdup(object);
-        if (!d->object)
-                return -ENOMEM;
-
-        return device_info_read(m, d);
-}
-
 static int device_info_compare(const void *a, const void *b) {
         const DeviceInfo *x = a, *y = b;
         int c;
@@ -209,59 +221,74 @@ void device_list_done(DeviceList *l) {
         *l = (DeviceList){};
 }
 
-/* Parses a GetManagedObjects reply into the Device objects it lists, sorted by name.
- * Returns 0 or a negative errno. */
-int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret) {
+int device_interfaces_read(sd_bus_message *m, const char *object, DeviceInfo *ret) {
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        bool is_device = false;
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "{sa{sv}}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(m, SD_BUS_TYPE_DICT_ENTRY, "sa{sv}")) > 0) {
+                const char *interface;
+
+                r = sd_bus_message_read_basic(m, 's', &interface);
+                if (r < 0)
+                        return r;
+                if (streq(interface, LOOPMGR_DEVICE_INTERFACE) && !is_device) {
+                        is_device = true;
+                        r = device_info_read(m, &d);
+                } else
+                        r = sd_bus_message_skip(m, "a{sv}");
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        if (!is_device)
+                return 0;
+
+        d.object = strdup(object);
+        if (!d.object)
+                return -ENOMEM;
+        *ret = d;
+        d = (DeviceInfo){};
+        return 1;
+}
+
+int device_list_parse(sd_bus_message *reply, DeviceList *ret) {
         _cleanup_(device_list_done) DeviceList list = {};
         int r;
 
-        r = sd_bus_message_enter_container(reply, 'a', "{oa{sa{sv}}}");
+        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "{oa{sa{sv}}}");
         if (r < 0)
                 return r;
 
-        while ((r = sd_bus_message_enter_container(reply, 'e', "oa{sa{sv}}")) > 0) {
+        while ((r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_DICT_ENTRY, "oa{sa{sv}}")) >
+               0) {
+                DeviceInfo *items;
                 const char *object;
 
-                r = sd_bus_message_read(reply, "o", &object);
+                r = sd_bus_message_read_basic(reply, 'o', &object);
                 if (r < 0)
                         return r;
 
-                r = sd_bus_message_enter_container(reply, 'a', "{sa{sv}}");
+                items = reallocarray(list.items, list.n + 1, sizeof(DeviceInfo));
+                if (!items)
+                        return -ENOMEM;
+                list.items = items;
+                r = device_interfaces_read(reply, object, list.items + list.n);
                 if (r < 0)
                         return r;
+                if (r > 0)
+                        list.n++;
 
-                while ((r = sd_bus_message_enter_container(reply, 'e', "sa{sv}")) > 0) {
-                        const char *interface;
-                        DeviceInfo *items;
-
-                        r = sd_bus_message_read(reply, "s", &interface);
-                        if (r < 0)
-                                return r;
-
-                        if (streq(interface, LOOPMGR_DEVICE_INTERFACE)) {
-                                items = reallocarray(list.items, list.n + 1, sizeof(DeviceInfo));
-                                if (!items)
-                                        return -ENOMEM;
-                                list.items = items;
-                                list.items[list.n++] = (DeviceInfo){};
-
-                                r = device_info_read_with_json(reply, object, json, "s",
-                                                               list.items + list.n - 1);
-                        } else
-                                r = sd_bus_message_skip(reply, "a{sv}");
-                        if (r < 0)
-                                return r;
-
-                        r = sd_bus_message_exit_container(reply);
-                        if (r < 0)
-                                return r;
-                }
-                if (r < 0)
-                        return r;
-
-                r = sd_bus_message_exit_container(reply);
-                if (r < 0)
-                        return r;
                 r = sd_bus_message_exit_container(reply);
                 if (r < 0)
                         return r;
@@ -281,9 +308,45 @@ int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret) {
         return 0;
 }
 
-int call_get_managed_objects(sd_bus *bus, sd_bus_error *error, sd_bus_message **ret) {
-        return sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
-                                  OBJECT_MANAGER_INTERFACE, "GetManagedObjects", error, ret, NULL);
+int device_list_get(sd_bus *bus, sd_bus_error *error, DeviceList *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
+                               OBJECT_MANAGER_INTERFACE, "GetManagedObjects", error, &reply, NULL);
+        if (r < 0)
+                return r;
+        return device_list_parse(reply, ret);
+}
+
+int device_info_get(sd_bus *bus, const char *object, sd_bus_error *error, DeviceInfo *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        int r;
+
+        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll", error,
+                               &reply, "s", LOOPMGR_DEVICE_INTERFACE);
+        if (r < 0)
+                return r;
+        r = device_info_read(reply, &d);
+        if (r < 0)
+                return r;
+        d.object = strdup(object);
+        if (!d.object)
+                return -ENOMEM;
+        *ret = d;
+        d = (DeviceInfo){};
+        return 0;
+}
+
+bool path_is_loop_node(const char *path, dev_t *ret_devnum) {
+        struct stat st;
+
+        if (!path || stat(path, &st) < 0 || !S_ISBLK(st.st_mode) || major(st.st_rdev) != LOOP_MAJOR)
+                return false;
+        if (ret_devnum)
+                *ret_devnum = st.st_rdev;
+        return true;
 }
 
 /* ---- formatting for people ---- */

@@ -27,6 +27,7 @@
 typedef struct KnownDevice {
         char *object;
         char *name;
+        char *node;
         uint64_t diskseq;
 } KnownDevice;
 
@@ -51,34 +52,40 @@ static KnownDevice *monitor_find(Monitor *mon, const char *object) {
         return NULL;
 }
 
-static void monitor_remember(Monitor *mon, const char *object, const char *name, uint64_t diskseq) {
+/* Replaces *field with a copy of value unless they are equal or value is NULL. Running out of
+ * memory here only costs names in later lines: not worth failing. */
+static void known_set(char **field, const char *value) {
+        char *c;
+
+        if (!value || streq_ptr(*field, value))
+                return;
+        c = strdup(value);
+        if (!c)
+                return;
+        free(*field);
+        *field = c;
+}
+
+static void monitor_remember(Monitor *mon, const char *object, const char *name, const char *node,
+                             uint64_t diskseq) {
         KnownDevice *k = monitor_find(mon, object), *items;
-        char *o, *n;
 
-        if (k) {
-                if (name && !streq_ptr(k->name, name)) {
-                        n = strdup(name);
-                        if (n) {
-                                free(k->name);
-                                k->name = n;
-                        }
+        if (!k) {
+                char *o = strdup(object);
+
+                items = o ? reallocarray(mon->known, mon->n_known + 1, sizeof(KnownDevice)) : NULL;
+                if (!items) {
+                        free(o);
+                        return;
                 }
-                if (diskseq > 0)
-                        k->diskseq = diskseq;
-                return;
+                mon->known = items;
+                k = mon->known + mon->n_known++;
+                *k = (KnownDevice){.object = o};
         }
-
-        /* Running out of memory here only costs names in later lines: not worth failing. */
-        o = strdup(object);
-        n = name ? strdup(name) : NULL;
-        items = o ? reallocarray(mon->known, mon->n_known + 1, sizeof(KnownDevice)) : NULL;
-        if (!items) {
-                free(o);
-                free(n);
-                return;
-        }
-        mon->known = items;
-        mon->known[mon->n_known++] = (KnownDevice){.object = o, .name = n, .diskseq = diskseq};
+        known_set(&k->name, name);
+        known_set(&k->node, node);
+        if (diskseq > 0)
+                k->diskseq = diskseq;
 }
 
 static void monitor_forget(Monitor *mon, const char *object) {
@@ -88,6 +95,7 @@ static void monitor_forget(Monitor *mon, const char *object) {
                 return;
         free(k->object);
         free(k->name);
+        free(k->node);
         *k = mon->known[--mon->n_known];
 }
 
@@ -95,6 +103,7 @@ static void monitor_forget_all(Monitor *mon) {
         for (size_t i = 0; i < mon->n_known; i++) {
                 free(mon->known[i].object);
                 free(mon->known[i].name);
+                free(mon->known[i].node);
         }
         mon->n_known = 0;
 }
@@ -134,6 +143,11 @@ static void monitor_json_begin(Monitor *mon, const char *event, const char *obje
         fputs(",\"event\":", stdout);
         json_write_string(stdout, event);
         if (object) {
+                fputs(",\"device\":", stdout);
+                if (k && k->node)
+                        json_write_string(stdout, k->node);
+                else
+                        fputs("null", stdout);
                 fputs(",\"object\":", stdout);
                 json_write_string(stdout, object);
                 fputs(",\"name\":", stdout);
@@ -173,34 +187,12 @@ static int on_interfaces_added(sd_bus_message *m, void *userdata, sd_bus_error *
                 goto fail;
 
         /* First pass: learn the name, so that the JSON line can carry it too. */
-        r = sd_bus_message_enter_container(m, 'a', "{sa{sv}}");
+        r = device_interfaces_read(m, object, &d);
         if (r < 0)
                 goto fail;
-        while ((r = sd_bus_message_enter_container(m, 'e', "sa{sv}")) > 0) {
-                const char *interface;
-
-                r = sd_bus_message_read(m, "s", &interface);
-                if (r < 0)
-                        goto fail;
-                if (streq(interface, LOOPMGR_DEVICE_INTERFACE)) {
-                        is_device = true;
-                        r = device_info_read(m, &d);
-                } else
-                        r = sd_bus_message_skip(m, "a{sv}");
-                if (r < 0)
-                        goto fail;
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        goto fail;
-        }
-        if (r < 0)
-                goto fail;
-        r = sd_bus_message_exit_container(m);
-        if (r < 0)
-                goto fail;
-
+        is_device = r > 0;
         if (is_device)
-                monitor_remember(mon, object, d.name, d.diskseq);
+                monitor_remember(mon, object, d.name, d.node, d.diskseq);
 
         if (arg_json) {
                 r = sd_bus_message_rewind(m, true);
@@ -371,16 +363,14 @@ static void monitor_print_daemon(Monitor *mon, const char *event, const char *ow
 /* Learns the names of the existing devices, only to name them in later removals. A daemon
  * that is not running (yet) is fine, so failures are ignored. */
 static void monitor_learn_devices(Monitor *mon, sd_bus *bus) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_list_done) DeviceList list = {};
 
-        if (call_get_managed_objects(bus, &error, &reply) < 0 ||
-            device_list_parse(reply, false, &list) < 0)
+        if (device_list_get(bus, &error, &list) < 0)
                 return;
 
         for (size_t i = 0; i < list.n; i++)
-                monitor_remember(mon, list.items[i].object, list.items[i].name,
+                monitor_remember(mon, list.items[i].object, list.items[i].name, list.items[i].node,
                                  list.items[i].diskseq);
 }
 

@@ -405,12 +405,11 @@ int verb_mount(sd_bus *bus, char **args) {
 }
 
 int verb_umount(sd_bus *bus, char **args) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *props = NULL, *reply = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_info_done) DeviceInfo d = {};
         _cleanup_free_ char *target = NULL, *source = NULL, *object = NULL, *message = NULL;
         const char *dir = args[0], *state;
-        struct stat st;
         int r;
 
         r = require_root("umount");
@@ -427,8 +426,7 @@ int verb_umount(sd_bus *bus, char **args) {
 
         /* Only file systems on loop devices: anything else is umount(8)'s business and must
          * never lead to a Detach. */
-        if (!source || stat(source, &st) < 0 || !S_ISBLK(st.st_mode) ||
-            major(st.st_rdev) != LOOP_MAJOR)
+        if (!path_is_loop_node(source, NULL))
                 return log_fail(EXIT_FAILURE,
                                 "%s is mounted from %s, which is not a loop device; use umount(8).",
                                 target, source ?: "something that is not a device");
@@ -436,13 +434,11 @@ int verb_umount(sd_bus *bus, char **args) {
         r = resolve_device(bus, source, &object);
         if (r != 0)
                 return r;
-        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll",
-                               &error, &props, "s", LOOPMGR_DEVICE_INTERFACE);
-        if (r < 0)
-                return log_bus_error(&error, r, "GetAll");
-        r = device_info_read(props, &d);
+        r = device_info_get(bus, object, &error, &d);
         if (r == -ENOMEM)
                 return log_oom();
+        if (r < 0 && sd_bus_error_is_set(&error))
+                return log_bus_error(&error, r, "GetAll");
         if (r < 0)
                 return log_parse_error(r);
 

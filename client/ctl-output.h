@@ -4,7 +4,7 @@
 /*
  * Output helpers of loopmgrctl: JSON written straight from sd_bus_message values (so that
  * --json shows every property the daemon sends, including ones this client does not know),
- * human formatting of property values, and a minimal column table.
+ * human formatting of property values, and named fields printed as "Name: value" lines.
  *
  * The readers consume exactly one complete value from the message and return 0 or a negative
  * errno (-EBADMSG when the message is not what was expected).
@@ -37,24 +37,6 @@ char *escape_human(const char *s);
  * lines of text: one line for scalars, one per element for arrays (possibly none). Knows
  * the units of loopmgr's properties (sizes in bytes, dev_t, uid). */
 int format_property(const char *name, sd_bus_message *m, char ***ret_lines);
-
-/* Table */
-typedef struct Table Table;
-typedef enum TableAlign {
-        TABLE_ALIGN_LEFT,
-        TABLE_ALIGN_RIGHT,
-} TableAlign;
-
-Table *table_new(size_t n_columns, const char *const *headers, const TableAlign *align);
-Table *table_free(Table *t);
-/* Adds one row of n_columns cells (copied, escaped with escape_human()). */
-int table_add_row(Table *t, const char *const *cells);
-size_t table_rows(const Table *t);
-int table_print(const Table *t, FILE *f, bool legend);
-
-static inline void table_freep(Table **t) {
-        table_free(*t);
-}
 
 /* Fields: named values of one or more lines, printed as "Name: value" */
 typedef struct Field {

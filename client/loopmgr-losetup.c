@@ -26,7 +26,6 @@
 #include "ctl-util.h"
 #include "loopmgr-bus.h"
 
-#define LOOP_MAJOR_NUMBER 7
 /* The daemon's own udev/teardown timeout plus headroom: requests wait their turn in it. */
 #define CALL_TIMEOUT_USEC (LOOPMGR_DEFAULT_TIMEOUT_USEC + 60ULL * 1000000ULL)
 
@@ -220,18 +219,12 @@ static int parse_columns(const char *list) {
 
 /* ---- devices ------------------------------------------------------------------------------ */
 
-/* losetup's is_loopdev(): a block device node of the loop major. */
+/* losetup's is_loopdev(): a block device node of the loop major; errno ENODEV when not. */
 static bool is_loop_node(const char *path, dev_t *ret_devnum) {
-        struct stat st;
-
-        if (!path || stat(path, &st) < 0 || !S_ISBLK(st.st_mode) ||
-            major(st.st_rdev) != LOOP_MAJOR_NUMBER) {
-                errno = ENODEV;
-                return false;
-        }
-        if (ret_devnum)
-                *ret_devnum = st.st_rdev;
-        return true;
+        if (path_is_loop_node(path, ret_devnum))
+                return true;
+        errno = ENODEV;
+        return false;
 }
 
 /* "loop5" is /dev/loop5 for losetup; anything with a slash is taken as it is. */
@@ -252,18 +245,14 @@ static DeviceInfo *find_by_devnum(DeviceList *l, dev_t devnum) {
 
 static int list_devices(sd_bus *bus, DeviceList *ret) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r;
 
-        r = call_get_managed_objects(bus, &error, &reply);
-        if (r < 0) {
+        r = device_list_get(bus, &error, ret);
+        if (r < 0 && sd_bus_error_is_set(&error)) {
                 warn_errno(bus_errno(&error, r), "failed to list loop devices");
                 warn_daemon(&error);
-                return r;
-        }
-        r = device_list_parse(reply, false, ret);
-        if (r < 0)
-                warn_errno(-r, "failed to parse the reply of loopmgrd");
+        } else if (r < 0)
+                warn_errno(-r, "failed to list loop devices");
         return r;
 }
 

@@ -38,7 +38,8 @@ static const char *const option_flag_names[_OPT_COUNT] = {
         "--offset",      "--size-limit", "--read-only",      "--partscan", "--direct-io",
         "--sector-size", "--exclusive",  "--lifetime",       "--no-wait",  "--timeout",
         "--wait",        "--recursive",  "--all-references", "--json",     "--no-legend",
-        "--options",     "--types",      "--verbose",        "--writable",
+        "--options",     "--types",      "--verbose",        "--writable", "--raw",
+        "--output",
 };
 
 /* -o is --offset for every command but mount, where it is mount(8)'s -o: the values are kept
@@ -66,6 +67,8 @@ bool arg_json;
 bool arg_writable;
 static bool arg_no_ask_password;
 bool arg_no_legend;
+bool arg_raw;
+const char *arg_output;
 char *arg_mount_options; /* the -o/--options of mount, joined with commas */
 const char *arg_fstype;
 bool arg_verbose;
@@ -230,7 +233,10 @@ static void help(void) {
                "     --recursive         Detach devices stacked on this one first (detach)\n"
                "     --all-references    Drop every reference, not only ours (detach)\n"
                "     --json              Print JSON (one object per line for monitor)\n"
-               "     --no-legend         Do not print column headers (list)\n"
+               "  -n --noheadings        Do not print column headers (list; also --no-legend)\n"
+               "     --raw               Raw output: no alignment, cells escaped (list, status)\n"
+               "  -O --output=COLS       Columns to show, +COLS to add to the defaults (list,\n"
+               "                         status); see loopmgrctl(1)\n"
                "  -o --options=OPTS      Mount options, as for mount -o (mount)\n"
                "  -t --types=FSTYPE      File system type; default: probe it (mount)\n"
                "  -v --verbose           Print the device (mount) or the detach state (umount)\n"
@@ -261,8 +267,8 @@ static const Verb verbs[] = {
          verb_attach},
         {"detach", 1, "DEV|FILE",
          OPT_WAIT | OPT_RECURSIVE | OPT_ALL_REFERENCES | OPT_TIMEOUT | OPT_JSON, verb_detach},
-        {"list", 0, NULL, OPT_JSON | OPT_NO_LEGEND, verb_list},
-        {"status", 1, "DEV|FILE", OPT_JSON, verb_status},
+        {"list", 0, NULL, OPT_JSON | OPT_NO_LEGEND | OPT_RAW | OPT_OUTPUT, verb_list},
+        {"status", 1, "DEV|FILE", OPT_JSON | OPT_RAW | OPT_OUTPUT, verb_status},
         {"resolve", 1, "PATH", OPT_OFFSET | OPT_SIZE_LIMIT | OPT_JSON, verb_resolve},
         {"monitor", 0, NULL, OPT_JSON, verb_monitor},
         {"mount", 2, "IMAGE DIR",
@@ -339,6 +345,7 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 ARG_OPTIONS,
                 ARG_WRITABLE,
                 ARG_NO_ASK_PASSWORD,
+                ARG_RAW,
         };
         /* clang-format off */
         static const struct option options[] = {
@@ -359,6 +366,9 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                 { "all-references", no_argument,       NULL, ARG_ALL_REFERENCES },
                 { "json",           no_argument,       NULL, ARG_JSON           },
                 { "no-legend",      no_argument,       NULL, ARG_NO_LEGEND      },
+                { "noheadings",     no_argument,       NULL, 'n'                },
+                { "raw",            no_argument,       NULL, ARG_RAW            },
+                { "output",         required_argument, NULL, 'O'                },
                 { "options",        required_argument, NULL, ARG_OPTIONS        },
                 { "types",          required_argument, NULL, 't'                },
                 { "verbose",        no_argument,       NULL, 'v'                },
@@ -377,7 +387,7 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
         /* No '+' in front: GNU getopt permutes, so options may follow the verb. The ':'
          * makes getopt quiet; we word the errors ourselves. */
         opterr = 0;
-        while ((c = getopt_long(argc, argv, ":ho:rPb:t:v", options, NULL)) >= 0)
+        while ((c = getopt_long(argc, argv, ":ho:rPb:t:vnO:", options, NULL)) >= 0)
                 switch (c) {
                 case 'h':
                         help();
@@ -510,8 +520,21 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb, char ***ret
                         break;
 
                 case ARG_NO_LEGEND:
+                case 'n':
                         arg_no_legend = true;
                         arg_given |= OPT_NO_LEGEND;
+                        break;
+
+                case ARG_RAW:
+                        arg_raw = true;
+                        arg_given |= OPT_RAW;
+                        break;
+
+                case 'O':
+                        if (!optarg[0] || streq(optarg, "+"))
+                                return log_usage("--output needs a list of columns.");
+                        arg_output = optarg;
+                        arg_given |= OPT_OUTPUT;
                         break;
 
                 case ARG_WRITABLE:
