@@ -132,29 +132,17 @@ int verb_attach(sd_bus *bus, char **args) {
         bool client = streq_ptr(arg_lifetime, "client"), fallback_read_only = false;
         ClientLifetime lifetime = {};
         uint64_t diskseq;
-        struct stat st;
         int reused, r;
 
-        r = open_backing(path, arg_read_only ? O_RDONLY : O_RDWR, &fd);
-        if (!arg_read_only && (r == -EACCES || r == -EROFS || r == -EPERM)) {
-                /* As losetup does: a file we may only read still gives a read-only device. */
-                r = open_backing(path, O_RDONLY, &fd);
-                fallback_read_only = r >= 0;
-        }
-        if (r < 0)
-                return log_fail(exit_status_from_local_errno(-r), "Failed to open %s: %s", path,
-                                strerror(-r));
-
-        if (fstat(fd, &st) < 0)
-                return log_fail(EXIT_FAILURE, "Failed to stat %s: %s", path, strerror(errno));
-        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-                return log_fail(EXIT_FAILURE, "%s is neither a regular file nor a block device.",
-                                path);
+        /* As losetup does: a file we may only read still gives a read-only device. */
+        r = open_image(path, arg_read_only, &fd, &fallback_read_only);
+        if (r != 0)
+                return r;
 
         if (client) {
                 /* Subscribe before Attach: the device could be detached by someone else
                  * (--all-references) before we start waiting. */
-                r = event_new_with_signals(bus, &event);
+                r = event_new_with_signals(bus, NULL, &event);
                 if (r < 0)
                         return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s",
                                         strerror(-r));
@@ -181,10 +169,8 @@ int verb_attach(sd_bus *bus, char **args) {
                 return log_parse_error(r);
 
         if (arg_json) {
-                fputs("{\"device\":", stdout);
-                json_write_string(stdout, node);
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, object);
+                fputc('{', stdout);
+                json_write_device(stdout, node, object);
                 printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
                        reused ? "true" : "false");
         } else
@@ -264,13 +250,8 @@ int verb_detach(sd_bus *bus, char **args) {
                 return log_parse_error(r);
 
         if (arg_json) {
-                fputs("{\"device\":", stdout);
-                if (d.node)
-                        json_write_string(stdout, d.node);
-                else
-                        fputs("null", stdout);
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, object);
+                fputc('{', stdout);
+                json_write_device(stdout, d.node, object);
                 fputs(",\"state\":", stdout);
                 json_write_string(stdout, state);
                 fputs("}\n", stdout);

@@ -205,14 +205,55 @@ int resolve_device(sd_bus *bus, const char *arg, char **ret_object) {
         return *ret_object ? 0 : log_oom();
 }
 
+int device_info_get_or_log(sd_bus *bus, const char *object, DeviceInfo *ret) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = device_info_get(bus, object, &error, ret);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0 && sd_bus_error_is_set(&error))
+                return log_bus_error(&error, r, "GetAll");
+        if (r < 0)
+                return log_parse_error(r);
+        return 0;
+}
+
+int open_image(const char *path, bool read_only, int *ret_fd, bool *ret_fallback_read_only) {
+        _cleanup_close_ int fd = -EBADF;
+        bool fallback = false;
+        struct stat st;
+        int r;
+
+        r = open_backing(path, read_only ? O_RDONLY : O_RDWR, &fd);
+        if (!read_only && (r == -EACCES || r == -EROFS || r == -EPERM)) {
+                r = open_backing(path, O_RDONLY, &fd);
+                fallback = r >= 0;
+        }
+        if (r < 0)
+                return log_fail(exit_status_from_local_errno(-r), "Failed to open %s: %s", path,
+                                strerror(-r));
+
+        if (fstat(fd, &st) < 0)
+                return log_fail(EXIT_FAILURE, "Failed to stat %s: %s", path, strerror(errno));
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return log_fail(EXIT_FAILURE, "%s is neither a regular file nor a block device.",
+                                path);
+
+        *ret_fd = fd;
+        fd = -EBADF;
+        *ret_fallback_read_only = fallback;
+        return 0;
+}
+
 static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
-/* An event loop that ends with 0 on SIGINT/SIGTERM, with the bus attached so that the daemon
- * can still talk to us while we wait. sd-bus ends the loop with EXIT_FAILURE when the bus
- * connection is lost. */
-int event_new_with_signals(sd_bus *bus, sd_event **ret) {
+/* An event loop that ends with 0 on SIGINT/SIGTERM (or runs on_signal, with the bus as
+ * userdata), with the bus attached so that the daemon can still talk to us while we wait.
+ * sd-bus ends the loop with EXIT_FAILURE when the bus connection is lost. */
+int event_new_with_signals(sd_bus *bus, sd_event_signal_handler_t on_signal, sd_event **ret) {
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         sigset_t mask;
         int r;
@@ -226,10 +267,10 @@ int event_new_with_signals(sd_bus *bus, sd_event **ret) {
         r = sd_event_default(&event);
         if (r < 0)
                 return r;
-        r = sd_event_add_signal(event, NULL, SIGINT, on_exit_signal, NULL);
+        r = sd_event_add_signal(event, NULL, SIGINT, on_signal ?: on_exit_signal, bus);
         if (r < 0)
                 return r;
-        r = sd_event_add_signal(event, NULL, SIGTERM, on_exit_signal, NULL);
+        r = sd_event_add_signal(event, NULL, SIGTERM, on_signal ?: on_exit_signal, bus);
         if (r < 0)
                 return r;
         r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);

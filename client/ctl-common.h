@@ -16,6 +16,7 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "ctl-devices.h"
 #include "ctl-util.h"
 
 enum {
@@ -113,7 +114,15 @@ uint64_t call_timeout_usec(void);
 int open_backing(const char *path, int flags, int *ret_fd);
 /* The device object for a node, file, or object path (Manager.GetDevice); an exit status. */
 int resolve_device(sd_bus *bus, const char *arg, char **ret_object);
-int event_new_with_signals(sd_bus *bus, sd_event **ret);
+/* An event loop with the bus attached that SIGINT/SIGTERM end, or on_signal handles (NULL:
+ * end the loop with 0). */
+int event_new_with_signals(sd_bus *bus, sd_event_signal_handler_t on_signal, sd_event **ret);
+/* device_info_get() of object into *ret; 0 or an exit status (the message printed). */
+int device_info_get_or_log(sd_bus *bus, const char *object, DeviceInfo *ret);
+/* Opens the image of attach and mount: read-write unless read_only, read-only when it may
+ * only be read (*ret_fallback_read_only set then, as losetup and mount(8) do); a regular file
+ * or block device. 0 or an exit status (the message printed). */
+int open_image(const char *path, bool read_only, int *ret_fd, bool *ret_fallback_read_only);
 
 /* Calls to loopmgrd (ctl-attach.c), with the attach/detach options given on the command line. */
 int call_attach(sd_bus *bus, int fd, bool read_only, sd_bus_error *error,

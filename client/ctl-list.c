@@ -476,7 +476,6 @@ static int status_table(const DeviceInfo *d, const ColumnList *cols, struct libs
 }
 
 int verb_status(sd_bus *bus, char **args) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(scols_unref_tablep) struct libscols_table *tb = NULL;
         _cleanup_(device_info_done) DeviceInfo d = {};
         _cleanup_free_ char *object = NULL;
@@ -491,13 +490,9 @@ int verb_status(sd_bus *bus, char **args) {
         if (r != 0)
                 return r;
 
-        r = device_info_get(bus, object, &error, &d);
-        if (r == -ENOMEM)
-                return log_oom();
-        if (r < 0 && sd_bus_error_is_set(&error))
-                return log_bus_error(&error, r, "GetAll");
-        if (r < 0)
-                return log_parse_error(r);
+        r = device_info_get_or_log(bus, object, &d);
+        if (r != 0)
+                return r;
 
         if (arg_json)
                 r = devices_table(&d, 1, &cols, &tb);

@@ -143,13 +143,8 @@ static void monitor_json_begin(Monitor *mon, const char *event, const char *obje
         fputs(",\"event\":", stdout);
         json_write_string(stdout, event);
         if (object) {
-                fputs(",\"device\":", stdout);
-                if (k && k->node)
-                        json_write_string(stdout, k->node);
-                else
-                        fputs("null", stdout);
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, object);
+                fputc(',', stdout);
+                json_write_device(stdout, k ? k->node : NULL, object);
                 fputs(",\"name\":", stdout);
                 if (k && k->name)
                         json_write_string(stdout, k->name);
@@ -403,7 +398,7 @@ int verb_monitor(sd_bus *bus, char **args) {
         _cleanup_(monitor_done) Monitor mon = {};
         int r;
 
-        r = event_new_with_signals(bus, &event);
+        r = event_new_with_signals(bus, NULL, &event);
         if (r < 0)
                 return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s", strerror(-r));
 

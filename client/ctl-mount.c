@@ -344,21 +344,10 @@ int verb_mount(sd_bus *bus, char **args) {
         } else if (!S_ISDIR(st.st_mode))
                 return log_fail(EXIT_FAILURE, "Cannot mount on %s: not a directory.", dir);
 
-        r = open_backing(image, mo.read_only ? O_RDONLY : O_RDWR, &fd);
-        if (!mo.read_only && (r == -EACCES || r == -EROFS || r == -EPERM)) {
-                /* As attach and mount(8) do: a file we may only read is mounted read-only. */
-                r = open_backing(image, O_RDONLY, &fd);
-                fallback_read_only = r >= 0;
-        }
-        if (r < 0)
-                return log_fail(exit_status_from_local_errno(-r), "Failed to open %s: %s", image,
-                                strerror(-r));
-
-        if (fstat(fd, &st) < 0)
-                return log_fail(EXIT_FAILURE, "Failed to stat %s: %s", image, strerror(errno));
-        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-                return log_fail(EXIT_FAILURE, "%s is neither a regular file nor a block device.",
-                                image);
+        /* As attach and mount(8) do: a file we may only read is mounted read-only. */
+        r = open_image(image, mo.read_only, &fd, &fallback_read_only);
+        if (r != 0)
+                return r;
 
         if (fallback_read_only) {
                 r = mount_options_force_read_only(&mo);
@@ -434,13 +423,9 @@ int verb_umount(sd_bus *bus, char **args) {
         r = resolve_device(bus, source, &object);
         if (r != 0)
                 return r;
-        r = device_info_get(bus, object, &error, &d);
-        if (r == -ENOMEM)
-                return log_oom();
-        if (r < 0 && sd_bus_error_is_set(&error))
-                return log_bus_error(&error, r, "GetAll");
-        if (r < 0)
-                return log_parse_error(r);
+        r = device_info_get_or_log(bus, object, &d);
+        if (r != 0)
+                return r;
 
         r = ctl_umount(target, &message);
         if (r < 0)

@@ -170,32 +170,6 @@ static int on_open_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
-static int open_event_new(sd_bus *bus, sd_event **ret) {
-        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
-        sigset_t mask;
-        int r;
-
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return -errno;
-
-        r = sd_event_default(&event);
-        if (r >= 0)
-                r = sd_event_add_signal(event, NULL, SIGINT, on_open_signal, bus);
-        if (r >= 0)
-                r = sd_event_add_signal(event, NULL, SIGTERM, on_open_signal, bus);
-        if (r >= 0)
-                r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
-        if (r >= 0)
-                r = sd_bus_set_exit_on_disconnect(bus, true);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(event);
-        return 0;
-}
-
 static int open_wait_client(sd_bus *bus, sd_event *event, OpenWait *w, const char *image,
                             const char *node, const char *mount_point) {
         DeviceInfo d = {
@@ -266,7 +240,7 @@ int verb_open(sd_bus *bus, char **args) {
         if (client) {
                 /* Before Attach: SIGINT and SIGTERM are blocked from here on, and handled by the
                  * event loop that waits once the image is open. */
-                r = open_event_new(bus, &event);
+                r = event_new_with_signals(bus, on_open_signal, &event);
                 if (r < 0)
                         return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s",
                                         strerror(-r));
@@ -326,10 +300,8 @@ int verb_open(sd_bus *bus, char **args) {
                 return log_parse_error(r);
 
         if (arg_json) {
-                fputs("{\"device\":", stdout);
-                json_write_string(stdout, node);
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, object);
+                fputc('{', stdout);
+                json_write_device(stdout, node, object);
                 fputs(",\"mount_point\":", stdout);
                 json_write_string(stdout, mount_point);
                 printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
@@ -387,10 +359,8 @@ static bool error_means_gone(const sd_bus_error *error) {
 
 static int close_print(const DeviceInfo *d, const char *state) {
         if (arg_json) {
-                fputs("{\"device\":", stdout);
-                json_write_string(stdout, strempty(d->node));
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, d->object);
+                fputc('{', stdout);
+                json_write_device(stdout, d->node, d->object);
                 fputs(",\"mount_point\":", stdout);
                 json_write_string(stdout, strempty(d->mount_point));
                 fputs(",\"state\":", stdout);

@@ -198,6 +198,16 @@ static int json_write_sequence(sd_bus_message *m, FILE *f, char container, const
         return sd_bus_message_exit_container(m);
 }
 
+void json_write_device(FILE *f, const char *node, const char *object) {
+        fputs("\"device\":", f);
+        if (node)
+                json_write_string(f, node);
+        else
+                fputs("null", f);
+        fputs(",\"object\":", f);
+        json_write_string(f, object);
+}
+
 int json_write_value(sd_bus_message *m, FILE *f) {
         const char *contents;
         BasicValue v;

@@ -17,6 +17,9 @@
 
 /* JSON */
 void json_write_string(FILE *f, const char *s);
+/* "device":NODE,"object":OBJECT, the two names of a device in every --json document (node
+ * NULL: null). */
+void json_write_device(FILE *f, const char *node, const char *object);
 /* Any D-Bus value: dictionaries become objects (keys as strings), other arrays and structs
  * become arrays, variants are unwrapped, booleans true/false, numbers as numbers. */
 int json_write_value(sd_bus_message *m, FILE *f);
