@@ -348,12 +348,18 @@ static int devices_table(const DeviceInfo *devices, size_t n, const ColumnList *
                 return -ENOMEM;
         for (size_t i = 0; i < cols->n; i++) {
                 const ColumnInfo *ci = columns_info + cols->items[i];
-                struct libscols_column *cl =
-                        scols_table_new_column(tb, ci->name, ci->whint, ci->flags);
+                bool array = arg_json && ci->json_type == SCOLS_JSON_ARRAY_STRING;
+                struct libscols_column *cl = scols_table_new_column(
+                        tb, ci->name, ci->whint, ci->flags | (array ? SCOLS_FL_WRAP : 0));
 
                 if (!cl)
                         return -ENOMEM;
                 if (arg_json && scols_column_set_json_type(cl, ci->json_type) < 0)
+                        return -ENOMEM;
+                /* A JSON array of the cell's lines, as lsblk's MOUNTPOINTS (and like it, [null]
+                 * for an empty list). */
+                if (array && scols_column_set_wrapfunc(cl, scols_wrapnl_chunksize,
+                                                       scols_wrapnl_nextchunk, NULL) < 0)
                         return -ENOMEM;
         }
 
@@ -408,8 +414,9 @@ int verb_list(sd_bus *bus, char **args) {
         if (r < 0)
                 return log_parse_error(r);
 
-        /* Like losetup: nothing at all when there is nothing to list, in JSON too. */
-        if (list.n == 0)
+        /* Like losetup: nothing at all when there is nothing to list; JSON says so, for
+         * scripts. */
+        if (list.n == 0 && !arg_json)
                 return 0;
 
         r = devices_table(list.items, list.n, &cols, &tb);
@@ -439,8 +446,6 @@ static int status_table(const DeviceInfo *d, const ColumnList *cols, struct libs
         if (!tb)
                 return -ENOMEM;
         scols_table_enable_noheadings(tb, true);
-        if (!arg_raw)
-                scols_table_set_column_separator(tb, " ");
         if (!scols_table_new_column(tb, "FIELD", 0.1, arg_raw ? 0 : SCOLS_FL_RIGHT) ||
             !scols_table_new_column(tb, "VALUE", 0.9, 0))
                 return -ENOMEM;

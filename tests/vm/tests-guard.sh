@@ -201,7 +201,7 @@ test_guard_audit() {
         { losetup -d "$other"; guard_unit_set; die "Creator of $other: '$(prop "$other" creator)'"; }
     echo "audit: $other made beside $node, Creator $(prop "$other" creator)"
     # An alias made anyway: both name each other, and the daemon says who made it.
-    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $node | jq -r '.devices[0].aliases | length') == 1 ]]" ||
+    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $node | jq -r '.devices[0].aliases | map(select(. != null)) | length') == 1 ]]" ||
         { losetup -d "$other"; guard_unit_set; die "Aliases of $node: $(prop "$node" aliases)"; }
     [[ $(loopmgrctl status --json "$other" | jq -r '.devices[0].aliases | join(" ")') == "$(prop "$node" object)" ]] ||
         { losetup -d "$other"; guard_unit_set; die "Aliases of $other: $(prop "$other" aliases)"; }
