@@ -347,22 +347,8 @@ static void resolve_info_done(ResolveInfo *i) {
         *i = (ResolveInfo){};
 }
 
-static int read_variant_strv(sd_bus_message *m, const char *contents, char ***field) {
-        char **l = NULL;
-        int r;
-
-        r = sd_bus_message_enter_container(m, 'v', contents);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_read_strv(m, &l);
-        if (r < 0)
-                return r;
-        strv_free(*field);
-        *field = l;
-        return sd_bus_message_exit_container(m);
-}
-
-static int resolve_info_read(sd_bus_message *m, ResolveInfo *info) {
+/* One key of Resolve's answer into the ResolveInfo at userdata; unknown keys into extra. */
+static int resolve_key(sd_bus_message *m, const char *key, const char *contents, void *userdata) {
         /* clang-format off */
         static const struct {
                 const char *key;
@@ -375,69 +361,46 @@ static int resolve_info_read(sd_bus_message *m, ResolveInfo *info) {
                 { "size",        offsetof(ResolveInfo, size),        RESOLVE_HAS_SIZE   },
         };
         /* clang-format on */
+        ResolveInfo *info = userdata;
+        char **lines = NULL;
+        const char *s;
         int r;
 
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
-        if (r < 0)
-                return r;
-
-        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                const char *key, *contents, *s;
-                bool done = false;
-                char type;
-
-                r = sd_bus_message_read(m, "s", &key);
-                if (r >= 0)
-                        r = sd_bus_message_peek_type(m, &type, &contents);
+        if (streq(key, "base-kind") && streq(contents, "s")) {
+                r = sd_bus_message_read(m, "v", "s", &s);
                 if (r < 0)
                         return r;
-
-                if (streq(key, "base-kind") && streq(contents, "s")) {
-                        r = sd_bus_message_read(m, "v", "s", &s);
+                free(info->base_kind);
+                info->base_kind = strdup(s);
+                return info->base_kind ? 1 : -ENOMEM;
+        }
+        if ((streq(key, "chain") && streq(contents, "as")) ||
+            (streq(key, "aliases") && streq(contents, "ao"))) {
+                r = bus_read_variant_strv(m, contents,
+                                          streq(key, "chain") ? &info->chain : &info->aliases);
+                return r < 0 ? r : 1;
+        }
+        if (streq(contents, "t"))
+                for (size_t i = 0; i < ELEMENTSOF(numbers); i++) {
+                        if (!streq(key, numbers[i].key))
+                                continue;
+                        r = sd_bus_message_read(m, "v", "t", (uint8_t *) info + numbers[i].offset);
                         if (r < 0)
                                 return r;
-                        free(info->base_kind);
-                        info->base_kind = strdup(s);
-                        if (!info->base_kind)
-                                return -ENOMEM;
-                        done = true;
-                } else if (streq(key, "chain") && streq(contents, "as")) {
-                        r = read_variant_strv(m, contents, &info->chain);
-                        done = true;
-                } else if (streq(key, "aliases") && streq(contents, "ao")) {
-                        r = read_variant_strv(m, contents, &info->aliases);
-                        done = true;
-                } else if (streq(contents, "t"))
-                        for (size_t i = 0; i < ELEMENTSOF(numbers) && !done; i++) {
-                                if (!streq(key, numbers[i].key))
-                                        continue;
-                                r = sd_bus_message_read(m, "v", "t",
-                                                        (uint8_t *) info + numbers[i].offset);
-                                info->present |= numbers[i].present;
-                                done = true;
-                        }
-                if (r < 0)
-                        return r;
-
-                if (!done) {
-                        char **lines = NULL;
-
-                        r = format_property(key, m, &lines);
-                        if (r < 0)
-                                return r;
-                        r = field_list_add(&info->extra, key, lines);
-                        if (r < 0)
-                                return r;
+                        info->present |= numbers[i].present;
+                        return 1;
                 }
 
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-        }
+        /* Whatever a newer daemon adds, formatted. */
+        r = format_property(key, m, &lines);
         if (r < 0)
                 return r;
+        r = field_list_add(&info->extra, key, lines);
+        return r < 0 ? r : 1;
+}
 
-        return sd_bus_message_exit_container(m);
+static int resolve_info_read(sd_bus_message *m, ResolveInfo *info) {
+        return bus_read_properties(m, resolve_key, info);
 }
 
 /* One line for an aliasing device: its node and what it exposes, from its properties. A

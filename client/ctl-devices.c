@@ -69,138 +69,150 @@ static int read_openers(sd_bus_message *m, char ***field) {
         return 0;
 }
 
-/* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
- * unexpected type are skipped: a newer daemon may add or change some, and the table view
- * should still work. */
-int device_info_read(sd_bus_message *m, DeviceInfo *d) {
-        /* clang-format off */
-        static const struct {
-                const char *name;
-                char type;
-                size_t offset;
-                unsigned present;
-        } map[] = {
-                { "Name",        's', offsetof(DeviceInfo, name)         },
-                { "Node",        's', offsetof(DeviceInfo, node)         },
-                { "BackingFile", 's', offsetof(DeviceInfo, backing_file) },
-                { "State",       's', offsetof(DeviceInfo, state)        },
-                { "Creator",     's', offsetof(DeviceInfo, creator)      },
-                { "MountPoint",  's', offsetof(DeviceInfo, mount_point)  },
-                { "IdType",      's', offsetof(DeviceInfo, id_type)      },
-                { "IdLabel",     's', offsetof(DeviceInfo, id_label)     },
-                { "IdUUID",      's', offsetof(DeviceInfo, id_uuid)      },
-                { "MountUser",   'u', offsetof(DeviceInfo, mount_user),  PRESENT_MOUNT_USER },
-                { "DiskSeq",     't', offsetof(DeviceInfo, diskseq)      },
-                { "Size",        't', offsetof(DeviceInfo, size)         },
-                { "Offset",      't', offsetof(DeviceInfo, offset)       },
-                { "SizeLimit",   't', offsetof(DeviceInfo, size_limit)   },
-                { "SectorSize",  'u', offsetof(DeviceInfo, sector_size)  },
-                { "OwnerUID",    'u', offsetof(DeviceInfo, owner_uid),   PRESENT_OWNER_UID  },
-                { "References",  'u', offsetof(DeviceInfo, references)   },
-                { "ReadOnly",    'b', offsetof(DeviceInfo, read_only)    },
-                { "DirectIO",    'b', offsetof(DeviceInfo, direct_io)    },
-                { "Managed",     'b', offsetof(DeviceInfo, managed)      },
-                { "Autoclear",   'b', offsetof(DeviceInfo, autoclear)    },
-                { "PartScan",    'b', offsetof(DeviceInfo, partscan)     },
-                { "Major",       'u', offsetof(DeviceInfo, major)        },
-                { "Minor",       'u', offsetof(DeviceInfo, minor)        },
-                { "BackingDevice", 't', offsetof(DeviceInfo, backing_device) },
-                { "BackingInode",  't', offsetof(DeviceInfo, backing_inode)  },
-                { "BaseKind",    's', offsetof(DeviceInfo, base_kind)    },
-                { "BaseDevice",  't', offsetof(DeviceInfo, base_device),  PRESENT_BASE_DEVICE },
-                { "BaseInode",   't', offsetof(DeviceInfo, base_inode),   PRESENT_BASE_INODE  },
-                { "BaseOffset",  't', offsetof(DeviceInfo, base_offset),  PRESENT_BASE_OFFSET },
-                { "BaseSize",    't', offsetof(DeviceInfo, base_size),    PRESENT_BASE_SIZE   },
-        };
-        /* clang-format on */
+int bus_read_properties(sd_bus_message *m, bus_property_func_t f, void *userdata) {
         int r;
 
         r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
         if (r < 0)
                 return r;
-
         while ((r = sd_bus_message_enter_container(m, SD_BUS_TYPE_DICT_ENTRY, "sv")) > 0) {
                 const char *key, *contents;
-                bool done = false;
                 char type;
 
                 r = sd_bus_message_read_basic(m, 's', &key);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_peek_type(m, &type, &contents);
-                if (r < 0)
-                        return r;
-
-                if ((streq(key, "Aliases") && streq(contents, "ao")) ||
-                    (streq(key, "Chain") && streq(contents, "as"))) {
-                        char ***field = streq(key, "Aliases") ? &d->aliases : &d->chain;
-                        char **l = NULL;
-
-                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, contents);
-                        if (r >= 0)
-                                r = sd_bus_message_read_strv(m, &l);
-                        if (r >= 0)
-                                r = sd_bus_message_exit_container(m);
-                        if (r < 0) {
-                                strv_free(l);
-                                return r;
-                        }
-                        strv_free(*field);
-                        *field = l;
-                        if (field == &d->aliases)
-                                d->n_aliases = (uint32_t) strv_length(l);
-                        done = true;
-                } else if (streq(key, "Openers") && streq(contents, "a(ss)")) {
-                        r = read_openers(m, &d->openers);
-                        if (r < 0)
-                                return r;
-                        done = true;
-                }
-
-                for (size_t i = 0; i < ELEMENTSOF(map) && !done; i++) {
-                        void *field = (uint8_t *) d + map[i].offset;
-                        const char *s;
-
-                        if (!streq(key, map[i].name) || contents[0] != map[i].type ||
-                            contents[1] != '\0')
-                                continue;
-
-                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, contents);
-                        if (r < 0)
-                                return r;
-                        if (map[i].type == 's') {
-                                r = sd_bus_message_read_basic(m, 's', &s);
-                                if (r < 0)
-                                        return r;
-                                free(*(char **) field);
-                                *(char **) field = strdup(s);
-                                if (!*(char **) field)
-                                        return -ENOMEM;
-                        } else {
-                                r = sd_bus_message_read_basic(m, map[i].type, field);
-                                if (r < 0)
-                                        return r;
-                        }
-                        r = sd_bus_message_exit_container(m);
-                        if (r < 0)
-                                return r;
-                        d->present |= map[i].present;
-                        done = true;
-                }
-                if (!done) {
+                if (r >= 0)
+                        r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r >= 0)
+                        r = f(m, key, contents, userdata);
+                if (r == 0)
                         r = sd_bus_message_skip(m, "v");
-                        if (r < 0)
-                                return r;
-                }
-
-                r = sd_bus_message_exit_container(m);
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(m);
                 if (r < 0)
                         return r;
         }
         if (r < 0)
                 return r;
-
         return sd_bus_message_exit_container(m);
+}
+
+int bus_read_variant_strv(sd_bus_message *m, const char *contents, char ***field) {
+        _cleanup_strv_free_ char **l = NULL;
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, contents);
+        if (r >= 0)
+                r = sd_bus_message_read_strv(m, &l);
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        strv_free(*field);
+        *field = TAKE_PTR(l);
+        return 0;
+}
+
+/* The Device properties DeviceInfo keeps, by name and D-Bus type. */
+/* clang-format off */
+static const struct {
+        const char *name;
+        char type;
+        size_t offset;
+        unsigned present;
+} device_properties[] = {
+        { "Name",        's', offsetof(DeviceInfo, name)         },
+        { "Node",        's', offsetof(DeviceInfo, node)         },
+        { "BackingFile", 's', offsetof(DeviceInfo, backing_file) },
+        { "State",       's', offsetof(DeviceInfo, state)        },
+        { "Creator",     's', offsetof(DeviceInfo, creator)      },
+        { "MountPoint",  's', offsetof(DeviceInfo, mount_point)  },
+        { "IdType",      's', offsetof(DeviceInfo, id_type)      },
+        { "IdLabel",     's', offsetof(DeviceInfo, id_label)     },
+        { "IdUUID",      's', offsetof(DeviceInfo, id_uuid)      },
+        { "MountUser",   'u', offsetof(DeviceInfo, mount_user),  PRESENT_MOUNT_USER },
+        { "DiskSeq",     't', offsetof(DeviceInfo, diskseq)      },
+        { "Size",        't', offsetof(DeviceInfo, size)         },
+        { "Offset",      't', offsetof(DeviceInfo, offset)       },
+        { "SizeLimit",   't', offsetof(DeviceInfo, size_limit)   },
+        { "SectorSize",  'u', offsetof(DeviceInfo, sector_size)  },
+        { "OwnerUID",    'u', offsetof(DeviceInfo, owner_uid),   PRESENT_OWNER_UID  },
+        { "References",  'u', offsetof(DeviceInfo, references)   },
+        { "ReadOnly",    'b', offsetof(DeviceInfo, read_only)    },
+        { "DirectIO",    'b', offsetof(DeviceInfo, direct_io)    },
+        { "Managed",     'b', offsetof(DeviceInfo, managed)      },
+        { "Autoclear",   'b', offsetof(DeviceInfo, autoclear)    },
+        { "PartScan",    'b', offsetof(DeviceInfo, partscan)     },
+        { "Major",       'u', offsetof(DeviceInfo, major)        },
+        { "Minor",       'u', offsetof(DeviceInfo, minor)        },
+        { "BackingDevice", 't', offsetof(DeviceInfo, backing_device) },
+        { "BackingInode",  't', offsetof(DeviceInfo, backing_inode)  },
+        { "BaseKind",    's', offsetof(DeviceInfo, base_kind)    },
+        { "BaseDevice",  't', offsetof(DeviceInfo, base_device),  PRESENT_BASE_DEVICE },
+        { "BaseInode",   't', offsetof(DeviceInfo, base_inode),   PRESENT_BASE_INODE  },
+        { "BaseOffset",  't', offsetof(DeviceInfo, base_offset),  PRESENT_BASE_OFFSET },
+        { "BaseSize",    't', offsetof(DeviceInfo, base_size),    PRESENT_BASE_SIZE   },
+};
+/* clang-format on */
+
+/* One Device property into the DeviceInfo at userdata; 0 for what it does not keep. */
+static int device_property(sd_bus_message *m, const char *key, const char *contents,
+                           void *userdata) {
+        DeviceInfo *d = userdata;
+        int r;
+
+        if ((streq(key, "Aliases") && streq(contents, "ao")) ||
+            (streq(key, "Chain") && streq(contents, "as"))) {
+                char ***field = streq(key, "Aliases") ? &d->aliases : &d->chain;
+
+                r = bus_read_variant_strv(m, contents, field);
+                if (r < 0)
+                        return r;
+                if (field == &d->aliases)
+                        d->n_aliases = (uint32_t) strv_length(d->aliases);
+                return 1;
+        }
+        if (streq(key, "Openers") && streq(contents, "a(ss)")) {
+                r = read_openers(m, &d->openers);
+                return r < 0 ? r : 1;
+        }
+
+        for (size_t i = 0; i < ELEMENTSOF(device_properties); i++) {
+                void *field = (uint8_t *) d + device_properties[i].offset;
+                const char *s;
+
+                if (!streq(key, device_properties[i].name) ||
+                    contents[0] != device_properties[i].type || contents[1] != '\0')
+                        continue;
+
+                r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, contents);
+                if (r < 0)
+                        return r;
+                if (device_properties[i].type == 's') {
+                        r = sd_bus_message_read_basic(m, 's', &s);
+                        if (r < 0)
+                                return r;
+                        free(*(char **) field);
+                        *(char **) field = strdup(s);
+                        if (!*(char **) field)
+                                return -ENOMEM;
+                } else {
+                        r = sd_bus_message_read_basic(m, device_properties[i].type, field);
+                        if (r < 0)
+                                return r;
+                }
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+                d->present |= device_properties[i].present;
+                return 1;
+        }
+        return 0;
+}
+
+/* Unknown properties and properties with an unexpected type are skipped: a newer daemon may add
+ * or change some, and the table view should still work. */
+int device_info_read(sd_bus_message *m, DeviceInfo *d) {
+        return bus_read_properties(m, device_property, d);
 }
 
 static int device_info_compare(const void *a, const void *b) {

@@ -73,6 +73,16 @@ typedef struct DeviceList {
 void device_info_done(DeviceInfo *d);
 void device_list_done(DeviceList *l);
 
+/* Walks an a{sv} of properties (or Resolve keys): f gets each key and the signature in its
+ * variant, with the variant next to read; it returns > 0 when it read the variant, 0 to have it
+ * skipped, or a negative errno, which ends the walk. */
+typedef int (*bus_property_func_t)(sd_bus_message *m, const char *key, const char *contents,
+                                   void *userdata);
+int bus_read_properties(sd_bus_message *m, bus_property_func_t f, void *userdata);
+
+/* A variant of contents "as" or "ao" into *field (replacing what it held). */
+int bus_read_variant_strv(sd_bus_message *m, const char *contents, char ***field);
+
 /* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
  * unexpected type are skipped: a newer daemon may add or change some. */
 int device_info_read(sd_bus_message *m, DeviceInfo *d);

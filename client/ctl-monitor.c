@@ -253,38 +253,31 @@ fail:
         return 0;
 }
 
+/* " KEY=VALUE" of one changed property, list elements joined with commas. */
+static int print_changed_property(sd_bus_message *m, const char *key, const char *contents,
+                                  void *userdata) {
+        _cleanup_strv_free_ char **lines = NULL;
+        int r;
+
+        r = format_property(key, m, &lines);
+        if (r < 0)
+                return r;
+
+        printf(" %s=", key);
+        for (size_t i = 0; lines[i]; i++) {
+                _cleanup_free_ char *e = escape_human(lines[i]);
+
+                printf("%s%s", i > 0 ? "," : "", e ?: "?");
+        }
+        if (!lines[0])
+                fputs("-", stdout);
+        return 1;
+}
+
 static int print_changed_human(sd_bus_message *m) {
         int r;
 
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                _cleanup_strv_free_ char **lines = NULL;
-                const char *key;
-
-                r = sd_bus_message_read(m, "s", &key);
-                if (r >= 0)
-                        r = format_property(key, m, &lines);
-                if (r < 0)
-                        return r;
-
-                printf(" %s=", key);
-                for (size_t i = 0; lines[i]; i++) {
-                        _cleanup_free_ char *e = escape_human(lines[i]);
-
-                        printf("%s%s", i > 0 ? "," : "", e ?: "?");
-                }
-                if (!lines[0])
-                        fputs("-", stdout);
-
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-        }
-        if (r < 0)
-                return r;
-        r = sd_bus_message_exit_container(m);
+        r = bus_read_properties(m, print_changed_property, NULL);
         if (r < 0)
                 return r;
 

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "ctl-devices.h"
 #include "ctl-output.h"
 #include "ctl-util.h"
 
@@ -638,32 +639,18 @@ int field_list_print(const FieldList *l) {
 }
 
 /* Reads an a{sv} into formatted fields, in the order the daemon sent them. */
-int field_list_read(sd_bus_message *m, FieldList *l) {
+static int field_add_property(sd_bus_message *m, const char *key, const char *contents,
+                              void *userdata) {
+        char **lines = NULL;
         int r;
 
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        r = format_property(key, m, &lines);
         if (r < 0)
                 return r;
+        r = field_list_add(userdata, key, lines);
+        return r < 0 ? r : 1;
+}
 
-        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                const char *key;
-                char **lines = NULL;
-
-                r = sd_bus_message_read(m, "s", &key);
-                if (r >= 0)
-                        r = format_property(key, m, &lines);
-                if (r < 0)
-                        return r;
-                r = field_list_add(l, key, lines);
-                if (r < 0)
-                        return r;
-
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-        }
-        if (r < 0)
-                return r;
-
-        return sd_bus_message_exit_container(m);
+int field_list_read(sd_bus_message *m, FieldList *l) {
+        return bus_read_properties(m, field_add_property, l);
 }
