@@ -14,7 +14,6 @@
 #include <inttypes.h>
 #include <libsmartcols.h>
 #include <pwd.h>
-#include <stdarg.h>
 #include <sys/sysmacros.h>
 #include <systemd/sd-bus.h>
 
@@ -168,17 +167,6 @@ static char *user_name(uint32_t uid) {
         return asprintf(&s, "%" PRIu32, uid) < 0 ? NULL : s;
 }
 
-_printf_(1, 2) static char *cell_printf(const char *fmt, ...) {
-        va_list ap;
-        char *s;
-        int r;
-
-        va_start(ap, fmt);
-        r = vasprintf(&s, fmt, ap);
-        va_end(ap);
-        return r < 0 ? NULL : s;
-}
-
 static char *cell_string(const char *s) {
         return s && s[0] ? strdup(s) : NULL;
 }
@@ -217,30 +205,30 @@ static char *device_cell(const DeviceInfo *d, Column c, bool json, bool *ret_fai
         switch (c) {
         case COL_NAME:
                 /* "!": another device shows some of the same bytes (Aliases). */
-                s = cell_printf("%s%s", device_display_name(d),
-                                !json && d->n_aliases > 0 ? "!" : "");
+                s = strdup_printf("%s%s", device_display_name(d),
+                                  !json && d->n_aliases > 0 ? "!" : "");
                 break;
         case COL_DEVICE:
                 return cell_string(d->node);
         case COL_OBJECT:
                 return cell_string(d->object);
         case COL_DISKSEQ:
-                s = cell_printf("%" PRIu64, d->diskseq);
+                s = strdup_printf("%" PRIu64, d->diskseq);
                 break;
         case COL_MAJMIN:
-                s = cell_printf("%" PRIu32 ":%" PRIu32, d->major, d->minor);
+                s = strdup_printf("%" PRIu32 ":%" PRIu32, d->major, d->minor);
                 break;
         case COL_SIZE:
                 if (json)
-                        s = cell_printf("%" PRIu64, d->size);
+                        s = strdup_printf("%" PRIu64, d->size);
                 else
                         s = strdup(format_size(d->size, buf));
                 break;
         case COL_OFFSET:
-                s = cell_printf("%" PRIu64, d->offset);
+                s = strdup_printf("%" PRIu64, d->offset);
                 break;
         case COL_SIZELIMIT:
-                s = cell_printf("%" PRIu64, d->size_limit);
+                s = strdup_printf("%" PRIu64, d->size_limit);
                 break;
         case COL_RO:
                 return strdup(one_zero(d->read_only));
@@ -251,7 +239,7 @@ static char *device_cell(const DeviceInfo *d, Column c, bool json, bool *ret_fai
         case COL_PARTSCAN:
                 return strdup(one_zero(d->partscan));
         case COL_SECTOR:
-                s = cell_printf("%" PRIu32, d->sector_size);
+                s = strdup_printf("%" PRIu32, d->sector_size);
                 break;
         case COL_MANAGED:
                 return strdup(one_zero(d->managed));
@@ -259,10 +247,11 @@ static char *device_cell(const DeviceInfo *d, Column c, bool json, bool *ret_fai
         case COL_UID:
                 if (!d->managed || !(d->present & PRESENT_OWNER_UID) || d->owner_uid == UINT32_MAX)
                         return NULL;
-                s = c == COL_UID ? cell_printf("%" PRIu32, d->owner_uid) : user_name(d->owner_uid);
+                s = c == COL_UID ? strdup_printf("%" PRIu32, d->owner_uid)
+                                 : user_name(d->owner_uid);
                 break;
         case COL_REFS:
-                s = cell_printf("%" PRIu32, d->references);
+                s = strdup_printf("%" PRIu32, d->references);
                 break;
         case COL_STATE:
                 return cell_string(d->state);
@@ -284,13 +273,13 @@ static char *device_cell(const DeviceInfo *d, Column c, bool json, bool *ret_fai
         case COL_BACK_MAJMIN:
                 if (d->backing_device == 0)
                         return NULL;
-                s = cell_printf("%u:%u", major((dev_t) d->backing_device),
-                                minor((dev_t) d->backing_device));
+                s = strdup_printf("%u:%u", major((dev_t) d->backing_device),
+                                  minor((dev_t) d->backing_device));
                 break;
         case COL_BACK_INO:
                 if (d->backing_inode == 0)
                         return NULL;
-                s = cell_printf("%" PRIu64, d->backing_inode);
+                s = strdup_printf("%" PRIu64, d->backing_inode);
                 break;
         case COL_ALIASES:
         case COL_OPENERS:

@@ -209,16 +209,11 @@ void print_device_line(const DeviceInfo *d, const char *name) {
         printf("\n");
 }
 
-static int add_cell(struct libscols_line *ln, size_t i, const char *fmt, ...) _printf_(3, 4);
-static int add_cell(struct libscols_line *ln, size_t i, const char *fmt, ...) {
-        char *s;
-        va_list ap;
+/* Hands s (NULL: out of memory) to cell i of ln. */
+static int refer_cell(struct libscols_line *ln, size_t i, char *s) {
         int r;
 
-        va_start(ap, fmt);
-        r = vasprintf(&s, fmt, ap);
-        va_end(ap);
-        if (r < 0)
+        if (!s)
                 return -ENOMEM;
         r = scols_line_refer_data(ln, i, s);
         if (r < 0)
@@ -253,19 +248,20 @@ static int table_add_device(struct libscols_table *tb, const DeviceInfo *d, cons
                         break;
                 case COL_BACK_INO:
                         if (ino)
-                                r = add_cell(ln, i, "%" PRIu64, ino);
+                                r = refer_cell(ln, i, strdup_printf("%" PRIu64, ino));
                         break;
                 case COL_BACK_MAJMIN:
                         if (dev)
-                                r = add_cell(ln, i, "%8u:%-3u", major((dev_t) dev),
-                                             minor((dev_t) dev));
+                                r = refer_cell(ln, i,
+                                               strdup_printf("%8u:%-3u", major((dev_t) dev),
+                                                             minor((dev_t) dev)));
                         break;
                 case COL_MAJMIN:
-                        r = add_cell(ln, i, "%3u:%-3u", d->major, d->minor);
+                        r = refer_cell(ln, i, strdup_printf("%3u:%-3u", d->major, d->minor));
                         break;
                 case COL_OFFSET:
                         if (d->object) /* unknown for an unbound device */
-                                r = add_cell(ln, i, "%" PRIu64, d->offset);
+                                r = refer_cell(ln, i, strdup_printf("%" PRIu64, d->offset));
                         break;
                 case COL_PARTSCAN:
                         r = scols_line_set_data(ln, i, one_zero(d->partscan));
@@ -275,13 +271,13 @@ static int table_add_device(struct libscols_table *tb, const DeviceInfo *d, cons
                         break;
                 case COL_SIZELIMIT:
                         if (d->object)
-                                r = add_cell(ln, i, "%" PRIu64, d->size_limit);
+                                r = refer_cell(ln, i, strdup_printf("%" PRIu64, d->size_limit));
                         break;
                 case COL_DIO:
                         r = scols_line_set_data(ln, i, one_zero(d->direct_io));
                         break;
                 case COL_LOGSEC:
-                        r = add_cell(ln, i, "%" PRIu32, d->sector_size);
+                        r = refer_cell(ln, i, strdup_printf("%" PRIu32, d->sector_size));
                         break;
                 default:
                         r = -EINVAL;
