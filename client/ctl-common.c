@@ -25,26 +25,29 @@
 
 /* ---- messages and exit statuses ---------------------------------------------------------- */
 
+/* "loopmgrctl: MESSAGE" and the tail (a newline, or the hint at --help) on stderr. */
+_printf_(2, 0) static void log_message(const char *tail, const char *fmt, va_list ap) {
+        fflush(stdout);
+        fputs("loopmgrctl: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputs(tail, stderr);
+}
+
 _printf_(2, 3) int log_fail(int status, const char *fmt, ...) {
         va_list ap;
 
-        fflush(stdout);
-        fputs("loopmgrctl: ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
+        log_message("\n", fmt, ap);
         va_end(ap);
-        fputc('\n', stderr);
         return status;
 }
 
 _printf_(1, 2) int log_usage(const char *fmt, ...) {
         va_list ap;
 
-        fputs("loopmgrctl: ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
+        log_message("\nTry 'loopmgrctl --help' for more information.\n", fmt, ap);
         va_end(ap);
-        fputs("\nTry 'loopmgrctl --help' for more information.\n", stderr);
         return EXIT_USAGE;
 }
 

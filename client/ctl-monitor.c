@@ -153,6 +153,19 @@ static void monitor_json_begin(Monitor *mon, const char *event, const char *obje
         }
 }
 
+/* The line of InterfacesAdded/Removed: the interfaces (names, or names and properties) as
+ * the signal carries them, read from m. */
+static int monitor_json_interfaces(Monitor *mon, const char *event, const char *object,
+                                   sd_bus_message *m) {
+        int r;
+
+        monitor_json_begin(mon, event, object);
+        fputs(",\"interfaces\":", stdout);
+        r = json_write_value(m, stdout);
+        fputs("}\n", stdout);
+        return r;
+}
+
 static void monitor_line_begin(const char *event) {
         char ts[64];
 
@@ -195,10 +208,7 @@ static int on_interfaces_added(sd_bus_message *m, void *userdata, sd_bus_error *
                         r = sd_bus_message_skip(m, "o");
                 if (r < 0)
                         goto fail;
-                monitor_json_begin(mon, "added", object);
-                fputs(",\"interfaces\":", stdout);
-                r = json_write_value(m, stdout);
-                fputs("}\n", stdout);
+                r = monitor_json_interfaces(mon, "added", object, m);
                 if (r < 0)
                         goto fail;
         } else {
@@ -233,10 +243,7 @@ static int on_interfaces_removed(sd_bus_message *m, void *userdata, sd_bus_error
                 goto fail;
 
         if (arg_json) {
-                monitor_json_begin(mon, "removed", object);
-                fputs(",\"interfaces\":", stdout);
-                r = json_write_value(m, stdout);
-                fputs("}\n", stdout);
+                r = monitor_json_interfaces(mon, "removed", object, m);
                 if (r < 0)
                         goto fail;
         } else {
