@@ -54,7 +54,7 @@ trap cleanup_fio EXIT
 attach() {
     local out node seq
     out=$("$LOOPMGRCTL" attach --json --direct-io="$1" "$IMG")
-    node=$(jq -r .node <<<"$out")
+    node=$(jq -r .device <<<"$out")
     seq=$(jq -r .diskseq <<<"$out")
     [[ $node == /dev/loop* && $seq =~ ^[0-9]+$ ]] || { log "unexpected attach output: $out"; return 1; }
     echo "$node $seq" >>"$RECORD"

@@ -2,14 +2,16 @@
 #pragma once
 
 /*
- * The Device objects of loopmgrd as its clients (loopmgrctl, loopmgr-losetup) read them: one
- * GetManagedObjects call, its Device properties parsed into DeviceInfo. Functions return 0 or a
- * negative errno and print nothing.
+ * The Device objects of loopmgrd as its clients (loopmgrctl, loopmgr-losetup) read them: the
+ * one walker of GetManagedObjects and InterfacesAdded (device_interfaces_read()), Device
+ * properties parsed into DeviceInfo. Functions return 0 or a negative errno (or what
+ * sd_bus_call() returns) and print nothing.
  */
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <systemd/sd-bus.h>
 
 typedef struct DeviceInfo {
@@ -18,7 +20,14 @@ typedef struct DeviceInfo {
         char *node;
         char *backing_file;
         char *state;
-        char *creator; /* who configured it (the guard's report), "" when unknown */
+        char *creator;     /* who configured it (the guard's report), "" when unknown */
+        char *mount_point; /* where Device.Mount mounted it, "" when not */
+        char *id_type;     /* udev's file system probe: ID_FS_TYPE, ID_FS_LABEL, ID_FS_UUID */
+        char *id_label;
+        char *id_uuid;
+        char **aliases; /* object paths of devices over some of the same bytes */
+        char **openers; /* "KIND WHAT", e.g. "mount /mnt" */
+        char **chain;   /* the layers down to the base, one line each */
         uint64_t diskseq;
         uint64_t size;
         uint64_t offset;
@@ -26,7 +35,8 @@ typedef struct DeviceInfo {
         uint32_t sector_size;
         uint32_t owner_uid;
         uint32_t references;
-        uint32_t n_aliases; /* devices over some of the same bytes (Aliases) */
+        uint32_t n_aliases;  /* strv_length(aliases) */
+        uint32_t mount_user; /* UINT32_MAX (or not PRESENT_MOUNT_USER): nobody */
         int read_only;
         int direct_io;
         int managed;
@@ -43,7 +53,6 @@ typedef struct DeviceInfo {
         uint64_t base_offset;
         uint64_t base_size;
         unsigned present; /* PRESENT_* bits of the properties above that were sent */
-        char *json;       /* the whole property set as a JSON object, for --json */
 } DeviceInfo;
 
 /* Which of the optional properties were sent (DeviceInfo.present). */
@@ -52,6 +61,8 @@ enum {
         PRESENT_BASE_INODE = 1 << 1,
         PRESENT_BASE_OFFSET = 1 << 2,
         PRESENT_BASE_SIZE = 1 << 3,
+        PRESENT_MOUNT_USER = 1 << 4,
+        PRESENT_OWNER_UID = 1 << 5,
 };
 
 typedef struct DeviceList {
@@ -62,12 +73,48 @@ typedef struct DeviceList {
 void device_info_done(DeviceInfo *d);
 void device_list_done(DeviceList *l);
 
+/* Walks an a{sv} of properties (or Resolve keys): f gets each key and the signature in its
+ * variant, with the variant next to read; it returns > 0 when it read the variant, 0 to have it
+ * skipped, or a negative errno, which ends the walk. */
+typedef int (*bus_property_func_t)(sd_bus_message *m, const char *key, const char *contents,
+                                   void *userdata);
+int bus_read_properties(sd_bus_message *m, bus_property_func_t f, void *userdata);
+
+/* A variant of contents "as" or "ao" into *field (replacing what it held). */
+int bus_read_variant_strv(sd_bus_message *m, const char *contents, char ***field);
+
 /* Reads an a{sv} of Device properties into *d. Unknown properties and properties with an
  * unexpected type are skipped: a newer daemon may add or change some. */
 int device_info_read(sd_bus_message *m, DeviceInfo *d);
 
-/* Parses a GetManagedObjects reply into the Device objects it lists, sorted by name (loop2
- * before loop10); with json, DeviceInfo.json holds each object's properties as JSON. */
-int device_list_parse(sd_bus_message *reply, bool json, DeviceList *ret);
+/* Reads the a{sa{sv}} of interfaces of object (GetManagedObjects, InterfacesAdded). Returns 1
+ * with *ret filled when the object is a Device, 0 when it is not (*ret untouched). */
+int device_interfaces_read(sd_bus_message *m, const char *object, DeviceInfo *ret);
 
-int call_get_managed_objects(sd_bus *bus, sd_bus_error *error, sd_bus_message **ret);
+/* Parses a GetManagedObjects reply into the Device objects it lists, sorted by name (loop2
+ * before loop10). */
+int device_list_parse(sd_bus_message *reply, DeviceList *ret);
+
+/* GetManagedObjects and device_list_parse(). Returns what sd_bus_call() returns; error is
+ * set when the daemon answered with one. */
+int device_list_get(sd_bus *bus, sd_bus_error *error, DeviceList *ret);
+
+/* Properties.GetAll of the Device interface of object into *ret; as device_list_get(). */
+int device_info_get(sd_bus *bus, const char *object, sd_bus_error *error, DeviceInfo *ret);
+
+/* Whether path is a block device node of the loop major; its dev_t in *ret_devnum (may be
+ * NULL). */
+bool path_is_loop_node(const char *path, dev_t *ret_devnum);
+
+/* Formatting for people */
+#define FORMAT_BASE_MAX 96
+/* "file 254:0 ino 403312", "block 8:0"; "-" for a daemon that does not say. */
+const char *format_base(const char *kind, uint64_t device, uint64_t inode, bool has_inode,
+                        char buf[static FORMAT_BASE_MAX]);
+/* "OFFSET+LENGTH" in exact bytes. */
+const char *format_range(uint64_t offset, uint64_t size, char buf[static 48]);
+/* The base and range of d, "-" when the daemon did not send them. */
+const char *device_info_base(const DeviceInfo *d, char buf[static FORMAT_BASE_MAX]);
+const char *device_info_range(const DeviceInfo *d, char buf[static 48]);
+/* Name, else node, else object path. */
+const char *device_display_name(const DeviceInfo *d);

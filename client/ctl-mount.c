@@ -1,10 +1,22 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
-#include <libmount.h>
-#include <sys/mount.h>
+/*
+ * loopmgrctl mount and umount: the libmount side first (options, mounting a node, finding and
+ * unmounting a mount; see ctl-mount.h), then the two verbs.
+ */
 
+#include <libmount.h>
+#include <linux/major.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <systemd/sd-bus.h>
+
+#include "ctl-common.h"
+#include "ctl-devices.h"
 #include "ctl-mount.h"
 #include "ctl-util.h"
+#include "loopmgr-bus.h"
 
 static inline void mnt_free_contextp(struct libmnt_context **c) {
         mnt_free_context(*c);
@@ -260,4 +272,192 @@ int ctl_umount(const char *target, char **ret_message) {
 
         *ret_message = context_message(cxt, rc);
         return context_errno(cxt, rc);
+}
+
+/* ---- mount, umount ----------------------------------------------------------------------- */
+
+static int require_root(const char *verb) {
+        if (geteuid() == 0)
+                return 0;
+        return log_fail(EXIT_NOT_AUTHORISED,
+                        "%s needs root: in this version loopmgrd accepts changes only from root, "
+                        "and mount(2) and umount(2) need privileges anyway.",
+                        verb);
+}
+
+int verb_mount(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(mount_options_done) MountOptions mo = {};
+        _cleanup_free_ char *bad = NULL, *message = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *image = args[0], *dir = args[1], *object, *node;
+        bool fallback_read_only = false;
+        uint64_t diskseq;
+        struct stat st;
+        int reused, r;
+
+        r = mount_options_parse(arg_mount_options, &mo, &bad);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0 && bad)
+                return log_usage("The mount option '%s' cannot be used: loopmgrd sets up the loop "
+                                 "device itself. Give offset= and sizelimit= a value, and no "
+                                 "loop=DEVICE or encryption=.",
+                                 bad);
+        if (r < 0)
+                return log_usage("Cannot parse the mount options '%s'.", arg_mount_options);
+
+        if (mo.offset) {
+                if (arg_given & OPT_OFFSET)
+                        return log_usage("The offset is given twice (--offset and offset=).");
+                r = parse_size_arg("offset=", mo.offset, &arg_offset);
+                if (r != 0)
+                        return r;
+                arg_given |= OPT_OFFSET;
+        }
+        if (mo.size_limit) {
+                if (arg_given & OPT_SIZE_LIMIT)
+                        return log_usage("The size limit is given twice (--size-limit and "
+                                         "sizelimit=).");
+                r = parse_size_arg("sizelimit=", mo.size_limit, &arg_size_limit);
+                if (r != 0)
+                        return r;
+                arg_given |= OPT_SIZE_LIMIT;
+        }
+        if (arg_read_only && !mo.read_only) {
+                r = mount_options_force_read_only(&mo);
+                if (r < 0)
+                        return log_oom();
+        }
+
+        r = require_root("mount");
+        if (r != 0)
+                return r;
+
+        /* Before attaching anything: the commonest mistake should not create a device only to
+         * remove it again. */
+        if (stat(dir, &st) < 0) {
+                if (errno != ENOENT || !mount_options_has(&mo, "X-mount.mkdir"))
+                        return log_fail(exit_status_from_local_errno(errno),
+                                        "Cannot mount on %s: %s", dir, strerror(errno));
+        } else if (!S_ISDIR(st.st_mode))
+                return log_fail(EXIT_FAILURE, "Cannot mount on %s: not a directory.", dir);
+
+        /* As attach and mount(8) do: a file we may only read is mounted read-only. */
+        r = open_image(image, mo.read_only, &fd, &fallback_read_only);
+        if (r != 0)
+                return r;
+
+        if (fallback_read_only) {
+                r = mount_options_force_read_only(&mo);
+                if (r < 0)
+                        return log_oom();
+                log_fail(0, "%s is not writable, mounting it read-only.", image);
+        }
+
+        r = call_attach(bus, fd, mo.read_only, &error, &reply);
+        if (r < 0 && mo.read_only && !fallback_read_only &&
+            sd_bus_error_has_name(&error, LOOPMGR_ERROR_OVERLAP) &&
+            attach_share_writable(bus, image, &reply) >= 0)
+                r = 0;
+        if (r < 0)
+                return log_bus_error(&error, r, "Attach");
+
+        /* The daemon holds its own duplicate now; ours would only count as an opener. */
+        fd = safe_close(fd);
+
+        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        if (r < 0)
+                return log_parse_error(r);
+
+        r = ctl_mount(node, dir, arg_fstype, mo.options, &message);
+        if (r < 0) {
+                log_fail(0, "Failed to mount %s (%s) on %s: %s", image, node, dir,
+                         message ?: strerror(-r));
+                /* Only our own reference: see drop_reference(). */
+                drop_reference(bus, object, node);
+                return EXIT_FAILURE;
+        }
+        if (message)
+                log_fail(0, "%s is mounted on %s, but: %s", node, dir, message);
+
+        if (!arg_verbose)
+                return 0;
+        printf("%s\n", node);
+        r = flush_stdout();
+        if (r != 0)
+                return r;
+        if (reused)
+                log_fail(0, "%s already showed these bytes and is now shared.", node);
+        return 0;
+}
+
+int verb_umount(sd_bus *bus, char **args) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        _cleanup_free_ char *target = NULL, *source = NULL, *object = NULL, *message = NULL;
+        const char *dir = args[0], *state;
+        int r;
+
+        r = require_root("umount");
+        if (r != 0)
+                return r;
+
+        r = ctl_find_mount(dir, &target, &source);
+        if (r == -ENOENT)
+                return log_fail(EXIT_FAILURE, "%s is not a mount point.", dir);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_fail(EXIT_FAILURE, "Failed to read the mount table: %s", strerror(-r));
+
+        /* Only file systems on loop devices: anything else is umount(8)'s business and must
+         * never lead to a Detach. */
+        if (!path_is_loop_node(source, NULL))
+                return log_fail(EXIT_FAILURE,
+                                "%s is mounted from %s, which is not a loop device; use umount(8).",
+                                target, source ?: "something that is not a device");
+
+        r = resolve_device(bus, source, &object);
+        if (r != 0)
+                return r;
+        r = device_info_get_or_log(bus, object, &d);
+        if (r != 0)
+                return r;
+
+        r = ctl_umount(target, &message);
+        if (r < 0)
+                /* Still mounted: the reference stays with the mount. */
+                return log_fail(EXIT_FAILURE, "Failed to unmount %s: %s", target,
+                                message ?: strerror(-r));
+        if (message)
+                log_fail(0, "%s is unmounted, but: %s", target, message);
+
+        if (!d.managed) {
+                /* Detaching as root without a reference would tear down a device someone
+                 * else set up; it is theirs to remove. */
+                log_fail(0, "%s was not attached through loopmgrd and is left as it is.", source);
+                return 0;
+        }
+        if (streq_ptr(d.state, LOOPMGR_STATE_DETACH_PENDING)) {
+                /* Already asked to go: our unmount lets the kernel finish. */
+                state = LOOPMGR_STATE_PENDING;
+        } else {
+                r = call_detach(bus, object, &error, &reply);
+                if (r < 0) {
+                        log_fail(0, "%s is unmounted, but dropping the reference on %s failed.",
+                                 target, source);
+                        return log_bus_error(&error, r, "Detach");
+                }
+                r = sd_bus_message_read(reply, "s", &state);
+                if (r < 0)
+                        return log_parse_error(r);
+        }
+
+        if (!arg_verbose)
+                return 0;
+        printf("%s\n", state);
+        return flush_stdout();
 }

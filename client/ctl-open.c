@@ -25,6 +25,7 @@
 
 #include "ctl-agent.h"
 #include "ctl-common.h"
+#include "ctl-devices.h"
 #include "ctl-mount.h"
 #include "ctl-output.h"
 #include "loopmgr-bus.h"
@@ -41,23 +42,6 @@
 /* The wait of close for the device to go, unless --timeout. */
 #define CLOSE_TIMEOUT_USEC (10 * USEC_PER_SEC)
 
-/* What close needs to know of a device. */
-typedef struct OpenDevice {
-        char *object;
-        char *node;
-        char *mount_point;
-        char *state;
-        uint32_t references;
-} OpenDevice;
-
-static void open_device_done(OpenDevice *d) {
-        free(d->object);
-        free(d->node);
-        free(d->mount_point);
-        free(d->state);
-        *d = (OpenDevice){};
-}
-
 static uint64_t now_usec(void) {
         struct timespec ts;
 
@@ -65,136 +49,27 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
 }
 
-static int set_string(char **field, const char *s) {
-        char *c = strdup(s);
-
-        if (!c)
-                return -ENOMEM;
-        free(*field);
-        *field = c;
-        return 0;
-}
-
-/* Reads an a{sv} of Device properties: the few close needs, others skipped. */
-static int open_device_read(sd_bus_message *m, OpenDevice *d) {
-        int r;
-
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                const char *key, *contents, *s;
-                char **field = NULL;
-                char type;
-
-                r = sd_bus_message_read(m, "s", &key);
-                if (r >= 0)
-                        r = sd_bus_message_peek_type(m, &type, &contents);
-                if (r < 0)
-                        return r;
-
-                if (streq(contents, "s")) {
-                        if (streq(key, "Node"))
-                                field = &d->node;
-                        else if (streq(key, "MountPoint"))
-                                field = &d->mount_point;
-                        else if (streq(key, "State"))
-                                field = &d->state;
-                }
-                if (field) {
-                        r = sd_bus_message_read(m, "v", "s", &s);
-                        if (r >= 0)
-                                r = set_string(field, s);
-                } else if (streq(key, "References") && streq(contents, "u"))
-                        r = sd_bus_message_read(m, "v", "u", &d->references);
-                else
-                        r = sd_bus_message_skip(m, "v");
-                if (r < 0)
-                        return r;
-
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-        }
-        if (r < 0)
-                return r;
-        return sd_bus_message_exit_container(m);
-}
-
-/* GetAll of the Device interface of object. Returns what sd_bus_call() returns. */
-static int open_device_get(sd_bus *bus, const char *object, sd_bus_error *error, OpenDevice *d) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        int r;
-
-        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, object, PROPERTIES_INTERFACE, "GetAll", error,
-                               &reply, "s", LOOPMGR_DEVICE_INTERFACE);
-        if (r < 0)
-                return r;
-        r = open_device_read(reply, d);
-        if (r < 0)
-                return r;
-        return set_string(&d->object, object);
-}
-
-/* The device whose loopmgr mount is dir. 0 and *d filled, -ENOENT when none, -ENOMEM, or an
+/* The device whose loopmgr mount is dir. 0 and *ret filled, -ENOENT when none, -ENOMEM, or an
  * exit status (positive) after a failed call. */
-static int find_by_mount_point(sd_bus *bus, const char *dir, OpenDevice *ret) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+static int find_by_mount_point(sd_bus *bus, const char *dir, DeviceInfo *ret) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_list_done) DeviceList list = {};
         int r;
 
-        r = sd_bus_call_method(bus, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
-                               OBJECT_MANAGER_INTERFACE, "GetManagedObjects", &error, &reply, NULL);
-        if (r < 0)
+        r = device_list_get(bus, &error, &list);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0 && sd_bus_error_is_set(&error))
                 return log_bus_error(&error, r, "GetManagedObjects");
-
-        r = sd_bus_message_enter_container(reply, 'a', "{oa{sa{sv}}}");
         if (r < 0)
                 return log_parse_error(r);
-        while ((r = sd_bus_message_enter_container(reply, 'e', "oa{sa{sv}}")) > 0) {
-                const char *object;
 
-                r = sd_bus_message_read(reply, "o", &object);
-                if (r >= 0)
-                        r = sd_bus_message_enter_container(reply, 'a', "{sa{sv}}");
-                if (r < 0)
-                        return log_parse_error(r);
-                while ((r = sd_bus_message_enter_container(reply, 'e', "sa{sv}")) > 0) {
-                        _cleanup_(open_device_done) OpenDevice d = {};
-                        const char *interface;
-
-                        r = sd_bus_message_read(reply, "s", &interface);
-                        if (r < 0)
-                                return log_parse_error(r);
-                        if (!streq(interface, LOOPMGR_DEVICE_INTERFACE)) {
-                                r = sd_bus_message_skip(reply, "a{sv}");
-                        } else {
-                                r = open_device_read(reply, &d);
-                                if (r >= 0 && streq_ptr(d.mount_point, dir)) {
-                                        r = set_string(&d.object, object);
-                                        if (r < 0)
-                                                return r;
-                                        *ret = d;
-                                        d = (OpenDevice){};
-                                        return 0;
-                                }
-                        }
-                        if (r == -ENOMEM)
-                                return r;
-                        if (r >= 0)
-                                r = sd_bus_message_exit_container(reply);
-                        if (r < 0)
-                                return log_parse_error(r);
+        for (size_t i = 0; i < list.n; i++)
+                if (streq_ptr(list.items[i].mount_point, dir)) {
+                        *ret = list.items[i];
+                        list.items[i] = list.items[--list.n];
+                        return 0;
                 }
-                if (r >= 0)
-                        r = sd_bus_message_exit_container(reply);
-                if (r >= 0)
-                        r = sd_bus_message_exit_container(reply);
-                if (r < 0)
-                        return log_parse_error(r);
-        }
-        if (r < 0)
-                return log_parse_error(r);
         return -ENOENT;
 }
 
@@ -236,7 +111,7 @@ static int call_mount(sd_bus *bus, const char *object, sd_bus_error *error,
         return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
 }
 
-static int close_device(sd_bus *bus, const OpenDevice *d, const char *what);
+static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what);
 
 /* --lifetime client: the image stays open while the command runs. */
 typedef struct OpenWait {
@@ -295,35 +170,9 @@ static int on_open_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
-static int open_event_new(sd_bus *bus, sd_event **ret) {
-        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
-        sigset_t mask;
-        int r;
-
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return -errno;
-
-        r = sd_event_default(&event);
-        if (r >= 0)
-                r = sd_event_add_signal(event, NULL, SIGINT, on_open_signal, bus);
-        if (r >= 0)
-                r = sd_event_add_signal(event, NULL, SIGTERM, on_open_signal, bus);
-        if (r >= 0)
-                r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
-        if (r >= 0)
-                r = sd_bus_set_exit_on_disconnect(bus, true);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(event);
-        return 0;
-}
-
 static int open_wait_client(sd_bus *bus, sd_event *event, OpenWait *w, const char *image,
                             const char *node, const char *mount_point) {
-        OpenDevice d = {
+        DeviceInfo d = {
                 .object = (char *) w->object,
                 .node = (char *) node,
                 .mount_point = (char *) mount_point,
@@ -391,7 +240,7 @@ int verb_open(sd_bus *bus, char **args) {
         if (client) {
                 /* Before Attach: SIGINT and SIGTERM are blocked from here on, and handled by the
                  * event loop that waits once the image is open. */
-                r = open_event_new(bus, &event);
+                r = event_new_with_signals(bus, on_open_signal, &event);
                 if (r < 0)
                         return log_fail(EXIT_FAILURE, "Failed to set up the event loop: %s",
                                         strerror(-r));
@@ -451,10 +300,8 @@ int verb_open(sd_bus *bus, char **args) {
                 return log_parse_error(r);
 
         if (arg_json) {
-                fputs("{\"device\":", stdout);
-                json_write_string(stdout, node);
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, object);
+                fputc('{', stdout);
+                json_write_device(stdout, node, object);
                 fputs(",\"mount_point\":", stdout);
                 json_write_string(stdout, mount_point);
                 printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
@@ -510,12 +357,10 @@ static bool error_means_gone(const sd_bus_error *error) {
                                       LOOPMGR_ERROR_NOT_FOUND);
 }
 
-static int close_print(const OpenDevice *d, const char *state) {
+static int close_print(const DeviceInfo *d, const char *state) {
         if (arg_json) {
-                fputs("{\"device\":", stdout);
-                json_write_string(stdout, strempty(d->node));
-                fputs(",\"object\":", stdout);
-                json_write_string(stdout, d->object);
+                fputc('{', stdout);
+                json_write_device(stdout, d->node, d->object);
                 fputs(",\"mount_point\":", stdout);
                 json_write_string(stdout, strempty(d->mount_point));
                 fputs(",\"state\":", stdout);
@@ -528,11 +373,11 @@ static int close_print(const OpenDevice *d, const char *state) {
 /* Unmount of d's mount, then what became of the device: gone (waited for unless --no-wait),
  * going, or kept by other references. `what` names it in messages (what the user typed).
  * Returns an exit status. */
-static int close_device(sd_bus *bus, const OpenDevice *d, const char *what) {
+static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(open_device_done) OpenDevice after = {};
+        _cleanup_(device_info_done) DeviceInfo after = {};
         uint64_t timeout = arg_timeout_usec > 0 ? arg_timeout_usec : CLOSE_TIMEOUT_USEC;
         CloseWait w = {};
         int r;
@@ -568,7 +413,7 @@ static int close_device(sd_bus *bus, const OpenDevice *d, const char *what) {
                 return log_fail(EXIT_FAILURE, "Lost the connection to the bus: %s", strerror(-r));
         if (!w.gone) {
                 sd_bus_error_free(&error);
-                r = open_device_get(bus, d->object, &error, &after);
+                r = device_info_get(bus, d->object, &error, &after);
                 if (r < 0 && error_means_gone(&error))
                         w.gone = true;
                 else if (r == -ENOMEM)
@@ -613,7 +458,7 @@ static int close_device(sd_bus *bus, const OpenDevice *d, const char *what) {
 
 int verb_close(sd_bus *bus, char **args) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(open_device_done) OpenDevice d = {};
+        _cleanup_(device_info_done) DeviceInfo d = {};
         _cleanup_free_ char *path = NULL, *object = NULL;
         const char *arg = args[0];
         struct stat st;
@@ -685,7 +530,7 @@ int verb_close(sd_bus *bus, char **args) {
                 if (!object)
                         return log_oom();
 
-                r = open_device_get(bus, object, &error, &d);
+                r = device_info_get(bus, object, &error, &d);
                 if (r < 0 && error_means_gone(&error))
                         return log_fail(EXIT_NOT_FOUND, "Cannot close %s: it is not open.", arg);
                 if (r == -ENOMEM)

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "ctl-devices.h"
 #include "ctl-output.h"
 #include "ctl-util.h"
 
@@ -196,6 +197,16 @@ static int json_write_sequence(sd_bus_message *m, FILE *f, char container, const
         fputc(']', f);
 
         return sd_bus_message_exit_container(m);
+}
+
+void json_write_device(FILE *f, const char *node, const char *object) {
+        fputs("\"device\":", f);
+        if (node)
+                json_write_string(f, node);
+        else
+                fputs("null", f);
+        fputs(",\"object\":", f);
+        json_write_string(f, object);
 }
 
 int json_write_value(sd_bus_message *m, FILE *f) {
@@ -453,20 +464,28 @@ static int format_scalar_line(const char *name, const char *contents, sd_bus_mes
                 else
                         fprintf(f, "%" PRIu64 " (%s)", v, format_size(v, sz));
 
-        } else if (streq(contents, "u") && streq(name, "OwnerUID")) {
+        } else if (streq(contents, "u") && (streq(name, "OwnerUID") || streq(name, "MountUser"))) {
                 struct passwd *pw;
                 uint32_t uid;
 
                 r = sd_bus_message_read_basic(m, 'u', &uid);
                 if (r < 0)
                         goto fail;
-                if (uid == UINT32_MAX)
+                if (uid == UINT32_MAX) /* nobody */
                         fputs("-", f);
                 else if ((pw = getpwuid(uid)))
                         fprintf(f, "%" PRIu32 " (%s)", uid, pw->pw_name);
                 else
                         fprintf(f, "%" PRIu32, uid);
 
+        } else if (streq(contents, "s")) {
+                const char *s;
+
+                /* An empty string is the daemon's "none" (MountPoint, Creator, IdLabel...). */
+                r = sd_bus_message_read_basic(m, 's', &s);
+                if (r < 0)
+                        goto fail;
+                fputs(s[0] ? s : "-", f);
         } else {
                 r = format_value_inline(m, f);
                 if (r < 0)
@@ -548,121 +567,90 @@ int format_property(const char *name, sd_bus_message *m, char ***ret_lines) {
         return 0;
 }
 
-struct Table {
-        size_t n_columns;
-        char **headers;
-        TableAlign *align;
-        char **cells; /* n_rows * n_columns, row-major */
-        size_t n_rows;
-};
+/* ---- fields ---- */
 
-Table *table_new(size_t n_columns, const char *const *headers, const TableAlign *align) {
-        Table *t;
-
-        assert(n_columns > 0);
-
-        t = calloc(1, sizeof(*t));
-        if (!t)
-                return NULL;
-        t->n_columns = n_columns;
-        t->headers = calloc(n_columns, sizeof(char *));
-        t->align = calloc(n_columns, sizeof(TableAlign));
-        if (!t->headers || !t->align)
-                return table_free(t);
-
-        for (size_t i = 0; i < n_columns; i++) {
-                t->headers[i] = strdup(headers[i]);
-                if (!t->headers[i])
-                        return table_free(t);
-                t->align[i] = align ? align[i] : TABLE_ALIGN_LEFT;
+void field_list_done(FieldList *l) {
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].name);
+                strv_free(l->items[i].lines);
         }
-        return t;
+        free(l->items);
+        *l = (FieldList){};
 }
 
-Table *table_free(Table *t) {
-        if (!t)
-                return NULL;
+/* Takes ownership of lines, also on failure. */
+int field_list_add(FieldList *l, const char *name, char **lines) {
+        Field *items;
+        char *n;
 
-        for (size_t i = 0; t->headers && i < t->n_columns; i++)
-                free(t->headers[i]);
-        for (size_t i = 0; i < t->n_rows * t->n_columns; i++)
-                free(t->cells[i]);
-        free(t->headers);
-        free(t->align);
-        free(t->cells);
-        free(t);
-        return NULL;
-}
-
-int table_add_row(Table *t, const char *const *cells) {
-        char **c;
-
-        assert(t);
-
-        c = reallocarray(t->cells, (t->n_rows + 1) * t->n_columns, sizeof(char *));
-        if (!c)
+        n = strdup(name);
+        items = n ? reallocarray(l->items, l->n + 1, sizeof(Field)) : NULL;
+        if (!items) {
+                free(n);
+                strv_free(lines);
                 return -ENOMEM;
-        t->cells = c;
-
-        for (size_t i = 0; i < t->n_columns; i++) {
-                char *e = escape_human(cells[i] ?: "");
-
-                if (!e) {
-                        for (size_t j = 0; j < i; j++)
-                                free(c[t->n_rows * t->n_columns + j]);
-                        return -ENOMEM;
-                }
-                c[t->n_rows * t->n_columns + i] = e;
         }
-        t->n_rows++;
+        l->items = items;
+        l->items[l->n++] = (Field){.name = n, .lines = lines};
         return 0;
 }
 
-size_t table_rows(const Table *t) {
-        return t ? t->n_rows : 0;
-}
+int field_list_add_one(FieldList *l, const char *name, const char *value) {
+        char **lines = calloc(2, sizeof(char *));
 
-static void table_print_row(const Table *t, FILE *f, char *const *row, const size_t *width) {
-        for (size_t i = 0; i < t->n_columns; i++) {
-                bool last = i + 1 == t->n_columns;
-                int w = (int) width[i];
-
-                if (i > 0)
-                        fputc(' ', f);
-                if (t->align[i] == TABLE_ALIGN_RIGHT)
-                        fprintf(f, "%*s", w, row[i]);
-                else if (last)
-                        /* no trailing blanks after the last column */
-                        fputs(row[i], f);
-                else
-                        fprintf(f, "%-*s", w, row[i]);
-        }
-        fputc('\n', f);
-}
-
-int table_print(const Table *t, FILE *f, bool legend) {
-        _cleanup_free_ size_t *width = NULL;
-
-        assert(t);
-
-        width = calloc(t->n_columns, sizeof(size_t));
-        if (!width)
+        if (!lines)
                 return -ENOMEM;
+        lines[0] = strdup(value);
+        if (!lines[0]) {
+                free(lines);
+                return -ENOMEM;
+        }
+        return field_list_add(l, name, lines);
+}
 
-        for (size_t i = 0; i < t->n_columns; i++) {
-                if (legend)
-                        width[i] = strlen(t->headers[i]);
-                for (size_t r = 0; r < t->n_rows; r++) {
-                        size_t l = strlen(t->cells[r * t->n_columns + i]);
-                        if (l > width[i])
-                                width[i] = l;
+/* "Name: value" with the names right-aligned, continuation lines of arrays under the first,
+ * and "-" for empty arrays. */
+int field_list_print(const FieldList *l) {
+        int width = 0;
+
+        for (size_t i = 0; i < l->n; i++)
+                if ((int) strlen(l->items[i].name) > width)
+                        width = (int) strlen(l->items[i].name);
+
+        for (size_t i = 0; i < l->n; i++) {
+                char **lines = l->items[i].lines;
+
+                if (!lines || !lines[0]) {
+                        printf("%*s: -\n", width, l->items[i].name);
+                        continue;
+                }
+                for (size_t j = 0; lines[j]; j++) {
+                        _cleanup_free_ char *e = escape_human(lines[j]);
+
+                        if (!e)
+                                return -ENOMEM;
+                        if (j == 0)
+                                printf("%*s: %s\n", width, l->items[i].name, e);
+                        else
+                                printf("%*s  %s\n", width, "", e);
                 }
         }
-
-        if (legend)
-                table_print_row(t, f, t->headers, width);
-        for (size_t r = 0; r < t->n_rows; r++)
-                table_print_row(t, f, t->cells + r * t->n_columns, width);
-
         return 0;
+}
+
+/* Reads an a{sv} into formatted fields, in the order the daemon sent them. */
+static int field_add_property(sd_bus_message *m, const char *key, const char *contents,
+                              void *userdata) {
+        char **lines = NULL;
+        int r;
+
+        r = format_property(key, m, &lines);
+        if (r < 0)
+                return r;
+        r = field_list_add(userdata, key, lines);
+        return r < 0 ? r : 1;
+}
+
+int field_list_read(sd_bus_message *m, FieldList *l) {
+        return bus_read_properties(m, field_add_property, l);
 }

@@ -4,7 +4,7 @@
 /*
  * Output helpers of loopmgrctl: JSON written straight from sd_bus_message values (so that
  * --json shows every property the daemon sends, including ones this client does not know),
- * human formatting of property values, and a minimal column table.
+ * human formatting of property values, and named fields printed as "Name: value" lines.
  *
  * The readers consume exactly one complete value from the message and return 0 or a negative
  * errno (-EBADMSG when the message is not what was expected).
@@ -17,6 +17,9 @@
 
 /* JSON */
 void json_write_string(FILE *f, const char *s);
+/* "device":NODE,"object":OBJECT, the two names of a device in every --json document (node
+ * NULL: null). */
+void json_write_device(FILE *f, const char *node, const char *object);
 /* Any D-Bus value: dictionaries become objects (keys as strings), other arrays and structs
  * become arrays, variants are unwrapped, booleans true/false, numbers as numbers. */
 int json_write_value(sd_bus_message *m, FILE *f);
@@ -38,20 +41,23 @@ char *escape_human(const char *s);
  * the units of loopmgr's properties (sizes in bytes, dev_t, uid). */
 int format_property(const char *name, sd_bus_message *m, char ***ret_lines);
 
-/* Table */
-typedef struct Table Table;
-typedef enum TableAlign {
-        TABLE_ALIGN_LEFT,
-        TABLE_ALIGN_RIGHT,
-} TableAlign;
+/* Fields: named values of one or more lines, printed as "Name: value" */
+typedef struct Field {
+        char *name;
+        char **lines;
+} Field;
 
-Table *table_new(size_t n_columns, const char *const *headers, const TableAlign *align);
-Table *table_free(Table *t);
-/* Adds one row of n_columns cells (copied, escaped with escape_human()). */
-int table_add_row(Table *t, const char *const *cells);
-size_t table_rows(const Table *t);
-int table_print(const Table *t, FILE *f, bool legend);
+typedef struct FieldList {
+        Field *items;
+        size_t n;
+} FieldList;
 
-static inline void table_freep(Table **t) {
-        table_free(*t);
-}
+void field_list_done(FieldList *l);
+/* Takes ownership of lines, also on failure. */
+int field_list_add(FieldList *l, const char *name, char **lines);
+int field_list_add_one(FieldList *l, const char *name, const char *value);
+/* "Name: value" with the names right-aligned, continuation lines of arrays under the first,
+ * and "-" for empty arrays. */
+int field_list_print(const FieldList *l);
+/* Reads an a{sv} into formatted fields (format_property()), in the order they were sent. */
+int field_list_read(sd_bus_message *m, FieldList *l);

@@ -8,6 +8,7 @@
  */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,4 +32,16 @@ static inline size_t strv_length(char *const *l) {
 
 static inline const char *strempty(const char *s) {
         return s ?: "";
+}
+
+/* A new string formatted as printf() would; NULL when out of memory. */
+_printf_(1, 2) static inline char *strdup_printf(const char *fmt, ...) {
+        va_list ap;
+        char *s;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        return r < 0 ? NULL : s;
 }

@@ -1522,13 +1522,13 @@ static void test_loopmgrctl(void **state) {
         assert_int_equal(env_track_device(e, p.name, p.diskseq), 0);
         assert_true(p.managed);
         assert_int_equal(p.references, 1);
-        if (jq_check(out, ".device == $a and .node == $b and .reused == false", object, p.node,
+        if (jq_check(out, ".object == $a and .device == $b and .reused == false", object, p.node,
                      NULL) != 0)
                 fail_msg("loopmgrctl attach --json: unexpected output: %s", out);
 
         /* The same file again is the same device (shared), with a second reference. */
         CTL_OK(e, out, "attach", "--json", path);
-        if (jq_check(out, ".device == $a and .reused == true", object, NULL, NULL) != 0)
+        if (jq_check(out, ".object == $a and .reused == true", object, NULL, NULL) != 0)
                 fail_msg("second loopmgrctl attach --json: unexpected output: %s", out);
 
         /* Conflicts exit with 3. */
@@ -1537,9 +1537,9 @@ static void test_loopmgrctl(void **state) {
 
         CTL_OK(e, out, "list", "--json");
         if (jq_check(out,
-                     "type == \"array\" and "
-                     "(map(select(.Node == $a and .ObjectPath == $b and .BackingFile == $c "
-                     "and .Managed == true and .References == 2)) | length == 1)",
+                     ".devices | type == \"array\" and "
+                     "(map(select(.device == $a and .object == $b and .\"backing-file\" == $c "
+                     "and .managed == true and .refs == 2)) | length == 1)",
                      p.node, object, path) != 0)
                 fail_msg("loopmgrctl list --json does not show %s as expected: %s", p.node, out);
         CTL_OK(e, out, "list");
@@ -1550,17 +1550,21 @@ static void test_loopmgrctl(void **state) {
         if (!strstr(out, path))
                 fail_msg("loopmgrctl status %s does not show the backing file: %s", p.node, out);
         CTL_OK(e, out, "status", "--json", path);
-        if (jq_check(out, ".ObjectPath == $a and .Node == $b and .BackingFile == $c", object,
-                     p.node, path) != 0)
+        if (jq_check(out,
+                     ".devices | length == 1 and (.[0] | .object == $a and .device == $b and "
+                     ".\"backing-file\" == $c)",
+                     object, p.node, path) != 0)
                 fail_msg("loopmgrctl status --json %s: unexpected output: %s", path, out);
 
         /* Drop both references: by node, then by backing file. */
         CTL_OK(e, out, "detach", "--json", p.node);
-        if (jq_check(out, ".device == $a and .state == \"attached\"", object, NULL, NULL) != 0)
+        if (jq_check(out, ".object == $a and .device == $b and .state == \"attached\"", object,
+                     p.node, NULL) != 0)
                 fail_msg("loopmgrctl detach --json (first reference): %s", out);
         assert_int_equal(loop_binding_present(p.name, p.diskseq), 1);
         CTL_OK(e, out, "detach", "--json", path);
-        if (jq_check(out, ".device == $a and .state == \"detached\"", object, NULL, NULL) != 0)
+        if (jq_check(out, ".object == $a and .device == $b and .state == \"detached\"", object,
+                     p.node, NULL) != 0)
                 fail_msg("loopmgrctl detach --json (last reference): %s", out);
         if (!wait_binding_gone(p.name, p.diskseq, SIGNAL_TIMEOUT))
                 fail_msg("%s still attached after loopmgrctl detach", p.node);

@@ -99,8 +99,8 @@ expect_fail() {
 # else.
 no_interaction="but the request does not allow interactive authorisation"
 
-prop() { # prop DEV PROPERTY
-    loopmgrctl status --json "$1" | jq -r ".$2"
+prop() { # prop DEV COLUMN (the lower-case column names of loopmgrctl(1))
+    loopmgrctl status --json "$1" | jq -r ".devices[0].\"$2\""
 }
 
 daemon_pid() {

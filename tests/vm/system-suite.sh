@@ -58,11 +58,11 @@ test_attach_fd_and_path() {
     node=$(loopmgrctl attach "$img")
     [[ -b $node ]] || die "attach printed '$node'"
     [[ $(cat "/sys/block/${node#/dev/}/loop/backing_file") == "$img" ]] || die "wrong backing file"
-    [[ $(prop "$node" Managed) == true ]] || die "not managed"
+    [[ $(prop "$node" managed) == true ]] || die "not managed"
     # The same file by path: the identical device comes back.
     node2=$(busctl call "$bus" "$obj" "$iface" AttachPath 'sa{sv}' "$img" 0 | awk '{print $3}')
     [[ $node2 == "\"$node\"" ]] || die "AttachPath gave $node2, not the same $node"
-    [[ $(prop "$node" References) == 2 ]] || die "References: $(prop "$node" References)"
+    [[ $(prop "$node" refs) == 2 ]] || die "References: $(prop "$node" refs)"
     state=$(loopmgrctl detach "$node")
     [[ $state == attached ]] || die "first detach: $state"
     state=$(loopmgrctl detach "$node")
@@ -70,7 +70,7 @@ test_attach_fd_and_path() {
     # losetup beside it: a foreign device the daemon lists but does not own.
     node2=$(losetup -f --show "$img")
     wait_for 10 loopmgrctl status "$node2" >/dev/null || die "foreign $node2 never listed"
-    [[ $(prop "$node2" Managed) == false ]] || die "foreign device is managed"
+    [[ $(prop "$node2" managed) == false ]] || die "foreign device is managed"
     losetup -d "$node2"
 }
 
@@ -83,7 +83,7 @@ test_deferred_teardown() {
     exec 3<"$node"
     state=$(loopmgrctl detach "$node")
     [[ $state == pending ]] || die "detach of an open device: $state (expected pending)"
-    [[ $(prop "$node" State) == detach-pending ]] || die "State: $(prop "$node" State)"
+    [[ $(prop "$node" state) == detach-pending ]] || die "State: $(prop "$node" state)"
     exec 3<&-
     wait_for 20 binding_gone "$name" "$seq" || die "the binding stayed after the last close"
     wait_for 10 bash -c "! loopmgrctl status $node >/dev/null 2>&1" ||
@@ -189,14 +189,14 @@ test_restart() {
     local img node pid1 pid2 n1 n2
     img=$(image restart.img 32)
     node=$(in_session "loopmgrctl attach $img") || die "the session user could not attach"
-    [[ $(prop "$node" OwnerUID) == 1000 ]] || die "OwnerUID: $(prop "$node" OwnerUID)"
+    [[ $(prop "$node" uid) == 1000 ]] || die "OwnerUID: $(prop "$node" uid)"
     pid1=$(daemon_pid)
     systemctl restart loopmgrd.service
     pid2=$(daemon_pid)
     [[ $pid2 != "$pid1" && $pid2 != 0 ]] || die "systemctl restart did not start a new daemon"
-    [[ $(prop "$node" OwnerUID) == 1000 && $(prop "$node" Managed) == true ]] ||
-        die "after restart: OwnerUID $(prop "$node" OwnerUID), Managed $(prop "$node" Managed)"
-    [[ $(prop "$node" References) == 1 ]] || die "after restart: References $(prop "$node" References)"
+    [[ $(prop "$node" uid) == 1000 && $(prop "$node" managed) == true ]] ||
+        die "after restart: OwnerUID $(prop "$node" uid), Managed $(prop "$node" managed)"
+    [[ $(prop "$node" refs) == 1 ]] || die "after restart: References $(prop "$node" refs)"
     n1=$(systemctl show -P NRestarts loopmgrd.service)
     kill -9 "$pid2"
     wait_for 30 bash -c '[[ $(systemctl show -P MainPID loopmgrd.service) != '"$pid2"' &&
@@ -204,8 +204,8 @@ test_restart() {
         die "no restart after kill -9: $(systemctl status --no-pager loopmgrd.service)"
     n2=$(systemctl show -P NRestarts loopmgrd.service)
     ((n2 == n1 + 1)) || die "NRestarts $n1 -> $n2"
-    [[ $(prop "$node" OwnerUID) == 1000 && $(prop "$node" References) == 1 ]] ||
-        die "after kill -9: OwnerUID $(prop "$node" OwnerUID), References $(prop "$node" References)"
+    [[ $(prop "$node" uid) == 1000 && $(prop "$node" refs) == 1 ]] ||
+        die "after kill -9: OwnerUID $(prop "$node" uid), References $(prop "$node" refs)"
     in_session "loopmgrctl detach $node" | grep -qx detached || die "the owner could not detach"
 }
 
@@ -314,7 +314,7 @@ test_udisks_beside() {
     # And the other way round: a device udisks2 makes is one loopmgrd lists as foreign.
     node=$(udisksctl loop-setup --no-user-interaction -f "$img" | grep -o '/dev/loop[0-9]*')
     wait_for 10 loopmgrctl status "$node" >/dev/null || die "udisks2's $node is not listed"
-    [[ $(prop "$node" Managed) == false ]] || die "udisks2's $node counts as managed"
+    [[ $(prop "$node" managed) == false ]] || die "udisks2's $node counts as managed"
     udisksctl loop-delete --no-user-interaction -b "$node"
 }
 
@@ -335,7 +335,7 @@ test_maintainer_scripts() {
     dpkg -i "$share"/loopmgr_*.deb >/dev/null
     pid2=$(daemon_pid)
     [[ $pid2 != 0 && $pid2 != "$pid1" ]] || die "the upgrade did not restart loopmgrd ($pid1 -> $pid2)"
-    [[ $(prop "$node" Managed) == true ]] || die "$node is not managed after the upgrade"
+    [[ $(prop "$node" managed) == true ]] || die "$node is not managed after the upgrade"
     [[ $(loopmgrctl detach "$node") == detached ]] || die "detach after the upgrade"
     dpkg -r loopmgr >/dev/null
     [[ $(systemctl show -P ActiveState loopmgrd.service) != active ]] || die "loopmgrd still runs"

@@ -81,11 +81,11 @@ test_guard_foreign() {
     img=$(image guardf.img 16)
     node=$(losetup -f --show "$img") || die "losetup of an unrelated file failed"
     wait_for 10 loopmgrctl status "$node" >/dev/null || die "$node never listed"
-    wait_for 5 bash -c "[[ \$(loopmgrctl status --json $node | jq -r .Creator) == losetup* ]]" ||
-        die "Creator of $node: '$(prop "$node" Creator)'"
-    echo "Creator of $node: $(prop "$node" Creator)"
-    [[ $(prop "$node" Creator) =~ ^losetup\ \(pid\ [0-9]+,\ uid\ 0\)$ ]] ||
-        die "Creator: $(prop "$node" Creator)"
+    wait_for 5 bash -c "[[ \$(loopmgrctl status --json $node | jq -r '.devices[0].creator') == losetup* ]]" ||
+        die "Creator of $node: '$(prop "$node" creator)'"
+    echo "Creator of $node: $(prop "$node" creator)"
+    [[ $(prop "$node" creator) =~ ^losetup\ \(pid\ [0-9]+,\ uid\ 0\)$ ]] ||
+        die "Creator: $(prop "$node" creator)"
     ln -f "$img" "$work/guardf-hard.img"
     ln -sf "$img" "$work/guardf-sym.img"
     mkdir -p "$mp"
@@ -197,14 +197,14 @@ test_guard_audit() {
     img=$(image guarda.img 16)
     node=$(loopmgrctl attach "$img")
     other=$(losetup -f --show "$img") || { guard_unit_set; die "audit refused losetup"; }
-    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $other | jq -r .Creator) == losetup* ]]" ||
-        { losetup -d "$other"; guard_unit_set; die "Creator of $other: '$(prop "$other" Creator)'"; }
-    echo "audit: $other made beside $node, Creator $(prop "$other" Creator)"
+    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $other | jq -r '.devices[0].creator') == losetup* ]]" ||
+        { losetup -d "$other"; guard_unit_set; die "Creator of $other: '$(prop "$other" creator)'"; }
+    echo "audit: $other made beside $node, Creator $(prop "$other" creator)"
     # An alias made anyway: both name each other, and the daemon says who made it.
-    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $node | jq -r '.Aliases | length') == 1 ]]" ||
-        { losetup -d "$other"; guard_unit_set; die "Aliases of $node: $(prop "$node" Aliases)"; }
-    [[ $(loopmgrctl status --json "$other" | jq -r '.Aliases | join(" ")') == "$(prop "$node" ObjectPath)" ]] ||
-        { losetup -d "$other"; guard_unit_set; die "Aliases of $other: $(prop "$other" Aliases)"; }
+    wait_for 10 bash -c "[[ \$(loopmgrctl status --json $node | jq -r '.devices[0].aliases | map(select(. != null)) | length') == 1 ]]" ||
+        { losetup -d "$other"; guard_unit_set; die "Aliases of $node: $(prop "$node" aliases)"; }
+    [[ $(loopmgrctl status --json "$other" | jq -r '.devices[0].aliases | join(" ")') == "$(prop "$node" object)" ]] ||
+        { losetup -d "$other"; guard_unit_set; die "Aliases of $other: $(prop "$other" aliases)"; }
     loopmgrctl list | grep "^${other#/dev/}!" ||
         { losetup -d "$other"; guard_unit_set; die "loopmgrctl list does not mark $other"; }
     journalctl -b -u loopmgrd.service -o cat | grep -F "expose the same data" | tail -n 1 |
