@@ -120,9 +120,10 @@ int manager_reconcile(Manager *m, const char *name);
 /* Called by the udev watch for every event of a loop disk: from the kernel as it happens, and
  * from udev once its rules ran (from_udev). plain: only "change" events that report no resize,
  * media change or replay (RESIZE, DISK_MEDIA_CHANGE, SYNTH_UUID), one of them the binding's
- * own announcement. */
-void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                        bool from_udev, bool plain);
+ * own announcement. Returns UDEV_WATCH_FLUSH_KERNEL for a udev event of a binding the
+ * registry does not know yet unless kernel_flushed, else 0. */
+int manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
+                       bool from_udev, bool plain, bool kernel_flushed);
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
 
