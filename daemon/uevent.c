@@ -103,21 +103,30 @@ static const char *device_property(sd_device *device, const char *key) {
         return sd_device_get_property_value(device, key, &v) >= 0 ? v : NULL;
 }
 
+/* The kernel's names of the actions (lib/kobject_uevent.c), in sd_device_action_t order. */
+static const char *const action_names[] = {
+        [SD_DEVICE_ADD] = "add",   [SD_DEVICE_REMOVE] = "remove", [SD_DEVICE_CHANGE] = "change",
+        [SD_DEVICE_MOVE] = "move", [SD_DEVICE_ONLINE] = "online", [SD_DEVICE_OFFLINE] = "offline",
+        [SD_DEVICE_BIND] = "bind", [SD_DEVICE_UNBIND] = "unbind",
+};
+
 int uevent_from_device(sd_device *device, UeventInfo *ret) {
-        UeventFields f;
+        sd_device_action_t action;
+        UeventFields f = {};
 
         if (!device || !ret)
                 return -EINVAL;
 
-        /* The properties as udev broadcast them (a device from a monitor is sealed: sd-device
-         * reads nothing from sysfs or udev's database for it). */
-        f = (UeventFields){
-                .action = device_property(device, "ACTION"),
-                .devpath = device_property(device, "DEVPATH"),
-                .subsystem = device_property(device, "SUBSYSTEM"),
-                .devtype = device_property(device, "DEVTYPE"),
-                .diskseq = device_property(device, "DISKSEQ"),
-        };
+        /* Through sd-device's getters: a device from a monitor is sealed, it reads nothing
+         * from sysfs or udev's database, the fields are the broadcast's. A device that came
+         * from elsewhere has no action and is refused. */
+        if (sd_device_get_action(device, &action) >= 0 && action >= 0 &&
+            (size_t) action < ELEMENTSOF(action_names))
+                f.action = action_names[action];
+        (void) sd_device_get_devpath(device, &f.devpath);
+        (void) sd_device_get_subsystem(device, &f.subsystem);
+        (void) sd_device_get_devtype(device, &f.devtype);
+        f.diskseq = device_property(device, "DISKSEQ");
         for (size_t i = 0; i < ELEMENTSOF(special_keys); i++)
                 if (device_property(device, special_keys[i]))
                         f.special = true;

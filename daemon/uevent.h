@@ -48,5 +48,5 @@ int uevent_from_fields(const UeventFields *f, UeventInfo *ret);
  * -EBADMSG for a message that is not well formed. */
 int uevent_parse_kernel(const char *buf, size_t len, UeventInfo *ret);
 
-/* The same for a device sd_device_monitor received; ret->action points into the device. */
+/* The same for a device sd_device_monitor received; ret->action is a static string. */
 int uevent_from_device(sd_device *device, UeventInfo *ret);
