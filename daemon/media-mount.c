@@ -3,10 +3,7 @@
 #include <acl/libacl.h>
 #include <assert.h>
 #include <blkid.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <linux/fs.h>
 #include <pwd.h>
