@@ -635,8 +635,10 @@ int manager_reconcile(Manager *m, const char *name) {
         return 0;
 }
 
-int manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                       bool from_udev, bool plain, bool kernel_flushed) {
+int manager_udev_event(Manager *m, const UdevWatchEvent *ev) {
+        const char *action = ev->action, *name = ev->sysname;
+        uint64_t diskseq = ev->diskseq;
+        bool from_udev = ev->from_udev, plain = ev->plain;
         unsigned number;
         Device *d;
         int r;
@@ -674,7 +676,7 @@ int manager_udev_event(Manager *m, const char *action, const char *name, uint64_
                                  * read computes. */
                                 manager_refresh_openers(m, d, NULL);
                 }
-        } else if ((!d || d->status.diskseq != diskseq) && !kernel_flushed)
+        } else if ((!d || d->status.diskseq != diskseq) && !ev->kernel_flushed)
                 /* udev's copy of an event is preceded by the kernel's, which the registry
                  * reflects once processed: re-reading sysfs for it again would only repeat
                  * that. The kernel's copy may still be queued (both monitors woke us up):
@@ -684,7 +686,7 @@ int manager_udev_event(Manager *m, const char *action, const char *name, uint64_
         /* IdType/IdLabel/IdUUID: udev ran its rules after a change of the content. */
         if (from_udev && d && d->managed && d->status.diskseq == diskseq &&
             d->state == DEVICE_ATTACHED)
-                mount_update_ids(m, d);
+                mount_update_ids(m, d, ev->device);
         if (!from_udev || !d || d->udev_ready || d->status.diskseq != diskseq)
                 return 0;
 
@@ -701,8 +703,7 @@ static int on_udev_watch_event(const UdevWatchEvent *ev, void *userdata) {
                 manager_rescan(m);
                 return 0;
         }
-        return manager_udev_event(m, ev->action, ev->sysname, ev->diskseq, ev->from_udev,
-                                  ev->plain, ev->kernel_flushed);
+        return manager_udev_event(m, ev);
 }
 
 void manager_rescan(Manager *m) {

@@ -20,8 +20,7 @@
 #include "mount.h"
 #include "state.h"
 #include "guard.h"
-
-typedef struct UdevWatch UdevWatch;
+#include "udev-watch.h"
 
 /* Who configured a loop device whose uevent has not come yet (manager-guard.c). */
 typedef struct GuardCreator {
@@ -121,9 +120,8 @@ int manager_reconcile(Manager *m, const char *name);
  * from udev once its rules ran (from_udev). plain: only "change" events that report no resize,
  * media change or replay (RESIZE, DISK_MEDIA_CHANGE, SYNTH_UUID), one of them the binding's
  * own announcement. Returns UDEV_WATCH_FLUSH_KERNEL for a udev event of a binding the
- * registry does not know yet unless kernel_flushed, else 0. */
-int manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                       bool from_udev, bool plain, bool kernel_flushed);
+ * registry does not know yet unless ev->kernel_flushed, else 0. */
+int manager_udev_event(Manager *m, const UdevWatchEvent *ev);
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
 

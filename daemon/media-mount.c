@@ -276,12 +276,12 @@ static void device_set_ids(Manager *m, Device *d, const MountProbe *p) {
                 manager_emit_device_changed(m, d, changed);
 }
 
-void mount_update_ids(Manager *m, Device *d) {
+void mount_update_ids(Manager *m, Device *d, sd_device *device) {
         _cleanup_(udev_ids_done) UdevIds ids = {};
 
         /* What udev's blkid builtin found: no device I/O on this path, which runs for every
          * udev event of a managed device. Mount probes the device itself. */
-        if (udev_props_read_ids(d->status.devnum, &ids) < 0)
+        if (udev_props_read_ids(device, &ids) < 0)
                 return;
         device_set_ids(m, d, &(MountProbe){.type = ids.type, .label = ids.label, .uuid = ids.uuid});
 }

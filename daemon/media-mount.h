@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <libmount.h>
 #include <sys/types.h>
+#include <systemd/sd-device.h>
 
 typedef struct Manager Manager;
 typedef struct Device Device;
@@ -107,8 +108,8 @@ void mount_adopt(Manager *m);
  * device's MountPoint and releases its reference (the device may be torn down and freed). */
 void mount_check_table(Manager *m, struct libmnt_table *t);
 
-/* Updates IdType/IdLabel/IdUUID from what udev's database records for this binding (its
- * blkid builtin, udev_props_read_ids()), emitting PropertiesChanged when they differ. No
- * device I/O: it runs for every udev event of a managed device. The caller makes sure the
- * event was for this binding (udev writes its database before it announces the event). */
-void mount_update_ids(Manager *m, Device *d);
+/* Updates IdType/IdLabel/IdUUID from what udev's blkid builtin found, as udev broadcast it
+ * in this event of the device (udev_props_read_ids()), emitting PropertiesChanged when they
+ * differ. No I/O at all: it runs for every udev event of a managed device. The caller makes
+ * sure the event was for this binding. */
+void mount_update_ids(Manager *m, Device *d, sd_device *device);

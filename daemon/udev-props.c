@@ -294,16 +294,14 @@ static int copy_property(sd_device *device, const char *key, char **ret) {
         return 0;
 }
 
-int udev_props_read_ids(dev_t devnum, UdevIds *ret) {
-        _cleanup_(sd_device_unrefp) sd_device *device = NULL;
+int udev_props_read_ids(sd_device *device, UdevIds *ret) {
         _cleanup_(udev_ids_done) UdevIds ids = {};
         int r;
 
         assert(ret);
 
-        r = sd_device_new_from_devnum(&device, 'b', devnum);
-        if (r < 0)
-                return r;
+        if (!device)
+                return -EINVAL;
         /* A device udev has not processed has no database entry: nothing is known, which is
          * not the same as "no file system" (the ids stay as they are). */
         r = sd_device_get_is_initialized(device);

@@ -6,13 +6,15 @@
  * daemon writes for udev (/run/loopmgr/udev/loopN, imported by udev/90-loopmgr.rules:
  * LOOPMGR_MANAGED, LOOPMGR_OWNER_UID, LOOPMGR_OWNER, LOOPMGR_DISKSEQ), with the uid -> user
  * name cache that spares the attach path an NSS lookup, and what udev recorded about a
- * device (ID_FS_TYPE and the encoded label and UUID of its blkid builtin), read through
- * sd-device rather than from udev's private database files. Knows nothing of the manager.
+ * device (ID_FS_TYPE and the encoded label and UUID of its blkid builtin), read from the
+ * sd_device of udev's event rather than from udev's private database files. Knows nothing
+ * of the manager.
  */
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <systemd/sd-device.h>
 
 /* /run/loopmgr/udev/<name>, the properties file the udev rule imports (under the manager's
  * root). */
@@ -59,11 +61,11 @@ typedef struct UdevIds {
 } UdevIds;
 
 void udev_ids_done(UdevIds *ids);
-/* Reads the ids of the block device devnum from udev (sd_device_new_from_devnum() and its
- * properties: no device I/O). -ENODATA when udev has not processed the device (no database
- * entry), ENOMEM, or the errno of sd-device. The host's /sys and /run/udev: not under a
- * fake root. */
-int udev_props_read_ids(dev_t devnum, UdevIds *ret);
+/* The ids udev recorded for a device: of a device from sd_device_monitor, what it broadcast
+ * after its rules ran (the same properties it wrote to its database a moment before; no I/O),
+ * else what sd-device reads from udev's database. -ENODATA when udev has not processed the
+ * device, -ENOMEM. */
+int udev_props_read_ids(sd_device *device, UdevIds *ret);
 /* udev's \xNN encoding of *_ENC values (udev_device_encode_string()), decoded in place; a
  * \x00 stays as it is. */
 void udev_decode_string(char *s);

@@ -160,6 +160,7 @@ static int on_udev_event(sd_device_monitor *monitor, sd_device *device, void *us
                 .sysname = info.sysname,
                 .diskseq = info.diskseq,
                 .from_udev = true,
+                .device = device,
         };
         /* The handler never calls back into the watch: when it needs the kernel's queued
          * events first, it says so and gets the event again. */

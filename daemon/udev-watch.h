@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <systemd/sd-device.h>
 #include <systemd/sd-event.h>
 
 typedef struct UdevWatch UdevWatch;
@@ -27,6 +28,10 @@ typedef struct UdevWatchEvent {
         /* udev events: the kernel events queued when this event arrived were delivered
          * first (the handler asked with UDEV_WATCH_FLUSH_KERNEL). */
         bool kernel_flushed;
+        /* udev events: the device as udev broadcast it, with its properties after the rules
+         * ran (what udev's database records for it too); valid during the call. NULL for the
+         * kernel's. */
+        sd_device *device;
 } UdevWatchEvent;
 
 /* What a handler returns for a udev event it cannot place yet (a binding it does not know):
