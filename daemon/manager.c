@@ -76,6 +76,16 @@ Manager *manager_free(Manager *m) {
         return NULL;
 }
 
+static int on_udev_watch_event(const UdevWatchEvent *ev, void *userdata) {
+        Manager *m = userdata;
+
+        if (!ev->action) {
+                manager_rescan(m);
+                return 0;
+        }
+        return manager_udev_event(m, ev);
+}
+
 int manager_start(Manager *m) {
         int r;
 
@@ -112,7 +122,7 @@ int manager_start(Manager *m) {
                                   m->state_dir);
 
         /* Watch before enumerating, so that nothing happens unseen in between. */
-        r = udev_watch_new(m->event, m, &m->udev_watch);
+        r = udev_watch_new(m->event, on_udev_watch_event, m, &m->udev_watch);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the udev monitor: %m");
         r = manager_watch_mounts(m);

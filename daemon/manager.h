@@ -27,10 +27,10 @@
 #include "problem.h"
 #include "registry.h"
 #include "state.h"
+#include "udev-watch.h"
 
 struct sd_bus;
 
-typedef struct UdevWatch UdevWatch;
 
 /* Who configured a loop device whose uevent has not come yet (manager-guard.c). */
 typedef struct GuardCreator {
@@ -128,9 +128,9 @@ int manager_reconcile(Manager *m, const char *name);
 /* Called by the udev watch for every event of a loop disk: from the kernel as it happens, and
  * from udev once its rules ran (from_udev). plain: only "change" events that report no resize,
  * media change or replay (RESIZE, DISK_MEDIA_CHANGE, SYNTH_UUID), one of them the binding's
- * own announcement. */
-void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                        bool from_udev, bool plain);
+ * own announcement. Returns UDEV_WATCH_FLUSH_KERNEL for a udev event of a binding the
+ * registry does not know yet unless ev->kernel_flushed, else 0. */
+int manager_udev_event(Manager *m, const UdevWatchEvent *ev);
 /* Called when the udev monitor lost events: reconciles every loop device. */
 void manager_rescan(Manager *m);
 /* Adopts bound loop devices the registry has not seen yet (udev may not have reported them). */

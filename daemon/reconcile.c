@@ -115,8 +115,10 @@ int manager_reconcile(Manager *m, const char *device_name) {
         return 0;
 }
 
-void manager_udev_event(Manager *m, const char *action, const char *name, uint64_t diskseq,
-                        bool from_udev, bool plain) {
+int manager_udev_event(Manager *m, const UdevWatchEvent *ev) {
+        const char *action = ev->action, *name = ev->sysname;
+        uint64_t diskseq = ev->diskseq;
+        bool from_udev = ev->from_udev, plain = ev->plain;
         unsigned number;
         Device *d;
         int r;
@@ -126,7 +128,7 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
 
         r = loop_name_to_number(name, &number);
         if (r < 0)
-                return;
+                return 0;
         d = manager_get_device_by_number(m, number);
         if (from_udev && d && d->teardown_retry)
                 /* udev is done with an event of the device, so its probe has probably let
@@ -154,25 +156,24 @@ void manager_udev_event(Manager *m, const char *action, const char *name, uint64
                                  * read computes. */
                                 manager_refresh_openers(m, d, NULL);
                 }
-        } else if (!d || d->status.diskseq != diskseq) {
+        } else if ((!d || d->status.diskseq != diskseq) && !ev->kernel_flushed)
                 /* udev's copy of an event is preceded by the kernel's, which the registry
                  * reflects once processed: re-reading sysfs for it again would only repeat
                  * that. The kernel's copy may still be queued (both monitors woke us up):
-                 * process it first. */
-                udev_watch_flush_kernel(m->udev_watch);
-                d = manager_get_device_by_number(m, number);
-        }
+                 * the watch processes it first and hands this event back. */
+                return UDEV_WATCH_FLUSH_KERNEL;
 
         /* IdType/IdLabel/IdUUID: udev ran its rules after a change of the content. */
         if (from_udev && d && d->managed && d->status.diskseq == diskseq &&
             d->state == DEVICE_ATTACHED)
-                mount_update_ids(m, d);
+                mount_update_ids(m, d, ev->device);
         if (!from_udev || !d || d->udev_ready || d->status.diskseq != diskseq)
-                return;
+                return 0;
 
         /* udev broadcast an event for this very binding after running its rules: the
          * by-diskseq link is made by them, check that it exists rather than assume. */
         (void) manager_check_udev_ready(m, d);
+        return 0;
 }
 
 void manager_rescan(Manager *m) {

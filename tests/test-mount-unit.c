@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * The pure parts of daemon/mount.c: allowed file system types, extra mount options, mount
- * directory names from labels, the flags and data handed to mount(2) (nosuid,nodev always,
- * ro where it belongs, uid=/gid= for file systems without owners), and the udev properties
- * files under a fake root. No root, no devices.
+ * The pure parts of daemon/media-mount.c and daemon/udev-props.c: allowed file system types,
+ * extra mount options, mount directory names from labels, the flags and data handed to
+ * mount(2) (nosuid,nodev always, ro where it belongs, uid=/gid= for file systems without
+ * owners), the udev properties files under a fake root, and the decoding of udev's *_ENC
+ * values. No root, no devices.
  */
 
 #include <fcntl.h>
@@ -195,11 +196,23 @@ static void test_udev_props(void **state) {
         (void) nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static void test_udev_decode(void **state) {
+        char s1[] = "My\\x20Disk\\x2fx", s2[] = "a\\x00b\\x4", s3[] = "\\xzz\\x41";
+
+        udev_decode_string(s1);
+        assert_string_equal(s1, "My Disk/x");
+        /* A NUL is never produced; a cut-off or non-hex escape stays as it is. */
+        udev_decode_string(s2);
+        assert_string_equal(s2, "a\\x00b\\x4");
+        udev_decode_string(s3);
+        assert_string_equal(s3, "\\xzzA");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_types),      cmocka_unit_test(test_extra_options),
                 cmocka_unit_test(test_names),      cmocka_unit_test(test_flags_and_data),
-                cmocka_unit_test(test_udev_props),
+                cmocka_unit_test(test_udev_props), cmocka_unit_test(test_udev_decode),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
-/* uevent_parse(): the kernel's and udev's netlink messages, as the daemon reads them. */
+/* uevent.c: the kernel's netlink messages as the daemon parses them (uevent_parse_kernel()),
+ * and the translation of an event's properties, whoever parsed them (uevent_from_fields(),
+ * which uevent_from_device() feeds from the sd_device of udev's monitor), into what reaches
+ * the manager. */
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +16,7 @@
 #include <cmocka.h>
 
 #include "uevent.h"
+#include "util.h"
 
 /* A message from NUL-separated parts: props is "A=1\0B=2\0" with its length. */
 static size_t kernel_msg(char *buf, size_t size, const char *head, const char *props,
@@ -36,7 +39,7 @@ static void test_kernel_change(void **state) {
                                      "SUBSYSTEM=block\0MAJOR=7\0MINOR=12\0DEVNAME=loop12\0"
                                      "DEVTYPE=disk\0DISKSEQ=4711\0SEQNUM=99\0"));
 
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 1);
+        assert_int_equal(uevent_parse_kernel(buf, n, &info), 1);
         assert_string_equal(info.action, "change");
         assert_string_equal(info.sysname, "loop12");
         assert_int_equal(info.diskseq, 4711);
@@ -44,8 +47,7 @@ static void test_kernel_change(void **state) {
 }
 
 static void test_kernel_not_plain(void **state) {
-        static const char *const specials[] = { "RESIZE=1", "DISK_MEDIA_CHANGE=1",
-                                                "SYNTH_UUID=0" };
+        static const char *const specials[] = {"RESIZE=1", "DISK_MEDIA_CHANGE=1", "SYNTH_UUID=0"};
         char props[256], buf[512];
         UeventInfo info;
 
@@ -57,7 +59,7 @@ static void test_kernel_not_plain(void **state) {
                 size_t n = kernel_msg(buf, sizeof(buf), "change@/devices/virtual/block/loop0",
                                       props, (size_t) k);
 
-                assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 1);
+                assert_int_equal(uevent_parse_kernel(buf, n, &info), 1);
                 assert_false(info.plain);
                 assert_int_equal(info.diskseq, 5);
         }
@@ -66,44 +68,47 @@ static void test_kernel_not_plain(void **state) {
         size_t n = kernel_msg(buf, sizeof(buf), "add@/devices/virtual/block/loop3",
                               KPROPS("ACTION=add\0DEVPATH=/devices/virtual/block/loop3\0"
                                      "SUBSYSTEM=block\0DEVTYPE=disk\0"));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), 1);
+        assert_int_equal(uevent_parse_kernel(buf, n, &info), 1);
         assert_string_equal(info.action, "add");
         assert_int_equal(info.diskseq, 0);
         assert_false(info.plain);
 }
 
-/* uevent_parse() of a kernel message made of head and props. */
+/* uevent_parse_kernel() of a kernel message made of head and props. */
 static int parse_kernel(const char *head, const char *props, size_t props_len) {
         char buf[512];
         UeventInfo info;
 
-        return uevent_parse(buf, kernel_msg(buf, sizeof(buf), head, props, props_len),
-                            UEVENT_GROUP_KERNEL, &info);
+        return uevent_parse_kernel(buf, kernel_msg(buf, sizeof(buf), head, props, props_len),
+                                   &info);
 }
 
 #define PARSE_KERNEL(head, props) parse_kernel(head, KPROPS(props))
 
 static void test_kernel_other_devices(void **state) {
-        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop0/loop0p1",
-                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loop0/loop0p1\0"
-                                      "SUBSYSTEM=block\0DEVTYPE=partition\0"),
-                         0);
+        assert_int_equal(
+                PARSE_KERNEL("change@/devices/virtual/block/loop0/loop0p1",
+                             "ACTION=change\0DEVPATH=/devices/virtual/block/loop0/loop0p1\0"
+                             "SUBSYSTEM=block\0DEVTYPE=partition\0"),
+                0);
         assert_int_equal(PARSE_KERNEL("change@/devices/pci0000:00/block/vda",
                                       "ACTION=change\0DEVPATH=/devices/pci0000:00/block/vda\0"
                                       "SUBSYSTEM=block\0DEVTYPE=disk\0"),
                          0);
-        assert_int_equal(PARSE_KERNEL("add@/devices/virtual/net/lo",
-                                      "ACTION=add\0DEVPATH=/devices/virtual/net/lo\0SUBSYSTEM=net\0"),
-                         0);
+        assert_int_equal(
+                PARSE_KERNEL("add@/devices/virtual/net/lo",
+                             "ACTION=add\0DEVPATH=/devices/virtual/net/lo\0SUBSYSTEM=net\0"),
+                0);
         /* "loop" followed by something that is not a number, or a name too long to be one. */
         assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loopx",
                                       "ACTION=change\0DEVPATH=/devices/virtual/block/loopx\0"
                                       "SUBSYSTEM=block\0DEVTYPE=disk\0"),
                          0);
-        assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop12345678901234",
-                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loop12345678901234\0"
-                                      "SUBSYSTEM=block\0DEVTYPE=disk\0"),
-                         0);
+        assert_int_equal(
+                PARSE_KERNEL("change@/devices/virtual/block/loop12345678901234",
+                             "ACTION=change\0DEVPATH=/devices/virtual/block/loop12345678901234\0"
+                             "SUBSYSTEM=block\0DEVTYPE=disk\0"),
+                0);
 }
 
 static void test_kernel_malformed(void **state) {
@@ -111,8 +116,9 @@ static void test_kernel_malformed(void **state) {
         UeventInfo info;
 
         /* No "@" in the first string. */
-        assert_int_equal(PARSE_KERNEL("libudev", "ACTION=change\0DEVPATH=/devices/virtual/block/loop0\0"
-                                                 "SUBSYSTEM=block\0DEVTYPE=disk\0"),
+        assert_int_equal(PARSE_KERNEL("libudev",
+                                      "ACTION=change\0DEVPATH=/devices/virtual/block/loop0\0"
+                                      "SUBSYSTEM=block\0DEVTYPE=disk\0"),
                          -EBADMSG);
         /* The last property cut off (no NUL). */
         assert_int_equal(PARSE_KERNEL("change@/devices/virtual/block/loop0",
@@ -126,94 +132,91 @@ static void test_kernel_malformed(void **state) {
                          -EBADMSG);
         /* No NUL at all. */
         memset(buf, 'x', sizeof(buf));
-        assert_int_equal(uevent_parse(buf, sizeof(buf), UEVENT_GROUP_KERNEL, &info), -EBADMSG);
-        assert_int_equal(uevent_parse(buf, 0, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
-        assert_int_equal(uevent_parse(buf, sizeof(buf), 7, &info), -EINVAL);
+        assert_int_equal(uevent_parse_kernel(buf, sizeof(buf), &info), -EBADMSG);
+        assert_int_equal(uevent_parse_kernel(buf, 0, &info), -EBADMSG);
+        assert_int_equal(uevent_parse_kernel(NULL, 0, &info), -EINVAL);
 }
 
-/* udev's header, as systemd-udevd writes it (host byte order but for the magic). */
-typedef struct Header {
-        char prefix[8];
-        uint32_t magic, header_size, properties_off, properties_len;
-        uint32_t subsystem_hash, devtype_hash, bloom_hi, bloom_lo;
-} Header;
-
-static size_t udev_msg(char *buf, size_t size, const char *props, size_t props_len,
-                       Header *ret_header) {
-        Header h = {
-                .prefix = "libudev",
-                .magic = htonl(UEVENT_UDEV_MAGIC),
-                .header_size = sizeof(Header),
-                .properties_off = sizeof(Header),
-                .properties_len = (uint32_t) props_len,
+/* What udev's monitor hands over for a processed change of a loop disk (sd_device
+ * properties), and what the manager gets from it. */
+static void test_fields_udev_change(void **state) {
+        UeventFields f = {
+                .action = "change",
+                .devpath = "/devices/virtual/block/loop7",
+                .subsystem = "block",
+                .devtype = "disk",
+                .diskseq = "123456789012",
         };
-
-        assert_true(sizeof(h) + props_len <= size);
-        memcpy(buf, &h, sizeof(h));
-        memcpy(buf + sizeof(h), props, props_len);
-        if (ret_header)
-                *ret_header = h;
-        return sizeof(h) + props_len;
-}
-
-#define UPROPS                                                                                  \
-        KPROPS("ACTION=change\0DEVPATH=/devices/virtual/block/loop7\0SUBSYSTEM=block\0"       \
-               "DEVNAME=/dev/loop7\0DEVTYPE=disk\0DISKSEQ=123456789012\0SEQNUM=5\0"            \
-               "ID_FS_TYPE=ext4\0DEVLINKS=/dev/disk/by-diskseq/123456789012\0TAGS=:systemd:\0")
-
-static void test_udev_message(void **state) {
-        char buf[1024];
         UeventInfo info;
-        size_t n = udev_msg(buf, sizeof(buf), UPROPS, NULL);
 
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), 1);
-        assert_string_equal(info.action, "change");
+        assert_int_equal(uevent_from_fields(&f, &info), 1);
+        assert_ptr_equal(info.action, f.action);
         assert_string_equal(info.sysname, "loop7");
         assert_int_equal(info.diskseq, 123456789012ULL);
         assert_true(info.plain);
 
-        /* A kernel message is no udev message, and the other way round. */
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_KERNEL, &info), -EBADMSG);
+        f.special = true;
+        assert_int_equal(uevent_from_fields(&f, &info), 1);
+        assert_false(info.plain);
+
+        /* A diskseq that is no number counts as none, as from the kernel. */
+        f.diskseq = "12x";
+        assert_int_equal(uevent_from_fields(&f, &info), 1);
+        assert_int_equal(info.diskseq, 0);
+        f.diskseq = NULL;
+        assert_int_equal(uevent_from_fields(&f, &info), 1);
+        assert_int_equal(info.diskseq, 0);
+        f.action = "remove";
+        assert_int_equal(uevent_from_fields(&f, &info), 1);
+        assert_string_equal(info.action, "remove");
+        assert_false(info.plain);
 }
 
-static void test_udev_malformed(void **state) {
-        char buf[1024];
+static void test_fields_other_devices(void **state) {
+        static const UeventFields others[] = {
+                {"change", "/devices/virtual/block/loop0/loop0p1", "block", "partition"},
+                {"change", "/devices/virtual/block/loop0", "block", NULL},
+                {"change", "/devices/pci0000:00/block/vda", "block", "disk"},
+                {"add", "/devices/virtual/net/lo", "net", NULL},
+                {"change", "/devices/virtual/block/loopx", "block", "disk"},
+                {"change", "/devices/virtual/block/loop12345678901234", "block", "disk"},
+                {"change", "loop3", "net", "disk"},
+        };
+        UeventFields f = {"change", "loop3", "block", "disk"};
         UeventInfo info;
-        Header h;
-        size_t n = udev_msg(buf, sizeof(buf), UPROPS, &h);
 
-        /* Shorter than the header. */
-        assert_int_equal(uevent_parse(buf, sizeof(Header) - 1, UEVENT_GROUP_UDEV, &info),
-                         -EBADMSG);
-        /* Properties beyond the message. */
-        assert_int_equal(uevent_parse(buf, n - 1, UEVENT_GROUP_UDEV, &info), -EBADMSG);
+        for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+                assert_int_equal(uevent_from_fields(&others[i], &info), 0);
+        /* A DEVPATH without a slash is its own name. */
+        assert_int_equal(uevent_from_fields(&f, &info), 1);
+        assert_string_equal(info.sysname, "loop3");
+}
 
-        Header bad = h;
-        bad.magic = UEVENT_UDEV_MAGIC; /* host order: wrong on little-endian machines */
-        if (htonl(UEVENT_UDEV_MAGIC) != UEVENT_UDEV_MAGIC) {
-                memcpy(buf, &bad, sizeof(bad));
-                assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), -EBADMSG);
-        }
-        bad = h;
-        memcpy(bad.prefix, "libudeX", 8);
-        memcpy(buf, &bad, sizeof(bad));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), -EBADMSG);
-        bad = h;
-        bad.properties_off = 4; /* inside the header */
-        memcpy(buf, &bad, sizeof(bad));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), -EBADMSG);
-        bad = h;
-        bad.properties_len = UINT32_MAX; /* would wrap around */
-        memcpy(buf, &bad, sizeof(bad));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), -EBADMSG);
-        bad = h;
-        bad.properties_off = UINT32_MAX;
-        memcpy(buf, &bad, sizeof(bad));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), -EBADMSG);
+static void test_fields_malformed(void **state) {
+        UeventFields f = {"change", "/devices/virtual/block/loop0", "block", "disk"};
+        UeventInfo info;
 
-        /* Restored, it parses again. */
-        memcpy(buf, &h, sizeof(h));
-        assert_int_equal(uevent_parse(buf, n, UEVENT_GROUP_UDEV, &info), 1);
+        f.action = NULL;
+        assert_int_equal(uevent_from_fields(&f, &info), -EBADMSG);
+        f.action = "change";
+        f.devpath = NULL;
+        assert_int_equal(uevent_from_fields(&f, &info), -EBADMSG);
+        f.devpath = "/devices/virtual/block/loop0";
+        f.subsystem = NULL;
+        assert_int_equal(uevent_from_fields(&f, &info), -EBADMSG);
+        assert_int_equal(uevent_from_fields(NULL, &info), -EINVAL);
+        assert_int_equal(uevent_from_device(NULL, &info), -EINVAL);
+}
+
+/* A device that did not come from a monitor (here: from sysfs, when the machine has a loop
+ * device) carries no ACTION: it is refused, not mistaken for an event. */
+static void test_device_without_action(void **state) {
+        _cleanup_(sd_device_unrefp) sd_device *device = NULL;
+        UeventInfo info;
+
+        if (sd_device_new_from_syspath(&device, "/sys/devices/virtual/block/loop0") < 0)
+                skip();
+        assert_int_equal(uevent_from_device(device, &info), -EBADMSG);
 }
 
 int main(void) {
@@ -222,8 +225,10 @@ int main(void) {
                 cmocka_unit_test(test_kernel_not_plain),
                 cmocka_unit_test(test_kernel_other_devices),
                 cmocka_unit_test(test_kernel_malformed),
-                cmocka_unit_test(test_udev_message),
-                cmocka_unit_test(test_udev_malformed),
+                cmocka_unit_test(test_fields_udev_change),
+                cmocka_unit_test(test_fields_other_devices),
+                cmocka_unit_test(test_fields_malformed),
+                cmocka_unit_test(test_device_without_action),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
