@@ -3,7 +3,7 @@
 /*
  * bench-state: the ownership record at 1,000 bindings, two ways, in one run on one file system.
  *
- *   journal  today's writer (daemon/state-writer.c, linked from libloopmgrd-core as the tests
+ *   journal  today's writer (daemon/state/state-writer.c, linked from libloopmgrd-core as the tests
  *            link it): <dir>/devices (snapshot) + <dir>/devices.journal, one checksummed record
  *            appended per save, compaction into a new snapshot past the journal's bound
  *   files    a prototype of one small file per device, as systemd keeps one per unit, session
@@ -16,7 +16,7 @@
  *            today's writer, nothing is fsynced (state.h: the record lives as long as the
  *            kernel it describes).
  *
- * The operations are the daemon's (daemon/persist.c, attach.c, lifecycle.c, teardown.c):
+ * The operations are the daemon's (daemon/core/persist.c, attach.c, lifecycle.c, teardown.c):
  *   attach   three saves: the intent (commit_one(NULL)), the device with its new reference
  *            unconfirmed and the intent cleared (commit_one(d)), the reference confirmed
  *            (commit_one(d)); measured while the population grows from 0 to 1,000 (device N

@@ -66,15 +66,14 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_REMOVE_GUARD,
         };
         static const struct option options[] = {
-                { "help",                 no_argument,       NULL, 'h'             },
-                { "version",              no_argument,       NULL, ARG_VERSION     },
-                { "log-level",            required_argument, NULL, ARG_LOG_LEVEL   },
-                { "state-dir",            required_argument, NULL, ARG_STATE_DIR   },
-                { "max-devices-per-user", required_argument, NULL, ARG_MAX_DEVICES },
-                { "guard",                required_argument, NULL, ARG_GUARD       },
-                { "remove-guard",         no_argument,       NULL, ARG_REMOVE_GUARD },
-                {}
-        };
+                {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, ARG_VERSION},
+                {"log-level", required_argument, NULL, ARG_LOG_LEVEL},
+                {"state-dir", required_argument, NULL, ARG_STATE_DIR},
+                {"max-devices-per-user", required_argument, NULL, ARG_MAX_DEVICES},
+                {"guard", required_argument, NULL, ARG_GUARD},
+                {"remove-guard", no_argument, NULL, ARG_REMOVE_GUARD},
+                {}};
         const char *e;
         int c, l;
 
@@ -85,7 +84,8 @@ static int parse_argv(int argc, char *argv[]) {
         e = getenv("LOOPMGR_MAX_DEVICES_PER_USER");
         if (e && *e && parse_max_devices(e, &arg_max_devices_per_user) < 0) {
                 log_error("Invalid $LOOPMGR_MAX_DEVICES_PER_USER '%s': expected a number or "
-                          "'unlimited'.", e);
+                          "'unlimited'.",
+                          e);
                 return -EINVAL;
         }
 
@@ -94,7 +94,8 @@ static int parse_argv(int argc, char *argv[]) {
                 l = guard_mode_from_string(e);
                 if (l < 0) {
                         log_error("Invalid $LOOPMGR_GUARD '%s': expected off, audit, aliases or "
-                                  "exclusive.", e);
+                                  "exclusive.",
+                                  e);
                         return -EINVAL;
                 }
                 arg_guard = l;
@@ -122,7 +123,8 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_MAX_DEVICES:
                         if (parse_max_devices(optarg, &arg_max_devices_per_user) < 0) {
                                 log_error("Invalid --max-devices-per-user '%s': expected a number "
-                                          "or 'unlimited'.", optarg);
+                                          "or 'unlimited'.",
+                                          optarg);
                                 return -EINVAL;
                         }
                         break;
@@ -130,7 +132,8 @@ static int parse_argv(int argc, char *argv[]) {
                         l = guard_mode_from_string(optarg);
                         if (l < 0) {
                                 log_error("Invalid --guard '%s': expected off, audit, aliases or "
-                                          "exclusive.", optarg);
+                                          "exclusive.",
+                                          optarg);
                                 return -EINVAL;
                         }
                         arg_guard = l;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * libFuzzer target for daemon/options.c: attach_options_parse(), detach_options_parse() and
+ * libFuzzer target for daemon/state/options.c: attach_options_parse(), detach_options_parse() and
  * common_options_parse(), the first code that touches an unprivileged caller's bytes.
  *
  * The input is decoded into a sequence of (key, D-Bus type, value) entries, which are packed

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * libFuzzer target for daemon/state.c: state_parse() reads the ownership record at start-up,
+ * libFuzzer target for daemon/state/state.c: state_parse() reads the ownership record at start-up,
  * and a record damaged by a crash, a full disk or a hand edit must be refused, never trusted
  * or crashed on.
  *
@@ -33,7 +33,7 @@
 #include "state.h"
 #include "util.h"
 
-#define MAGIC "loopmgr-state 1\n"
+#define MAGIC         "loopmgr-state 1\n"
 #define JOURNAL_MAGIC "loopmgr-journal 1 "
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -101,7 +101,8 @@ static void verify(State *s, const char *text, size_t len) {
                         if (streq(s->devices[k].name, d->name))
                                 die("the same device twice", text, len);
                 for (size_t j = 0; j < d->n_refs; j++)
-                        if ((d->refs[j].lifetime == LIFETIME_PERSISTENT) != (d->refs[j].owner == NULL))
+                        if ((d->refs[j].lifetime == LIFETIME_PERSISTENT) !=
+                            (d->refs[j].owner == NULL))
                                 die("a persistent reference with an owner, or another without one",
                                     text, len);
         }
@@ -148,7 +149,8 @@ static void check_journal(const char *text, size_t len) {
         s.has_generation = true;
         if (len >= magic + 16)
                 for (size_t i = magic; i < magic + 16; i++)
-                        s.generation = s.generation << 4 |
+                        s.generation =
+                                s.generation << 4 |
                                 (uint64_t) (text[i] >= 'a' ? text[i] - 'a' + 10 : text[i] - '0');
         if (state_add_device(&s, "loop3", 412, false, 1000, &d) < 0 ||
             state_device_add_ref(d, 1000, LIFETIME_PERSISTENT, NULL, true) < 0 ||
@@ -161,8 +163,8 @@ static void check_journal(const char *text, size_t len) {
         r = state_journal_replay(&s, text, len);
         if (r < 0) {
                 if (r != -EBADMSG && r != -ENOMEM)
-                        die("state_journal_replay failed with something other than -EBADMSG",
-                            text, len);
+                        die("state_journal_replay failed with something other than -EBADMSG", text,
+                            len);
                 state_done(&s);
                 return;
         }
@@ -220,7 +222,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t magic = strlen(MAGIC), body_len = size, n = 0;
         _cleanup_free_ char *fixed = NULL;
 
-        if (size >= strlen(JOURNAL_MAGIC) && memcmp(text, JOURNAL_MAGIC, strlen(JOURNAL_MAGIC)) == 0) {
+        if (size >= strlen(JOURNAL_MAGIC) &&
+            memcmp(text, JOURNAL_MAGIC, strlen(JOURNAL_MAGIC)) == 0) {
                 check_journal(text, size);
                 check_journal_fixed(text, size);
                 return 0;

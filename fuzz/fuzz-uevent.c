@@ -31,7 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (r == 1) {
                 if (!info.action || loop_name_to_number(info.sysname, &number) < 0)
                         abort();
-                if ((const char *) info.action < copy || (const char *) info.action >= copy + size - 1)
+                if ((const char *) info.action < copy ||
+                    (const char *) info.action >= copy + size - 1)
                         abort();
         } else if (r != 0 && r != -EBADMSG)
                 abort();

@@ -3,7 +3,7 @@
 
 /*
  * Cleanup attributes and the smallest helpers, in the shape of systemd's, for every program of
- * the project: the daemon (daemon/util.h), loopmgrctl (client/ctl-util.h) and the benchmarks
+ * the project: the daemon (daemon/util/util.h), loopmgrctl (client/ctl-util.h) and the benchmarks
  * (bench/bench-util.h). Header-only, so that the client and the benchmarks still link no part
  * of the daemon: include/ is what they share.
  */
@@ -14,16 +14,16 @@
 #include <string.h>
 #include <unistd.h>
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_(f)   __attribute__((cleanup(f)))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
-#define TAKE_PTR(p)                             \
-        ({                                      \
-                __typeof__(p) _p_ = (p);        \
-                (p) = NULL;                     \
-                _p_;                            \
+#define TAKE_PTR(p)                                                                                \
+        ({                                                                                         \
+                __typeof__(p) _p_ = (p);                                                           \
+                (p) = NULL;                                                                        \
+                _p_;                                                                               \
         })
 
 static inline void freep(void *p) {

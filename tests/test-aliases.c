@@ -252,7 +252,6 @@ static char *make_image(Env *e, uint64_t size) {
         return path;
 }
 
-
 /* loopmgrctl ARGS...; the exit status. */
 static int ctl(Env *e, char **ret_out, char **ret_err, const char *arg, ...) {
         char *argv[16] = {e->loopmgrctl};
@@ -932,8 +931,8 @@ static void expect_aliases(Env *e, const char *object, const char *what, size_t 
 static void test_foreign_aliases(void **state) {
         Env *e = *state;
         _cleanup_free_ char *path = make_image(e, 16 * MiB);
-        _cleanup_free_ char *n1 = NULL, *n2 = NULL, *n3 = NULL, *o1 = NULL, *o2 = NULL,
-                            *o3 = NULL, *out = NULL;
+        _cleanup_free_ char *n1 = NULL, *n2 = NULL, *n3 = NULL, *o1 = NULL, *o2 = NULL, *o3 = NULL,
+                            *out = NULL;
         uint64_t s1, s2, s3;
 
         n1 = losetup_foreign(e, path, "--sizelimit=8388608", &s1);

@@ -912,7 +912,7 @@ static void test_detach_nowait_locked(void **state) {
         assert_true(now_usec() - t < 20000);
         assert_int_equal(loop_read_sysfs(NULL, s.name, &now), 0);
         assert_true(now.bound);
-        assert_false(now.autoclear);    /* nothing requested */
+        assert_false(now.autoclear); /* nothing requested */
         loop_status_done(&now);
 
         /* Without the lock: requested, deferred to the holder's close. */

@@ -146,7 +146,8 @@ static void test_rescan_adopts_foreign(void **state) {
         assert_ptr_equal(manager_get_device_by_devnum(f->manager, makedev(7, 10)),
                          manager_get_device_by_number(f->manager, 10));
         assert_null(manager_get_device_by_devnum(f->manager, makedev(8, 10)));
-        assert_ptr_equal(manager_get_device_by_path(f->manager, LOOPMGR_DEVICE_PATH_PREFIX "/11"), d);
+        assert_ptr_equal(manager_get_device_by_path(f->manager, LOOPMGR_DEVICE_PATH_PREFIX "/11"),
+                         d);
         assert_null(manager_get_device_by_path(f->manager, LOOPMGR_DEVICE_PATH_PREFIX "/x"));
 }
 
@@ -207,29 +208,36 @@ static Device *with_identity(Fixture *f, unsigned nr, uint64_t inode, uint64_t o
                 assert_int_equal(range_index_remove(f->manager->index, &d->identity, d), 0);
         d->managed = managed;
         d->has_identity = true;
-        d->identity = (Identity) { .kind = BASE_FILE, .base_device = makedev(254, 0),
-                                   .base_inode = inode, .offset = offset, .size = size,
-                                   .depth = 1 };
+        d->identity = (Identity){.kind = BASE_FILE,
+                                 .base_device = makedev(254, 0),
+                                 .base_inode = inode,
+                                 .offset = offset,
+                                 .size = size,
+                                 .depth = 1};
         assert_int_equal(range_index_add(f->manager->index, &d->identity, d), 0);
         return d;
 }
 
 /* A one-layer request chain over a file, or a two-layer one stacked on loop device `lower`. */
 static void request_chain(Chain *c, Layer layers[2], const Identity *id, dev_t lower) {
-        layers[0] = (Layer) { .kind = LAYER_REQUEST, .offset = id->offset, .size = id->size };
-        layers[1] = (Layer) { .kind = lower ? LAYER_LOOP : LAYER_BASE_FILE, .devnum = lower };
+        layers[0] = (Layer){.kind = LAYER_REQUEST, .offset = id->offset, .size = id->size};
+        layers[1] = (Layer){.kind = lower ? LAYER_LOOP : LAYER_BASE_FILE, .devnum = lower};
         if (lower)
                 snprintf(layers[1].name, sizeof(layers[1].name), "loop%u", minor(lower));
-        *c = (Chain) { .layers = layers, .n_layers = 2, .identity = *id };
+        *c = (Chain){.layers = layers, .n_layers = 2, .identity = *id};
 }
 
 static void test_alias_rule(void **state) {
         Fixture *f = *state;
         Problem error = PROBLEM_NULL;
         AttachOptions o;
-        AttachRequest req = { .options = &o };
-        Identity id = { .kind = BASE_FILE, .base_device = makedev(254, 0), .base_inode = 100,
-                        .offset = 0, .size = 1 << 20, .depth = 1 };
+        AttachRequest req = {.options = &o};
+        Identity id = {.kind = BASE_FILE,
+                       .base_device = makedev(254, 0),
+                       .base_inode = 100,
+                       .offset = 0,
+                       .size = 1 << 20,
+                       .depth = 1};
         Device *foreign, *managed, *reuse = NULL;
         Layer layers[2];
         Chain c;
@@ -241,7 +249,7 @@ static void test_alias_rule(void **state) {
         manager_rescan(f->manager);
         foreign = with_identity(f, 0, 100, 0, 1 << 20, false);
         managed = with_identity(f, 1, 100, 0, 1 << 20, true);
-        (void) with_identity(f, 2, 100, 2 << 20, 4096, true);  /* disjoint, same file */
+        (void) with_identity(f, 2, 100, 2 << 20, 4096, true); /* disjoint, same file */
 
         /* Rule 1: identical and shared: reuse, the managed device first. */
         request_chain(&c, layers, &id, 0);
@@ -334,8 +342,10 @@ static void test_find_device(void **state) {
         assert_ptr_equal(found, d);
 
         assert_int_equal(manager_find_device(f->manager, "loop8", &found), -ENODEV);
-        assert_int_equal(manager_find_device(f->manager, "/dev/disk/by-diskseq/78", &found), -ENODEV);
-        assert_int_equal(manager_find_device(f->manager, "/dev/disk/by-diskseq/x", &found), -EINVAL);
+        assert_int_equal(manager_find_device(f->manager, "/dev/disk/by-diskseq/78", &found),
+                         -ENODEV);
+        assert_int_equal(manager_find_device(f->manager, "/dev/disk/by-diskseq/x", &found),
+                         -EINVAL);
         assert_int_equal(manager_find_device(f->manager, "nonsense", &found), -EINVAL);
         assert_int_equal(manager_find_device(f->manager, "", &found), -EINVAL);
         assert_int_equal(manager_find_device(f->manager, "/nonexistent/file", &found), -ENOENT);
@@ -355,7 +365,7 @@ static void test_references(void **state) {
         assert_int_equal(device_add_reference(d, 0, LIFETIME_CLIENT, ":1.6"), 0);
         assert_int_equal(device_add_reference(d, 1000, LIFETIME_CLIENT, ":1.7"), 0);
         assert_int_equal(d->n_references, 3);
-        assert_int_equal(d->owner_uid, 1000);   /* the first holder stays the owner */
+        assert_int_equal(d->owner_uid, 1000); /* the first holder stays the owner */
 
         assert_true(device_has_reference_of(d, 0));
         assert_false(device_has_reference_of(d, 42));
@@ -377,7 +387,8 @@ static void test_references(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_rescan_adopts_foreign, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_reconcile_rebind_unbind_remove, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_reconcile_rebind_unbind_remove, setup,
+                                                teardown),
                 cmocka_unit_test_setup_teardown(test_alias_rule, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_find_device, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_references, setup, teardown),

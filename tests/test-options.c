@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * Unit tests of daemon/options.c. No bus daemon: sd-bus only needs a started bus object to
+ * Unit tests of daemon/state/options.c. No bus daemon: sd-bus only needs a started bus object to
  * create messages, so each test gets one on a socketpair (it stays in the authentication
  * state forever, which is fine because nothing is ever sent), builds a method call with the
  * a{sv} followed by a sentinel string, seals and rewinds it, and parses it as the daemon would.

@@ -30,9 +30,9 @@
 #include "polkit.h"
 #include "util.h"
 
-#define DBUS_DAEMON "/usr/bin/dbus-daemon"
-#define TEST_PATH "/org/loopmgr/Test"
-#define TEST_IFACE "org.loopmgr.Test"
+#define DBUS_DAEMON     "/usr/bin/dbus-daemon"
+#define TEST_PATH       "/org/loopmgr/Test"
+#define TEST_IFACE      "org.loopmgr.Test"
 #define PK_ERROR_FAILED "org.freedesktop.PolicyKit1.Error.Failed"
 
 typedef struct PrivateBus {
@@ -42,7 +42,7 @@ typedef struct PrivateBus {
 } PrivateBus;
 
 /* Shared by the tests; test_bus_limit starts one with a small limit of its own. */
-static PrivateBus main_bus = { .pid = -1 };
+static PrivateBus main_bus = {.pid = -1};
 
 typedef enum FakeMode {
         FAKE_ALLOW,
@@ -50,7 +50,7 @@ typedef enum FakeMode {
         FAKE_DISMISS,
         FAKE_CHALLENGE,
         FAKE_ERROR,
-        FAKE_HOLD,              /* keep the call; the test answers it (or never does) */
+        FAKE_HOLD, /* keep the call; the test answers it (or never does) */
 } FakeMode;
 
 typedef struct Fake {
@@ -58,7 +58,7 @@ typedef struct Fake {
         FakeMode mode;
         unsigned calls;
         char *subject_kind, *subject_name, *action;
-        char **details;         /* key, value, ... as received */
+        char **details; /* key, value, ... as received */
         uint32_t flags;
         sd_bus_message *held[512];
         size_t n_held;
@@ -66,24 +66,24 @@ typedef struct Fake {
 
 typedef struct Reply {
         bool done;
-        char *error_name;       /* NULL: success */
+        char *error_name; /* NULL: success */
         char *error_message;
 } Reply;
 
 typedef struct Ctx {
-        const char *address;    /* of the private bus */
+        const char *address; /* of the private bus */
         sd_event *event;
         sd_bus *daemon;
         PolkitRegistry *reg;
         bool use_registry;
-        unsigned runs;          /* how often the test method ran */
+        unsigned runs; /* how often the test method ran */
         Fake fake;
 } Ctx;
 
 /* ---- the private bus ------------------------------------------------------------------- */
 
 static bool socket_ready(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         _cleanup_close_ int fd = -EBADF;
 
         if (strlen(path) >= sizeof(sa.sun_path))
@@ -112,7 +112,8 @@ static int start_bus(PrivateBus *b, unsigned max_replies) {
                 return -errno;
         /* The limits of a system bus, but for max_replies_per_connection (128 there). */
         fprintf(f,
-                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration "
+                "1.0//EN\"\n"
                 " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
                 "<busconfig>\n"
                 "  <type>custom</type>\n"
@@ -124,7 +125,8 @@ static int start_bus(PrivateBus *b, unsigned max_replies) {
                 "    <allow own=\"*\"/>\n"
                 "  </policy>\n"
                 "  <limit name=\"max_replies_per_connection\">%u</limit>\n"
-                "</busconfig>\n", sock, max_replies);
+                "</busconfig>\n",
+                sock, max_replies);
         if (fclose(f) != 0)
                 return -errno;
 
@@ -157,7 +159,7 @@ static int start_bus(PrivateBus *b, unsigned max_replies) {
                         b->pid = -1;
                         return -ECHILD;
                 }
-                (void) nanosleep(&(struct timespec) { .tv_nsec = 10 * 1000 * 1000 }, NULL);
+                (void) nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
         }
         return -ETIMEDOUT;
 }
@@ -225,8 +227,8 @@ static int fake_answer(sd_bus_message *call, FakeMode mode) {
         case FAKE_DENY:
                 return sd_bus_reply_method_return(call, "(bba{ss})", 0, 0, 0);
         case FAKE_DISMISS:
-                return sd_bus_reply_method_return(call, "(bba{ss})", 0, 0, 1,
-                                                  "polkit.dismissed", "true");
+                return sd_bus_reply_method_return(call, "(bba{ss})", 0, 0, 1, "polkit.dismissed",
+                                                  "true");
         case FAKE_CHALLENGE:
                 return sd_bus_reply_method_return(call, "(bba{ss})", 0, 1, 0);
         case FAKE_ERROR:
@@ -286,20 +288,19 @@ static int fake_check_authorization(sd_bus_message *m, void *userdata, sd_bus_er
         return r < 0 ? r : 1;
 }
 
-static const sd_bus_vtable fake_vtable[] = {
-        SD_BUS_VTABLE_START(0),
-        SD_BUS_METHOD("CheckAuthorization", "(sa{sv})sa{ss}us", "(bba{ss})",
-                      fake_check_authorization, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_VTABLE_END
-};
+static const sd_bus_vtable fake_vtable[] = {SD_BUS_VTABLE_START(0),
+                                            SD_BUS_METHOD("CheckAuthorization", "(sa{sv})sa{ss}us",
+                                                          "(bba{ss})", fake_check_authorization,
+                                                          SD_BUS_VTABLE_UNPRIVILEGED),
+                                            SD_BUS_VTABLE_END};
 
 static void fake_start(Ctx *c, FakeMode mode) {
         c->fake.mode = mode;
         c->fake.bus = connect_bus(c);
-        assert_int_equal(sd_bus_add_object_vtable(c->fake.bus, NULL,
-                                                  "/org/freedesktop/PolicyKit1/Authority",
-                                                  "org.freedesktop.PolicyKit1.Authority",
-                                                  fake_vtable, &c->fake), 0);
+        assert_int_equal(sd_bus_add_object_vtable(
+                                 c->fake.bus, NULL, "/org/freedesktop/PolicyKit1/Authority",
+                                 "org.freedesktop.PolicyKit1.Authority", fake_vtable, &c->fake),
+                         0);
         assert_true(sd_bus_request_name(c->fake.bus, "org.freedesktop.PolicyKit1", 0) >= 0);
 }
 
@@ -331,21 +332,22 @@ static int method_check(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         if (r < 0)
                 return r;
         r = polkit_verify_async(c->use_registry ? c->reg : NULL, m, uid, action, "do the test",
-                                (char *[]) { "file", "/srv/\xff" "a\\b.img", "device", "/dev/loop7",
-                                             NULL },
+                                (char *[]){"file",
+                                           "/srv/\xff"
+                                           "a\\b.img",
+                                           "device", "/dev/loop7", NULL},
                                 nui, error);
         if (r < 0)
                 return r;
         if (r == 0)
-                return 1;       /* polkit asked; runs again when it answers */
+                return 1; /* polkit asked; runs again when it answers */
         return sd_bus_reply_method_return(m, "s", "done");
 }
 
 static const sd_bus_vtable test_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD("Check", "sub", "s", method_check, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_VTABLE_END
-};
+        SD_BUS_VTABLE_END};
 
 static int on_reply(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Reply *rep = userdata;
@@ -365,7 +367,7 @@ static int on_reply(sd_bus_message *m, void *userdata, sd_bus_error *error) {
 static void reply_done(Reply *rep) {
         free(rep->error_name);
         free(rep->error_message);
-        *rep = (Reply) {};
+        *rep = (Reply){};
 }
 
 static bool cond_reply(Ctx *c, void *data) {
@@ -389,8 +391,9 @@ static Ctx *ctx_new(const char *address) {
         assert_int_equal(polkit_registry_new(&c->reg), 0);
         c->use_registry = true;
         c->daemon = connect_bus(c);
-        assert_int_equal(sd_bus_add_object_vtable(c->daemon, NULL, TEST_PATH, TEST_IFACE,
-                                                  test_vtable, c), 0);
+        assert_int_equal(
+                sd_bus_add_object_vtable(c->daemon, NULL, TEST_PATH, TEST_IFACE, test_vtable, c),
+                0);
         assert_true(sd_bus_request_name(c->daemon, "org.loopmgr.Test", 0) >= 0);
         return c;
 }
@@ -419,8 +422,8 @@ static int teardown(void **state) {
 /* Calls the test method from `client`; the reply lands in *rep. */
 static void call(sd_bus *client, const char *action, uint32_t uid, bool nui, Reply *rep) {
         assert_true(sd_bus_call_method_async(client, NULL, "org.loopmgr.Test", TEST_PATH,
-                                             TEST_IFACE, "Check", on_reply, rep, "sub", action,
-                                             uid, (int) nui) >= 0);
+                                             TEST_IFACE, "Check", on_reply, rep, "sub", action, uid,
+                                             (int) nui) >= 0);
 }
 
 /* One call from a fresh client with the fake in `mode`; returns the reply. */
@@ -620,7 +623,8 @@ static void test_limit_per_connection(void **state) {
         run_until(c, cond_fake_calls, &want);
         run_for(c, 50);
         assert_int_equal(c->fake.calls, POLKIT_PENDING_MAX_PER_CONNECTION);
-        assert_int_equal(polkit_registry_n_pending(c->reg, unique), POLKIT_PENDING_MAX_PER_CONNECTION);
+        assert_int_equal(polkit_registry_n_pending(c->reg, unique),
+                         POLKIT_PENDING_MAX_PER_CONNECTION);
 
         /* Another connection has its own allowance. */
         other = connect_bus(c);
@@ -682,7 +686,7 @@ static void test_limit_total(void **state) {
  * system bus) is a limit too, not a polkit failure. */
 static void test_bus_limit(void **state) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *client = NULL, *other = NULL;
-        PrivateBus small = { .pid = -1 };
+        PrivateBus small = {.pid = -1};
         Reply reps[4] = {}, rep = {};
         unsigned want = ELEMENTSOF(reps);
         Ctx *c;
@@ -742,18 +746,19 @@ static void test_detail_escape(void **state) {
         static const struct {
                 const char *in, *out;
         } cases[] = {
-                { "", "" },
-                { "/srv/plain.img", "/srv/plain.img" },
-                { "/srv/caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xbe", "/srv/caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xbe" },
-                { "back\\slash", "back\\slash" },                     /* valid: unchanged */
-                { "bad\xff\\", "bad\\xff\\\\" },
-                { "\xc3", "\\xc3" },                                  /* truncated sequence */
-                { "\xc0\xaf", "\\xc0\\xaf" },                         /* overlong '/' */
-                { "\xe0\x80\xaf", "\\xe0\\x80\\xaf" },                /* overlong, 3 bytes */
-                { "\xed\xa0\x80", "\\xed\\xa0\\x80" },                /* UTF-16 surrogate */
-                { "\xf4\x90\x80\x80", "\\xf4\\x90\\x80\\x80" },       /* beyond U+10FFFF */
-                { "\xef\xbf\xbe", "\\xef\\xbf\\xbe" },                /* U+FFFE */
-                { "a\xe2\x82", "a\\xe2\\x82" },
+                {"", ""},
+                {"/srv/plain.img", "/srv/plain.img"},
+                {"/srv/caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xbe",
+                 "/srv/caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xbe"},
+                {"back\\slash", "back\\slash"}, /* valid: unchanged */
+                {"bad\xff\\", "bad\\xff\\\\"},
+                {"\xc3", "\\xc3"},                            /* truncated sequence */
+                {"\xc0\xaf", "\\xc0\\xaf"},                   /* overlong '/' */
+                {"\xe0\x80\xaf", "\\xe0\\x80\\xaf"},          /* overlong, 3 bytes */
+                {"\xed\xa0\x80", "\\xed\\xa0\\x80"},          /* UTF-16 surrogate */
+                {"\xf4\x90\x80\x80", "\\xf4\\x90\\x80\\x80"}, /* beyond U+10FFFF */
+                {"\xef\xbf\xbe", "\\xef\\xbf\\xbe"},          /* U+FFFE */
+                {"a\xe2\x82", "a\\xe2\\x82"},
         };
 
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
@@ -780,7 +785,7 @@ static int group_setup(void **state) {
         int r;
 
         if (access(DBUS_DAEMON, X_OK) < 0)
-                return 0;       /* main() skips */
+                return 0; /* main() skips */
         /* Above the 256 calls the total cap test keeps waiting on one connection. */
         r = start_bus(&main_bus, 1024);
         if (r < 0) {

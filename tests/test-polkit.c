@@ -206,7 +206,8 @@ static void agent_call(Ctx *c, unsigned who, AgentOp op, const char *target, int
         copy_string(ret->error_name, sizeof(ret->error_name), p.error_name);
         copy_string(ret->error_message, sizeof(ret->error_message), p.error_message);
         if (p.r >= 0 && (op == OP_ATTACH || op == OP_ATTACH_PATH)) {
-                const PkValue *object = pk_reply_value(&p, 0, 'o'), *node = pk_reply_value(&p, 1, 's'),
+                const PkValue *object = pk_reply_value(&p, 0, 'o'),
+                              *node = pk_reply_value(&p, 1, 's'),
                               *diskseq = pk_reply_value(&p, 2, 't'),
                               *reused = pk_reply_value(&p, 3, 'b');
                 if (!object || !node || !diskseq || !reused || p.n_values != 4) {
@@ -333,8 +334,7 @@ static void await_verdicts(Ctx *c, const Expect *x, size_t n) {
                 for (;;) {
                         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                         Verdict v = VERDICT_NO;
-                        int r = pk_check(c->e.bus, subject_name(c, x[i].who), action, &v,
-                                               &error);
+                        int r = pk_check(c->e.bus, subject_name(c, x[i].who), action, &v, &error);
                         if (r >= 0 && v == x[i].verdict)
                                 break;
                         if (now_usec() >= deadline) {

@@ -17,7 +17,11 @@
 static const FakeLoop image = {.backing = "/var/tmp/x.img", .size = 1 << 20};
 
 static void kernel_event(Fixture *f, const char *action, const char *name, uint64_t diskseq) {
-        manager_udev_event(f->manager, &(UdevWatchEvent){.action = action, .sysname = name, .diskseq = diskseq, .from_udev = false, .plain = false});
+        manager_udev_event(f->manager, &(UdevWatchEvent){.action = action,
+                                                         .sysname = name,
+                                                         .diskseq = diskseq,
+                                                         .from_udev = false,
+                                                         .plain = false});
 }
 
 /* The first InterfacesAdded or InterfacesRemoved (kind) of diskseq from `from` on. */
@@ -215,12 +219,20 @@ static void test_own_announcement_not_reread(void **state) {
          * shows whether sysfs was read). */
         fx_fake_loop(f, 3, 30, &(FakeLoop){.backing = d->status.backing_file, .size = 4096});
         mark = f->n_sent;
-        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change", .sysname = "loop3", .diskseq = 30, .from_udev = false, .plain = true});
+        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change",
+                                                         .sysname = "loop3",
+                                                         .diskseq = 30,
+                                                         .from_udev = false,
+                                                         .plain = true});
         assert_null(fx_find_changed(f, 30, "Size", mark));
         assert_false(d->bind_event_expected);
         assert_int_equal(d->status.size, 1 << 20);
 
-        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change", .sysname = "loop3", .diskseq = 30, .from_udev = false, .plain = true});
+        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change",
+                                                         .sysname = "loop3",
+                                                         .diskseq = 30,
+                                                         .from_udev = false,
+                                                         .plain = true});
         assert_non_null(fx_find_changed(f, 30, "Size", mark));
         assert_int_equal(d->status.size, 4096);
 }

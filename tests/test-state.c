@@ -19,14 +19,14 @@
 static void make_sample(State *s) {
         StateDevice *d;
 
-        *s = (State) {};
+        *s = (State){};
         assert_int_equal(state_add_device(s, "loop3", 412, false, 1000, &d), 0);
         assert_int_equal(state_device_add_ref(d, 1000, LIFETIME_PERSISTENT, NULL, true), 0);
         assert_int_equal(state_device_add_ref(d, 0, LIFETIME_CLIENT, ":1.42", false), 0);
         assert_int_equal(state_add_device(s, "loop12", 9000000000ULL, true, 0, &d), 0);
         s->has_intent = true;
-        s->intent = (StateIntent) { .device = 65024, .inode = 403311, .offset = 4096,
-                                    .size_limit = 0, .uid = 1000 };
+        s->intent = (StateIntent){
+                .device = 65024, .inode = 403311, .offset = 4096, .size_limit = 0, .uid = 1000};
 }
 
 static void test_round_trip(void **state) {
@@ -142,7 +142,7 @@ static char *with_checksum(const char *body) {
 
 static void test_semantic_errors(void **state) {
         static const char *const bad_bodies[] = {
-                "device loop3 1 attached 0\ndevice loop3 1 attached 0\n",  /* duplicate binding */
+                "device loop3 1 attached 0\ndevice loop3 1 attached 0\n", /* duplicate binding */
                 "ref 0 persistent - confirmed\n",                         /* ref before device */
                 "device sda 1 attached 0\n",                              /* not a loop device */
                 "device loop3 1 gone 0\n",                                /* unknown state */
@@ -151,13 +151,14 @@ static void test_semantic_errors(void **state) {
                 "device loop3 1 attached 4294967295\n",                   /* (uid_t) -1 */
                 "device loop3 1 attached 0\nref 0 client - confirmed\n",  /* client without owner */
                 "device loop3 1 attached 0\nref 0 client :1.2;rm confirmed\n", /* malformed owner */
-                "device loop3 1 attached 0\nref 0 persistent :1.2 confirmed\n", /* owner, persistent */
+                "device loop3 1 attached 0\nref 0 persistent :1.2 confirmed\n", /* owner, persistent
+                                                                                 */
                 "device loop3 1 attached 0\nref 0 forever - confirmed\n", /* unknown lifetime */
-                "device loop3 1 attached 0\nref 0 persistent -\n",       /* no confirmation */
-                "device loop3 1 attached 0\nref 0 persistent - maybe\n", /* bad confirmation */
+                "device loop3 1 attached 0\nref 0 persistent -\n",        /* no confirmation */
+                "device loop3 1 attached 0\nref 0 persistent - maybe\n",  /* bad confirmation */
                 "device loop3 1  attached 0\n",                           /* double space */
                 "\n",                                                     /* empty line */
-                "intent file 1 2 0 0 0\nintent file 1 2 0 0 0\n",          /* two intents */
+                "intent file 1 2 0 0 0\nintent file 1 2 0 0 0\n",         /* two intents */
                 "intent disk 1 2 0 0 0\n",                                /* unknown kind */
                 "intent file 1 2 0 0\n",                                  /* missing uid */
                 "intent file 1 2 0 0 0\nref 0 persistent - confirmed\n",  /* ref after intent */
@@ -192,7 +193,7 @@ static void test_save_load(void **state) {
 
         make_sample(&s);
         assert_int_equal(state_save(dir, &s), 0);
-        assert_int_equal(state_save(dir, &s), 0);        /* replacing works */
+        assert_int_equal(state_save(dir, &s), 0); /* replacing works */
         state_done(&s);
 
         /* No temporary file is left behind. */
@@ -275,20 +276,21 @@ static int writer_save(StateWriter *w, State *s) {
 
 /* A copy of s, without the device called skip (if any; NULL: all of them). */
 static void state_copy_without(const State *s, const char *skip, State *ret) {
-        *ret = (State) { .has_intent = s->has_intent, .intent = s->intent };
+        *ret = (State){.has_intent = s->has_intent, .intent = s->intent};
         for (size_t i = 0; i < s->n_devices; i++) {
                 const StateDevice *d = &s->devices[i];
                 StateDevice *n;
 
                 if (skip && streq(d->name, skip))
                         continue;
-                assert_int_equal(state_add_device(ret, d->name, d->diskseq, d->pending,
-                                                  d->owner_uid, &n), 0);
+                assert_int_equal(
+                        state_add_device(ret, d->name, d->diskseq, d->pending, d->owner_uid, &n),
+                        0);
                 for (size_t j = 0; j < d->n_refs; j++)
                         assert_int_equal(state_device_add_ref(n, d->refs[j].uid,
-                                                              d->refs[j].lifetime,
-                                                              d->refs[j].owner,
-                                                              d->refs[j].confirmed), 0);
+                                                              d->refs[j].lifetime, d->refs[j].owner,
+                                                              d->refs[j].confirmed),
+                                         0);
         }
 }
 
@@ -327,10 +329,14 @@ static void mutate(State *s, uint64_t *diskseq) {
                 for (size_t i = 0; i < s->n_devices; i++)
                         if (streq(s->devices[i].name, name))
                                 return;
-                assert_int_equal(state_add_device(s, name, ++*diskseq, false, rnd(3) * 1000, &d), 0);
+                assert_int_equal(state_add_device(s, name, ++*diskseq, false, rnd(3) * 1000, &d),
+                                 0);
                 snprintf(owner, sizeof(owner), ":1.%u", rnd(1000));
-                assert_int_equal(state_device_add_ref(d, d->owner_uid, rnd(2) ? LIFETIME_CLIENT :
-                                                      LIFETIME_PERSISTENT, owner, false), 0);
+                assert_int_equal(
+                        state_device_add_ref(d, d->owner_uid,
+                                             rnd(2) ? LIFETIME_CLIENT : LIFETIME_PERSISTENT, owner,
+                                             false),
+                        0);
                 return;
         }
 
@@ -342,11 +348,13 @@ static void mutate(State *s, uint64_t *diskseq) {
                 snprintf(owner, sizeof(owner), ":1.%u", rnd(1000));
                 if (l >= 0 && rnd(2))
                         /* Spaces, a backslash, a newline, a lone dash: all must survive. */
-                        snprintf(owner, sizeof(owner), "%s", (const char *[]) {
-                                        "/mnt/a b", "/run/x\\y\nz", "-", "/m\xc3\xa9" }[rnd(4)]);
+                        snprintf(owner, sizeof(owner), "%s",
+                                 (const char *[]){"/mnt/a b", "/run/x\\y\nz", "-",
+                                                  "/m\xc3\xa9"}[rnd(4)]);
                 else
                         l = rnd(2) ? LIFETIME_CLIENT : LIFETIME_PERSISTENT;
-                assert_int_equal(state_device_add_ref(d, rnd(2000), (Lifetime) l, owner, rnd(2)), 0);
+                assert_int_equal(state_device_add_ref(d, rnd(2000), (Lifetime) l, owner, rnd(2)),
+                                 0);
                 break;
         }
         case 2:
@@ -369,9 +377,11 @@ static void mutate(State *s, uint64_t *diskseq) {
         }
         case 6:
                 s->has_intent = true;
-                s->intent = (StateIntent) { .is_block = rnd(2), .device = rnd(1000),
-                                            .inode = rnd(100000), .offset = rnd(4) * 512,
-                                            .uid = rnd(2000) };
+                s->intent = (StateIntent){.is_block = rnd(2),
+                                          .device = rnd(1000),
+                                          .inode = rnd(100000),
+                                          .offset = rnd(4) * 512,
+                                          .uid = rnd(2000)};
                 break;
         default:
                 s->has_intent = false;
@@ -447,15 +457,18 @@ static void test_writer_round_trip(void **state) {
         /* A persistent reference handed over with an owner: recorded without one, and a
          * second save with the same input finds nothing changed. */
         {
-                StateRef ref = { .uid = 5, .lifetime = LIFETIME_PERSISTENT, .owner = (char *) ":1.9",
-                                 .confirmed = true };
-                StateDevice d = { .name = "loop900", .diskseq = 77, .refs = &ref, .n_refs = 1 };
+                StateRef ref = {.uid = 5,
+                                .lifetime = LIFETIME_PERSISTENT,
+                                .owner = (char *) ":1.9",
+                                .confirmed = true};
+                StateDevice d = {.name = "loop900", .diskseq = 77, .refs = &ref, .n_refs = 1};
                 StateDevice *added;
                 State with = {};
 
                 state_copy(&s, &with);
                 assert_int_equal(state_add_device(&with, "loop900", 77, false, 0, &added), 0);
-                assert_int_equal(state_device_add_ref(added, 5, LIFETIME_PERSISTENT, NULL, true), 0);
+                assert_int_equal(state_device_add_ref(added, 5, LIFETIME_PERSISTENT, NULL, true),
+                                 0);
                 for (unsigned k = 0; k < 2; k++) {
                         state_writer_begin(w);
                         for (size_t i = 0; i < s.n_devices; i++)
@@ -500,7 +513,7 @@ static void test_writer_round_trip(void **state) {
 static void test_writer_commit_one(void **state) {
         _cleanup_(state_writer_freep) StateWriter *w = NULL;
         char *dir = make_temp_dir();
-        StateIntent intent = { .device = 2049, .inode = 12, .size_limit = 4096, .uid = 1000 };
+        StateIntent intent = {.device = 2049, .inode = 12, .size_limit = 4096, .uid = 1000};
         uint64_t diskseq = 500;
         State s = {};
 
@@ -531,22 +544,24 @@ static void test_writer_commit_one(void **state) {
                         StateDevice *d;
                         unsigned n_refs = rnd(4);
 
-                        assert_int_equal(state_add_device(&next, name, ++diskseq, rnd(2),
-                                                          rnd(3) * 1000, &d), 0);
+                        assert_int_equal(
+                                state_add_device(&next, name, ++diskseq, rnd(2), rnd(3) * 1000, &d),
+                                0);
                         for (unsigned j = 0; j < n_refs; j++) {
                                 Lifetime lt = (Lifetime) rnd(3);
-                                const char *owner = lt == LIFETIME_CLIENT ? ":1.42" :
-                                                    lt == LIFETIME_MOUNT ? "/run/media/u/x y" :
-                                                                           NULL;
+                                const char *owner = lt == LIFETIME_CLIENT  ? ":1.42"
+                                                    : lt == LIFETIME_MOUNT ? "/run/media/u/x y"
+                                                                           : NULL;
 
-                                assert_int_equal(state_device_add_ref(d, 1000 + j, lt, owner,
-                                                                      rnd(2)), 0);
+                                assert_int_equal(
+                                        state_device_add_ref(d, 1000 + j, lt, owner, rnd(2)), 0);
                         }
                         assert_int_equal(state_writer_commit_one(w, d, with_intent, &intent), 0);
                         break;
                 }
                 case 1: /* drop name, recorded or not */
-                        assert_int_equal(state_writer_commit_drop(w, name, with_intent, &intent), 0);
+                        assert_int_equal(state_writer_commit_drop(w, name, with_intent, &intent),
+                                         0);
                         break;
                 default: /* only the intent changes */
                         state_done(&next);
@@ -699,7 +714,7 @@ static void test_journal_damage(void **state) {
                         if (ends[k] <= t)
                                 whole = k;
                 if (t < header)
-                        assert_int_equal(state_load(dir, &(State) {}), -EBADMSG);
+                        assert_int_equal(state_load(dir, &(State){}), -EBADMSG);
                 else
                         assert_int_equal(loads_as(dir, states[whole]), 1);
         }
@@ -796,12 +811,12 @@ static char *journal_with(uint64_t generation, const char *const *bodies, size_t
 
 static void test_journal_semantics(void **state) {
         static const char *const bad[] = {
-                "record 1\ndrop loop9 1\n",                       /* not there */
-                "record 1\ndrop loop3 999\n",                     /* another binding */
-                "record 2\n",                                     /* out of sequence */
-                "record 1\nref 0 persistent - confirmed\n",       /* ref before device */
-                "record 1\nend 0000000000000000\n",               /* snapshot line */
-                "record 1\ngeneration 0000000000000001\n",        /* snapshot line */
+                "record 1\ndrop loop9 1\n",                 /* not there */
+                "record 1\ndrop loop3 999\n",               /* another binding */
+                "record 2\n",                               /* out of sequence */
+                "record 1\nref 0 persistent - confirmed\n", /* ref before device */
+                "record 1\nend 0000000000000000\n",         /* snapshot line */
+                "record 1\ngeneration 0000000000000001\n",  /* snapshot line */
                 "record 1\ndevice loop3 1 attached 0\nref 0 client - confirmed\n",
                 "record 1\ndevice loop4 1 attached 0\nref 0 x\\x41 persistent confirmed\n",
                 "record 1\nno-intent\nref 0 persistent - confirmed\n",
@@ -816,12 +831,15 @@ static void test_journal_semantics(void **state) {
         assert_int_equal(state_save(dir, &s), 0);
 
         /* Replace, drop, intents, a record that changes nothing. */
-        j = journal_with(0x1234, (const char *const[]) {
-                        "record 1\ndevice loop3 412 detach-pending 7\nref 5 persistent - unconfirmed\n",
-                        "record 2\ndrop loop12 9000000000\nno-intent\n",
-                        "record 3\n",
-                        "record 4\nintent block 2049 0 0 0 3\ndevice loop0 1 attached 0\n",
-                }, 4);
+        j = journal_with(0x1234,
+                         (const char *const[]){
+                                 "record 1\ndevice loop3 412 detach-pending 7\nref 5 persistent - "
+                                 "unconfirmed\n",
+                                 "record 2\ndrop loop12 9000000000\nno-intent\n",
+                                 "record 3\n",
+                                 "record 4\nintent block 2049 0 0 0 3\ndevice loop0 1 attached 0\n",
+                         },
+                         4);
         write_file_in(dir, "devices.journal", j, strlen(j));
         free(j);
         assert_int_equal(state_load(dir, &t), 0);
@@ -838,7 +856,7 @@ static void test_journal_semantics(void **state) {
         state_done(&t);
 
         /* Another generation's journal is not applied. */
-        j = journal_with(0x1235, (const char *const[]) { "record 1\ndrop loop3 412\n" }, 1);
+        j = journal_with(0x1235, (const char *const[]){"record 1\ndrop loop3 412\n"}, 1);
         write_file_in(dir, "devices.journal", j, strlen(j));
         free(j);
         assert_int_equal(state_load(dir, &t), 0);
@@ -848,7 +866,7 @@ static void test_journal_semantics(void **state) {
         /* Correctly checksummed nonsense is refused, whether last or not. */
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 for (size_t last = 0; last < 2; last++) {
-                        j = journal_with(0x1234, (const char *const[]) { bad[i], "record 2\n" },
+                        j = journal_with(0x1234, (const char *const[]){bad[i], "record 2\n"},
                                          last ? 1 : 2);
                         write_file_in(dir, "devices.journal", j, strlen(j));
                         free(j);
@@ -871,7 +889,8 @@ static void test_owner_escaping(void **state) {
         if (l < 0) {
                 /* Only persistent and client exist: owners are bus names, nothing to escape;
                  * an escaped bus name is not canonical and refused. */
-                char *bad = with_checksum("device loop3 1 attached 0\nref 0 client :1\\x2e2 confirmed\n");
+                char *bad = with_checksum(
+                        "device loop3 1 attached 0\nref 0 client :1\\x2e2 confirmed\n");
 
                 expect_bad(bad, strlen(bad));
                 free(bad);
@@ -895,12 +914,12 @@ static void test_owner_escaping(void **state) {
 
 static void test_boot_id(void **state) {
         static const char *const bad[] = {
-                "device loop3 1 attached 0\nboot 1234\n",         /* after a device */
-                "boot 1234\nboot 1234\n",                         /* twice */
-                "boot 12G4\n",                                    /* not hex */
-                "boot \n",                                        /* empty */
-                "boot 0123456789abcdef0123456789abcdef01234\n",   /* too long */
-                "boot 1234\ngeneration 0000000000000001\n",       /* generation comes first */
+                "device loop3 1 attached 0\nboot 1234\n",       /* after a device */
+                "boot 1234\nboot 1234\n",                       /* twice */
+                "boot 12G4\n",                                  /* not hex */
+                "boot \n",                                      /* empty */
+                "boot 0123456789abcdef0123456789abcdef01234\n", /* too long */
+                "boot 1234\ngeneration 0000000000000001\n",     /* generation comes first */
         };
         _cleanup_(state_writer_freep) StateWriter *w = NULL;
         _cleanup_free_ char *text = NULL;
@@ -957,18 +976,12 @@ static void test_boot_id(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_round_trip),
-                cmocka_unit_test(test_empty),
-                cmocka_unit_test(test_damage_detected),
-                cmocka_unit_test(test_semantic_errors),
-                cmocka_unit_test(test_save_load),
-                cmocka_unit_test(test_writer_round_trip),
-                cmocka_unit_test(test_writer_commit_one),
-                cmocka_unit_test(test_writer_compaction),
-                cmocka_unit_test(test_journal_damage),
-                cmocka_unit_test(test_journal_semantics),
-                cmocka_unit_test(test_owner_escaping),
-                cmocka_unit_test(test_boot_id),
+                cmocka_unit_test(test_round_trip),        cmocka_unit_test(test_empty),
+                cmocka_unit_test(test_damage_detected),   cmocka_unit_test(test_semantic_errors),
+                cmocka_unit_test(test_save_load),         cmocka_unit_test(test_writer_round_trip),
+                cmocka_unit_test(test_writer_commit_one), cmocka_unit_test(test_writer_compaction),
+                cmocka_unit_test(test_journal_damage),    cmocka_unit_test(test_journal_semantics),
+                cmocka_unit_test(test_owner_escaping),    cmocka_unit_test(test_boot_id),
         };
 
         return cmocka_run_group_tests_name("state", tests, NULL, NULL);

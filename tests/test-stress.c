@@ -65,7 +65,6 @@
 #define STATE_FILE_BAD "devices.corrupt"
 #define ENV_GLOBAL_DIR "/run/loopmgr-env"
 
-
 /* udevd stopped by fault_udev_stopped, to be restarted by the teardown whatever happens. */
 static bool udev_stopped;
 static bool udev_was_env_sh;
@@ -162,7 +161,6 @@ static char *make_image_in(Env *e, const char *dir, uint64_t size) {
                 fail_msg("creating an image in %s: %s", dir, strerror(-r));
         return path;
 }
-
 
 static void mkfs_ext4(const char *target) {
         env_run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
@@ -1116,7 +1114,7 @@ typedef struct BurstCall {
         bool ok;
         Ref ref;
         char error[160];
-        char image[PATH_MAX];   /* the backing this call asked for */
+        char image[PATH_MAX]; /* the backing this call asked for */
 } BurstCall;
 
 static int burst_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -1776,9 +1774,9 @@ static void udev_restart(void) {
         if (udev_running())
                 return;
         int r = env_run(&out, NULL, "sh", "-c",
-                    "p=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd); "
-                    "\"$p\" --daemon </dev/null >/dev/null 2>&1",
-                    NULL);
+                        "p=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd); "
+                        "\"$p\" --daemon </dev/null >/dev/null 2>&1",
+                        NULL);
         for (unsigned i = 0; i < 100 && !udev_running(); i++)
                 sleep_usec(100 * USEC_PER_MSEC);
         if (r != 0 || !udev_running()) {
@@ -1800,8 +1798,8 @@ static void udev_restart(void) {
                     NULL) != 0)
                 print_error("could not record the new udevd in " ENV_GLOBAL_DIR "/udevd.pid\n");
         /* Events of the outage are lost: replay them as tests/env.sh does for a fresh udevd. */
-        (void) env_run(NULL, NULL, "udevadm", "trigger", "--type=devices", "--subsystem-match=block",
-                   "--action=add", NULL);
+        (void) env_run(NULL, NULL, "udevadm", "trigger", "--type=devices",
+                       "--subsystem-match=block", "--action=add", NULL);
         (void) env_run(NULL, NULL, "udevadm", "settle", "--timeout=30", NULL);
         print_message("  udevd restarted\n");
 }

@@ -203,7 +203,11 @@ static void test_retry_pending_then_gone(void **state) {
 
         /* The last opener closed: the kernel unbinds and says so. */
         fx_fake_loop(f, NR, DISKSEQ, NULL);
-        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change", .sysname = "loop3", .diskseq = DISKSEQ, .from_udev = false, .plain = false});
+        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change",
+                                                         .sysname = "loop3",
+                                                         .diskseq = DISKSEQ,
+                                                         .from_udev = false,
+                                                         .plain = false});
         fx_assert_detach_reply(f, &wait, LOOPMGR_STATE_DETACHED);
         assert_int_equal(wait.refs, 1);
         assert_null(manager_get_device_by_number(f->manager, NR));
@@ -303,7 +307,11 @@ static void test_udev_event_retries_now(void **state) {
         assert_true(next > 1);
 
         f->lock_held = false;
-        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change", .sysname = "loop3", .diskseq = DISKSEQ, .from_udev = true, .plain = true});
+        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change",
+                                                         .sysname = "loop3",
+                                                         .diskseq = DISKSEQ,
+                                                         .from_udev = true,
+                                                         .plain = true});
         assert_int_equal(sd_event_source_get_time(d->teardown_retry, &next), 0);
         assert_true(next == 1);
         /* Due already: one iteration without waiting runs it. */

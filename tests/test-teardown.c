@@ -148,7 +148,6 @@ static char *make_image(Env *e, uint64_t size) {
         return path;
 }
 
-
 static void mkfs_ext4(const char *target) {
         /* nodiscard: discarding a loop device punches holes, slow and pointless here. */
         env_run_ok("mkfs.ext4", "-q", "-F", "-E", "nodiscard", target);
@@ -749,7 +748,7 @@ static void test_probe_does_not_disturb_mounts(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 /* 8. Detach while udev's probe (here: the test's LOCK_SH) holds the device */
 
-/* How long the daemon keeps retrying LOCK_EX before it goes on without it (manager.c). */
+/* How long the daemon keeps retrying LOCK_EX before it goes on without it (daemon/core/teardown.c). */
 #define LOCK_BUDGET (100 * USEC_PER_MSEC)
 /* A GetDevice during such a Detach must not wait for it. */
 #define PROMPT_BOUND (50 * USEC_PER_MSEC)
@@ -757,8 +756,8 @@ static void test_probe_does_not_disturb_mounts(void **state) {
 typedef struct AsyncDetach {
         bool done;
         uint64_t at;
-        char *state;            /* the reply, or NULL */
-        char *error;            /* the error name, or NULL */
+        char *state; /* the reply, or NULL */
+        char *error; /* the error name, or NULL */
 } AsyncDetach;
 
 static int on_detach_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -779,7 +778,8 @@ static void detach_async(Env *e, sd_bus *bus, const char *object, AsyncDetach *a
 
         assert_int_equal(sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME,
                                                         LOOPMGR_MANAGER_PATH,
-                                                        LOOPMGR_MANAGER_INTERFACE, "Detach"), 0);
+                                                        LOOPMGR_MANAGER_INTERFACE, "Detach"),
+                         0);
         assert_true(sd_bus_message_append(m, "oa{sv}", object, 0) >= 0);
         assert_true(sd_bus_call_async(bus, NULL, m, on_detach_reply, ad, 0) >= 0);
         assert_true(sd_bus_flush(bus) >= 0);

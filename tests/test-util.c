@@ -168,10 +168,10 @@ static void test_parse_devnum(void **state) {
         assert_int_equal(parse_devnum("7:x", &d), -EINVAL);
         assert_int_equal(parse_devnum(":5", &d), -EINVAL);
         assert_int_equal(parse_devnum("-7:5", &d), -EINVAL);
-        assert_int_equal(parse_devnum("4096:0", &d), -EINVAL);     /* 12-bit major */
-        assert_int_equal(parse_devnum("7:1048576", &d), -EINVAL);  /* 20-bit minor */
+        assert_int_equal(parse_devnum("4096:0", &d), -EINVAL);    /* 12-bit major */
+        assert_int_equal(parse_devnum("7:1048576", &d), -EINVAL); /* 20-bit minor */
         assert_int_equal(parse_devnum("", &d), -EINVAL);
-        assert_true(d == makedev(1, 1));        /* untouched on failure */
+        assert_true(d == makedev(1, 1)); /* untouched on failure */
 }
 
 static void test_path_join_root(void **state) {

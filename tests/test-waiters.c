@@ -147,7 +147,11 @@ static void test_attach_answered_by_udev(void **state) {
         assert_int_equal(attach(f, &call, true, 30000, 1000), 1);
         d = manager_get_device_by_diskseq(f->manager, DISKSEQ);
         fx_udev_link(f, NR, DISKSEQ);
-        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change", .sysname = "loop3", .diskseq = DISKSEQ, .from_udev = true, .plain = true});
+        manager_udev_event(f->manager, &(UdevWatchEvent){.action = "change",
+                                                         .sysname = "loop3",
+                                                         .diskseq = DISKSEQ,
+                                                         .from_udev = true,
+                                                         .plain = true});
 
         s = fx_find(f, SENT_ATTACH, &call, 0);
         assert_non_null(s);

@@ -30,7 +30,7 @@ packages=(
     # the libFuzzer targets of fuzz/ (tools/test.sh step 6): clang and its fuzzer and
     # sanitizer runtimes
     clang libclang-rt-14-dev
-    # the BPF LSM guard (daemon/bpf/): clang (above) compiles it for the BPF target, bpftool
+    # the BPF LSM guard (daemon/kernel/bpf/): clang (above) compiles it for the BPF target, bpftool
     # makes its skeleton, libbpf loads it
     bpftool libbpf-dev libelf-dev zlib1g-dev
 )

@@ -5,7 +5,8 @@
 #
 #   1. tools/deps.sh (installs missing Debian packages)
 #   2. build-dev/: -Dbuildtype=debug -Db_sanitize=address,undefined -Dwerror=true, ninja
-#   3. code style: clang-format (.clang-format) and .editorconfig whitespace rules
+#   3. code style: clang-format (.clang-format) and .editorconfig whitespace rules, and the
+#      include rule of the daemon's layers (tools/check-layers.sh)
 #   4. bash tests/env.sh start for the instance /run/loopmgr-ci (own private bus and polkitd, so
 #      a demo environment of tools/setup.sh and its loopmgrd are left alone)
 #   5. meson test -C build-dev --print-errorlogs [MESON-TEST-ARGS...] (all suites by default:
@@ -20,7 +21,8 @@
 #   9. prints a summary line and exits non-zero if any step failed.
 #
 # Knobs (environment):
-#   LOOPMGR_FORMAT_CHECK=warn|strict|off   style check: report only (default), fail, or skip
+#   LOOPMGR_FORMAT_CHECK=strict|warn|off   style check: fail the run (default), report only, or
+#                                          skip
 #   LOOPMGR_BUILD_DIR=build-dev            build directory
 #   LOOPMGR_TEST_ENV=/run/loopmgr-ci       tests/env.sh instance (state directory)
 #   LOOPMGR_TEST_FILTER=GLOB               cmocka filter, passed through to the tests
@@ -34,7 +36,7 @@ set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 BUILD=${LOOPMGR_BUILD_DIR:-build-dev}
-FORMAT_CHECK=${LOOPMGR_FORMAT_CHECK:-warn}
+FORMAT_CHECK=${LOOPMGR_FORMAT_CHECK:-strict}
 export LOOPMGR_TEST_ENV=${LOOPMGR_TEST_ENV:-/run/loopmgr-ci}
 MESON_OPTS=(-Dbuildtype=debug "-Db_sanitize=address,undefined" -Dwerror=true -Dtests=true)
 FUZZ_BUILD=${LOOPMGR_FUZZ_BUILD_DIR:-build-fuzz}
@@ -120,8 +122,8 @@ fi
 # ---- 3. style --------------------------------------------------------------------------------
 
 # Reports files that clang-format would change and .editorconfig violations (tabs in C,
-# trailing whitespace, missing final newline). `warn` prints them and carries on; `strict`
-# (what CI should use once the tree is formatted) fails the run.
+# trailing whitespace, missing final newline). `strict` (the default, what CI runs) fails the
+# run; `warn` prints them and carries on.
 style_check() {
     local files=() f bad_format=() bad_ws=()
     while IFS= read -r -d '' f; do
@@ -167,6 +169,9 @@ strict)
     failed_steps+=(style)
     ;;
 esac
+
+step "the include rule of the daemon's layers (tools/check-layers.sh)"
+tools/check-layers.sh || failed_steps+=(layers)
 
 if ((!built)); then
     summary 0 1 0

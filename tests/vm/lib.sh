@@ -95,7 +95,7 @@ expect_fail() {
 }
 
 # busctl prints an error's message, not its name: this is the message loopmgrd gives with
-# org.freedesktop.DBus.Error.InteractiveAuthorizationRequired (daemon/polkit.c), and with nothing
+# org.freedesktop.DBus.Error.InteractiveAuthorizationRequired (daemon/bus/polkit.c), and with nothing
 # else.
 no_interaction="but the request does not allow interactive authorisation"
 

@@ -151,7 +151,7 @@ test_mount_run_media() {
 # synthesised change event from the close of the daemon's fd; inside the unit that needs
 # CAP_MKNOD and DeviceAllow=block-loop m. Without them the daemon falls back to /dev/loopN,
 # whose close makes udev synthesise a change (SYNTH_UUID=0). A partition scan always takes that
-# locked way (daemon/loop-kernel.c): that attach is the control, showing that the check sees a
+# locked way (daemon/kernel/loop-kernel.c): that attach is the control, showing that the check sees a
 # synthesised event when there is one.
 synthesised_changes() { # synthesised_changes ATTACH-OPTIONS...: attaches; prints "NODE COUNT"
     local img=$work/private.img node mon

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/*
+ * The small operations on one device that the bus layer's Device methods ask for: autoclear,
+ * capacity, and the hand-over of a caller's reference to its mount. The kernel is asked here,
+ * never from the bus layer.
+ */
+
+#include "loop-kernel.h"
+#include "manager.h"
+
+int manager_set_autoclear(Manager *m, Device *d, bool value, Problem *error) {
+        int r;
+
+        r = loop_set_autoclear(m->root, d->status.name, d->status.diskseq, value);
+        if (r < 0)
+                return problem_setf(error, r == -ESTALE ? -ENODEV : r,
+                                    "Failed to set autoclear on %s: %s.", d->node, strerror(-r));
+
+        /* With nothing holding it open, the kernel clears the device right away on 6.11+;
+         * reconcile reads either outcome and emits the matching signals. */
+        (void) manager_reconcile(m, d->status.name);
+        return 0;
+}
+
+int manager_set_capacity(Manager *m, Device *d, Problem *error) {
+        int r;
+
+        r = loop_set_capacity(m->root, d->status.name, d->status.diskseq);
+        if (r < 0)
+                return problem_setf(error, r == -ESTALE ? -ENODEV : r,
+                                    "Failed to update the capacity of %s: %s.", d->node,
+                                    strerror(-r));
+        (void) manager_reconcile(m, d->status.name);
+        return 0;
+}
+
+/* The caller's newest reference on d that no mount holds. */
+Reference *device_own_reference(Device *d, uid_t uid) {
+        for (Reference *r = d->references; r; r = r->next)
+                if (r->uid == uid && r->lifetime != LIFETIME_MOUNT)
+                        return r;
+        return NULL;
+}
+
+/* release-reference: the mount takes the caller's reference over, or, when the mount holds one
+ * already, the caller's surplus one is dropped. */
+int manager_release_to_mount(Manager *m, Device *d, Reference *own) {
+        char *owner;
+
+        if (d->mount_ref_id && device_find_reference(d, d->mount_ref_id)) {
+                (void) device_drop_reference_id(d, own->id);
+                if (d->managed)
+                        (void) manager_save_state(m);
+                manager_emit_device_changed(m, d, (char *[]){"References", NULL});
+                return 0;
+        }
+        owner = strdup(d->mount_point);
+        if (!owner)
+                return -ENOMEM;
+        free(own->owner);
+        own->owner = owner;
+        own->lifetime = LIFETIME_MOUNT;
+        own->confirmed = true;
+        d->mount_ref_id = own->id;
+        if (d->managed)
+                (void) manager_save_state(m);
+        return 0;
+}
