@@ -136,11 +136,8 @@ static int property_get_chain(sd_bus *bus, const char *path, const char *interfa
 static bool stacked_beyond(Manager *m, Device *d, uid_t uid, unsigned depth) {
         if (depth > CHAIN_MAX_DEPTH)
                 return true;
-        for (size_t i = 0; i < m->n_slots; i++) {
-                Device *e = m->devices[i];
-
-                if (!e || e == d || !e->backing_is_block ||
-                    e->status.backing_rdevice != d->status.devnum)
+        MANAGER_FOREACH_DEVICE(e, m) {
+                if (e == d || !e->backing_is_block || e->status.backing_rdevice != d->status.devnum)
                         continue;
                 if (!device_has_reference_of(e, uid) || stacked_beyond(m, e, uid, depth + 1))
                         return true;
@@ -550,10 +547,10 @@ static int device_enumerate(sd_bus *bus, const char *path, void *userdata, char 
         l = calloc(m->n_devices + 1, sizeof(char *));
         if (!l)
                 return -ENOMEM;
-        for (size_t i = 0; i < m->n_slots && n < m->n_devices; i++) {
-                if (!m->devices[i])
-                        continue;
-                l[n] = strdup(m->devices[i]->path);
+        MANAGER_FOREACH_DEVICE(d, m) {
+                if (n >= m->n_devices)
+                        break;
+                l[n] = strdup(d->path);
                 if (!l[n]) {
                         strv_free(l);
                         return -ENOMEM;

@@ -45,7 +45,7 @@ int manager_device_aliases(Manager *m, Device *d, Device ***ret) {
         AliasCollect c = {.device = d};
         int r;
 
-        if (d->has_identity && m->devices[d->status.number] == d) {
+        if (d->has_identity && registry_contains(m, d)) {
                 r = range_index_foreach_intersecting(m->index, &d->identity, collect_one, &c);
                 if (r < 0 || c.error < 0) {
                         free(c.list);

@@ -220,9 +220,12 @@ void manager_guard_sync(Manager *m) {
 
         if (!m->guard || !m->guard_published)
                 return;
-        for (size_t i = 0; r >= 0 && i < m->n_slots; i++)
-                if (m->devices[i] && m->devices[i]->status.bound)
-                        r = keys_add_device(m, m->devices[i], &keys, &n);
+        MANAGER_FOREACH_DEVICE(d, m) {
+                if (r < 0)
+                        break;
+                if (d->status.bound)
+                        r = keys_add_device(m, d, &keys, &n);
+        }
         if (r >= 0)
                 r = keys_add_mounted(m, &keys, &n);
         if (r >= 0)

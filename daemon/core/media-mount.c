@@ -613,13 +613,12 @@ void mount_adopt(Manager *m) {
                 return;
         }
 
-        for (size_t i = 0; i < m->n_slots; i++) {
-                Device *d = m->devices[i];
+        MANAGER_FOREACH_DEVICE(d, m) {
                 struct libmnt_iter *it;
                 struct libmnt_fs *fs;
                 Reference *keep;
 
-                if (!d || !d->managed)
+                if (!d->managed)
                         continue;
                 it = mnt_new_iter(MNT_ITER_FORWARD);
                 while (it && mnt_table_next_fs(t, it, &fs) == 0) {
@@ -662,11 +661,10 @@ void mount_adopt(Manager *m) {
 }
 
 void mount_check_table(Manager *m, struct libmnt_table *t) {
-        for (size_t i = 0; i < m->n_slots; i++) {
-                Device *d = m->devices[i];
+        MANAGER_FOREACH_DEVICE(d, m) {
                 uint64_t ref_id;
 
-                if (!d || !d->mount_point || mount_table_has(t, d->status.devnum, d->mount_point))
+                if (!d->mount_point || mount_table_has(t, d->status.devnum, d->mount_point))
                         continue;
                 log_info("%s: %s was unmounted by other means", d->node, d->mount_point);
                 remove_mount_dir(m, d->mount_point);

@@ -241,17 +241,17 @@ static int detach_stacked(Manager *m, Device *d, unsigned depth) {
         if (depth > CHAIN_MAX_DEPTH)
                 return -ELOOP;
 
-        for (size_t i = 0; i < m->n_slots; i++) {
-                /* By slot, not MANAGER_FOREACH_DEVICE(): the recursion may remove devices. */
-                Device *e = m->devices[i];
+        MANAGER_FOREACH_DEVICE(e, m) {
+                uint64_t diskseq = e->status.diskseq;
 
-                if (!e || e == d || !e->backing_is_block || e->status.backing_rdevice != devnum)
+                if (e == d || !e->backing_is_block || e->status.backing_rdevice != devnum)
                         continue;
                 r = detach_stacked(m, e, depth + 1);
                 if (r < 0)
                         return r;
-                /* The recursion may have removed devices; look the slot up again. */
-                e = m->devices[i];
+                /* The recursion may have removed devices, e among them: look it up again (the
+                 * walk itself reads the next slot afresh). */
+                e = manager_get_device_by_diskseq(m, diskseq);
                 if (!e || e->state != DEVICE_ATTACHED)
                         continue;
                 if (e->n_references > 0) {
