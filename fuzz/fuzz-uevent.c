@@ -11,6 +11,7 @@
 
 #include "loop-kernel.h"
 #include "uevent.h"
+#include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

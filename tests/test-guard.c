@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * The guard's pure parts (daemon/kernel/guard.c, daemon/core/manager-guard.c): mode names, map keys in the
- * kernel's device number encoding, event formatting for the log and the Creator property, the
- * LSM list, and the key set of a block device in a fake sysfs tree. Loading the program needs
+ * The guard's pure parts (daemon/kernel/guard.c, daemon/core/manager-guard.c): mode names, map keys
+ * in the kernel's device number encoding, event formatting for the log and the Creator property,
+ * the LSM list, and the key set of a block device in a fake sysfs tree. Loading the program needs
  * a kernel that allows it: tests/test-guard-host.c and tests/vm/tests-guard.sh.
  */
 

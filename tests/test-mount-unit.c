@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * The pure parts of daemon/core/media-mount.c and daemon/host/udev-props.c: allowed file system types,
- * extra mount options, mount directory names from labels, the flags and data handed to
+ * The pure parts of daemon/core/media-mount.c and daemon/host/udev-props.c: allowed file system
+ * types, extra mount options, mount directory names from labels, the flags and data handed to
  * mount(2) (nosuid,nodev always, ro where it belongs, uid=/gid= for file systems without
  * owners), the udev properties files under a fake root, and the decoding of udev's *_ENC
  * values. No root, no devices.

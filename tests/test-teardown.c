@@ -748,7 +748,8 @@ static void test_probe_does_not_disturb_mounts(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 /* 8. Detach while udev's probe (here: the test's LOCK_SH) holds the device */
 
-/* How long the daemon keeps retrying LOCK_EX before it goes on without it (daemon/core/teardown.c). */
+/* How long the daemon keeps retrying LOCK_EX before it goes on without it (daemon/core/teardown.c).
+ */
 #define LOCK_BUDGET (100 * USEC_PER_MSEC)
 /* A GetDevice during such a Detach must not wait for it. */
 #define PROMPT_BOUND (50 * USEC_PER_MSEC)
