@@ -78,11 +78,6 @@ bool pk_process_gone(pid_t pid) {
         return p && (p[2] == 'Z' || p[2] == 'X');
 }
 
-static void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
-
 size_t pk_user_processes(const uid_t *uids, size_t n_uids) {
         _cleanup_(closedirp) DIR *d = NULL;
         size_t n = 0;

@@ -87,7 +87,7 @@ static int check_one_busy(dev_t devnum, const char *name, void *userdata) {
  * The partitions of those devices that meet the covered range are checked too: looping a
  * whole disk would alias a mounted partition of it. */
 static int check_chain_busy(Manager *m, const Chain *chain, bool read_only, Problem *error) {
-        struct libmnt_table *mounts = NULL;
+        _cleanup_(mnt_unref_tablep) struct libmnt_table *mounts = NULL;
         BusyScan b = {.m = m, .read_only = read_only, .error = error};
         int r = 0;
 
@@ -113,7 +113,6 @@ static int check_chain_busy(Manager *m, const Chain *chain, bool read_only, Prob
                         r = check_one_busy(l->devnum, l->name, &b);
         }
 
-        mnt_unref_table(mounts);
         if (r < 0 && !problem_is_set(error))
                 return problem_setf(error, r, "Cannot check the devices below: %s.", strerror(-r));
         return r;

@@ -34,9 +34,9 @@ static int keys_add(GuardBase **keys, size_t *n, GuardKey k, dev_t holder, uint3
 int guard_keys_add_block(const char *root, dev_t devnum, dev_t holder, uint32_t flags,
                          GuardBase **keys, size_t *n_keys) {
         _cleanup_free_ char *dir = NULL, *sys = NULL;
+        _cleanup_closedir_ DIR *d = NULL;
         PartitionInfo pi;
         dev_t disk = devnum;
-        DIR *d;
         int r;
 
         r = keys_add(keys, n_keys, guard_key_block(devnum), holder, flags);
@@ -66,36 +66,41 @@ int guard_keys_add_block(const char *root, dev_t devnum, dev_t holder, uint32_t 
 
                 if (de->d_name[0] == '.')
                         continue;
-                if (asprintf(&p, "%s/%s/partition", dir, de->d_name) < 0) {
-                        closedir(d);
+                if (asprintf(&p, "%s/%s/partition", dir, de->d_name) < 0)
                         return -ENOMEM;
-                }
                 if (access(p, F_OK) < 0)
                         continue;
                 free(p);
-                if (asprintf(&p, "%s/%s/dev", dir, de->d_name) < 0) {
-                        closedir(d);
+                if (asprintf(&p, "%s/%s/dev", dir, de->d_name) < 0)
                         return -ENOMEM;
-                }
                 if (read_one_line_file(p, &v) < 0 || parse_devnum(v, &part) < 0)
                         continue;
                 /* The device itself again, with its holder: the merge keeps that. */
                 r = keys_add(keys, n_keys, guard_key_block(part), part == devnum ? holder : 0,
                              flags);
-                if (r < 0) {
-                        closedir(d);
+                if (r < 0)
                         return r;
-                }
         }
-        closedir(d);
         return 0;
+}
+
+/* Whether the directory at path lists anything but dot files; false when it cannot be read. */
+static bool dir_has_entries(const char *path) {
+        _cleanup_closedir_ DIR *d = opendir(path);
+
+        if (!d)
+                return false;
+        for (struct dirent *e; (e = readdir(d));)
+                if (e->d_name[0] != '.')
+                        return true;
+        return false;
 }
 
 /* Block devices that something holds (a dm or md device on them): /sys/class/block/X/holders
  * is not empty. */
 static int keys_add_held(const char *root, GuardBase **keys, size_t *n) {
         _cleanup_free_ char *dir = path_join_root(root, "/sys/class/block");
-        DIR *d;
+        _cleanup_closedir_ DIR *d = NULL;
         int r = 0;
 
         if (!dir)
@@ -105,54 +110,36 @@ static int keys_add_held(const char *root, GuardBase **keys, size_t *n) {
                 return 0;
         for (struct dirent *de; r >= 0 && (de = readdir(d));) {
                 _cleanup_free_ char *h = NULL, *p = NULL, *v = NULL;
-                DIR *hd;
-                bool held = false;
                 dev_t devnum;
 
                 if (de->d_name[0] == '.')
                         continue;
-                if (asprintf(&h, "%s/%s/holders", dir, de->d_name) < 0) {
-                        r = -ENOMEM;
-                        break;
-                }
-                hd = opendir(h);
-                if (!hd)
+                if (asprintf(&h, "%s/%s/holders", dir, de->d_name) < 0)
+                        return -ENOMEM;
+                if (!dir_has_entries(h))
                         continue;
-                for (struct dirent *e; (e = readdir(hd));)
-                        if (e->d_name[0] != '.') {
-                                held = true;
-                                break;
-                        }
-                closedir(hd);
-                if (!held)
-                        continue;
-                if (asprintf(&p, "%s/%s/dev", dir, de->d_name) < 0) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (asprintf(&p, "%s/%s/dev", dir, de->d_name) < 0)
+                        return -ENOMEM;
                 if (read_one_line_file(p, &v) < 0 || parse_devnum(v, &devnum) < 0)
                         continue;
                 r = guard_keys_add_block(root, devnum, 0, LOOP_GUARD_BASE_IN_USE, keys, n);
         }
-        closedir(d);
         return r;
 }
 
 /* Block devices mounted in the daemon's namespace (the device numbers of mountinfo that are
  * block devices: not those of virtual file systems). */
 static int keys_add_mounted(Manager *m, GuardBase **keys, size_t *n) {
-        struct libmnt_table *t = manager_mount_table(m);
-        struct libmnt_iter *it;
+        _cleanup_(mnt_unref_tablep) struct libmnt_table *t = manager_mount_table(m);
+        _cleanup_(mnt_free_iterp) struct libmnt_iter *it = NULL;
         struct libmnt_fs *fs;
         int r = 0;
 
         if (!t)
                 return 0;
         it = mnt_new_iter(MNT_ITER_FORWARD);
-        if (!it) {
-                mnt_unref_table(t);
+        if (!it)
                 return -ENOMEM;
-        }
         while (r >= 0 && mnt_table_next_fs(t, it, &fs) == 0) {
                 dev_t devnum = mnt_fs_get_devno(fs);
                 char name[64];
@@ -163,8 +150,6 @@ static int keys_add_mounted(Manager *m, GuardBase **keys, size_t *n) {
                         continue;
                 r = guard_keys_add_block(m->root, devnum, 0, LOOP_GUARD_BASE_IN_USE, keys, n);
         }
-        mnt_free_iter(it);
-        mnt_unref_table(t);
         return r;
 }
 

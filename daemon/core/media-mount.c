@@ -90,18 +90,16 @@ static int probe_lookup(blkid_probe pr, const char *name, char **ret) {
 }
 
 int mount_probe_fd(int fd, MountProbe *ret) {
-        MountProbe p = {};
-        blkid_probe pr;
+        _cleanup_(blkid_free_probep) blkid_probe pr = NULL;
+        _cleanup_(mount_probe_done) MountProbe p = {};
         int r;
 
         pr = blkid_new_probe();
         if (!pr)
                 return -ENOMEM;
         errno = 0;
-        if (blkid_probe_set_device(pr, fd, 0, 0) < 0) {
-                r = errno > 0 ? -errno : -EIO;
-                goto finish;
-        }
+        if (blkid_probe_set_device(pr, fd, 0, 0) < 0)
+                return errno > 0 ? -errno : -EIO;
         (void) blkid_probe_enable_superblocks(pr, 1);
         (void) blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID |
                                                              BLKID_SUBLKS_TYPE |
@@ -112,13 +110,11 @@ int mount_probe_fd(int fd, MountProbe *ret) {
         r = blkid_do_safeprobe(pr);
         if (r == -2 || r == 1) {
                 /* Ambivalent (two signatures) or nothing: no file system we would trust. */
-                r = 0;
-                goto finish;
+                *ret = (MountProbe){};
+                return 0;
         }
-        if (r < 0) {
-                r = errno > 0 ? -errno : -EIO;
-                goto finish;
-        }
+        if (r < 0)
+                return errno > 0 ? -errno : -EIO;
         r = probe_lookup(pr, "TYPE", &p.type);
         if (r >= 0)
                 r = probe_lookup(pr, "LABEL", &p.label);
@@ -128,14 +124,11 @@ int mount_probe_fd(int fd, MountProbe *ret) {
                 r = probe_lookup(pr, "PTTYPE", &p.pttype);
         if (r >= 0)
                 r = probe_lookup(pr, "USAGE", &p.usage);
-
-finish:
-        blkid_free_probe(pr);
-        if (r < 0) {
-                mount_probe_done(&p);
+        if (r < 0)
                 return r;
-        }
+
         *ret = p;
+        p = (MountProbe){};
         return 0;
 }
 
@@ -513,6 +506,7 @@ static int split_mount_point(const char *mount_point, char **ret_user, const cha
         const char *prefix = MOUNT_MEDIA_DIR "/";
         const char *rest, *slash;
 
+
         if (strncmp(mount_point, prefix, strlen(prefix)) != 0)
                 return -EINVAL;
         rest = mount_point + strlen(prefix);
@@ -566,7 +560,7 @@ int mount_unmount(Manager *m, Device *d, bool force) {
 }
 
 int mount_find_target(struct libmnt_table *t, dev_t devnum, char **ret) {
-        struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+        _cleanup_(mnt_free_iterp) struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
         struct libmnt_fs *fs;
 
         if (!it)
@@ -577,24 +571,19 @@ int mount_find_target(struct libmnt_table *t, dev_t devnum, char **ret) {
                         *ret = strdup(mnt_fs_get_target(fs));
                         break;
                 }
-        mnt_free_iter(it);
         return 0;
 }
 
 bool mount_table_has(struct libmnt_table *t, dev_t devnum, const char *path) {
-        struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+        _cleanup_(mnt_free_iterp) struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
         struct libmnt_fs *fs;
-        bool found = false;
 
         if (!it)
                 return true; /* when in doubt, it is still there */
         while (mnt_table_next_fs(t, it, &fs) == 0)
-                if (mnt_fs_get_devno(fs) == devnum && streq_ptr(mnt_fs_get_target(fs), path)) {
-                        found = true;
-                        break;
-                }
-        mnt_free_iter(it);
-        return found;
+                if (mnt_fs_get_devno(fs) == devnum && streq_ptr(mnt_fs_get_target(fs), path))
+                        return true;
+        return false;
 }
 
 static Reference *find_mount_reference(Device *d) {
@@ -605,7 +594,7 @@ static Reference *find_mount_reference(Device *d) {
 }
 
 void mount_adopt(Manager *m) {
-        struct libmnt_table *t = manager_mount_table(m);
+        _cleanup_(mnt_unref_tablep) struct libmnt_table *t = manager_mount_table(m);
 
         /* Without a mount table nothing can be told: keep every reference as it was. */
         if (!t) {
@@ -614,7 +603,7 @@ void mount_adopt(Manager *m) {
         }
 
         MANAGER_FOREACH_DEVICE(d, m) {
-                struct libmnt_iter *it;
+                _cleanup_(mnt_free_iterp) struct libmnt_iter *it = NULL;
                 struct libmnt_fs *fs;
                 Reference *keep;
 
@@ -641,7 +630,6 @@ void mount_adopt(Manager *m) {
                                  (unsigned) pw->pw_uid);
                         break;
                 }
-                mnt_free_iter(it);
 
                 /* The reference the mount held: still held if the mount is there, dropped
                  * (unmounted while we were not running) if not. One per mount. */
@@ -657,7 +645,6 @@ void mount_adopt(Manager *m) {
                 }
                 d->mount_ref_id = keep ? keep->id : 0;
         }
-        mnt_unref_table(t);
 }
 
 void mount_check_table(Manager *m, struct libmnt_table *t) {

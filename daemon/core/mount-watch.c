@@ -61,9 +61,9 @@ static int mount_key_compare(const void *a, const void *b) {
 
 /* The (block device, mount point) pairs of t, sorted; they point into t. */
 static int mount_keys(struct libmnt_table *t, MountKey **ret, size_t *ret_n) {
-        struct libmnt_iter *it;
+        _cleanup_(mnt_free_iterp) struct libmnt_iter *it = NULL;
+        _cleanup_free_ MountKey *keys = NULL;
         struct libmnt_fs *fs;
-        MountKey *keys = NULL;
         size_t n = 0, size = 0;
 
         it = mnt_new_iter(MNT_ITER_FORWARD);
@@ -79,19 +79,15 @@ static int mount_keys(struct libmnt_table *t, MountKey **ret, size_t *ret_n) {
 
                         size = MAX(size * 2, (size_t) 16);
                         k = realloc(keys, size * sizeof(MountKey));
-                        if (!k) {
-                                free(keys);
-                                mnt_free_iter(it);
+                        if (!k)
                                 return -ENOMEM;
-                        }
                         keys = k;
                 }
                 keys[n++] = (MountKey){.devnum = dev, .target = mnt_fs_get_target(fs) ?: ""};
         }
-        mnt_free_iter(it);
         if (n > 0)
                 qsort(keys, n, sizeof(MountKey), mount_key_compare);
-        *ret = keys;
+        *ret = TAKE_PTR(keys);
         *ret_n = n;
         return 0;
 }
@@ -250,9 +246,9 @@ const ForeignMounts *manager_foreign_mounts(Manager *m) {
 }
 
 struct libmnt_table *manager_mount_table(Manager *m) {
+        _cleanup_(mnt_unref_tablep) struct libmnt_table *t = NULL;
         _cleanup_free_ char *path = NULL;
         uint64_t iteration;
-        struct libmnt_table *t;
 
         /* One parse per event-loop iteration (GetManagedObjects asks once per device), and
          * a fresh one after the mount monitor fired. */
@@ -265,13 +261,12 @@ struct libmnt_table *manager_mount_table(Manager *m) {
         if (!path)
                 return NULL;
         t = mnt_new_table();
-        if (t && mnt_table_parse_file(t, path) < 0) {
-                mnt_unref_table(t);
+        if (t && mnt_table_parse_file(t, path) < 0)
                 return NULL;
-        }
+        /* One reference for the cache, one for the caller. */
         mnt_unref_table(m->mounts);
+        mnt_ref_table(t);
         m->mounts = t;
         m->mounts_iteration = iteration;
-        mnt_ref_table(t);
-        return t;
+        return TAKE_PTR(t);
 }

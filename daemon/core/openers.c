@@ -81,16 +81,17 @@ int manager_device_openers_with(Manager *m, Device *d, struct libmnt_table *moun
                                 const ForeignMounts *foreign, char ***ret_pairs) {
         _cleanup_strv_free_ char **l = NULL;
         _cleanup_free_ char *holders = NULL, *sys = NULL;
+        _cleanup_(mnt_unref_tablep) struct libmnt_table *fresh = NULL;
+        _cleanup_closedir_ DIR *dir = NULL;
         struct libmnt_table *tb = mounts;
         size_t n = 0;
-        DIR *dir;
         int r;
 
         /* Mounts visible in our namespace (the device itself or any of its partitions). */
         if (!tb)
-                tb = manager_mount_table(m);
+                tb = fresh = manager_mount_table(m);
         if (tb) {
-                struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+                _cleanup_(mnt_free_iterp) struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
                 struct libmnt_fs *fs;
 
                 while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
@@ -103,18 +104,11 @@ int manager_device_openers_with(Manager *m, Device *d, struct libmnt_table *moun
                                 if (r >= 0)
                                         r = strv_push_printf(&l, &n, "%s",
                                                              mnt_fs_get_target(fs) ?: "?");
-                                if (r < 0) {
-                                        mnt_free_iter(it);
-                                        if (tb != mounts)
-                                                mnt_unref_table(tb);
+                                if (r < 0)
                                         return r;
-                                }
                         }
                 }
-                mnt_free_iter(it);
         }
-        if (tb != mounts)
-                mnt_unref_table(tb);
 
         /* Block devices stacked on it (device-mapper, md, ...). Loop devices are virtual
          * block devices: their real sysfs directory spares the walk through the /sys/block
@@ -145,12 +139,9 @@ int manager_device_openers_with(Manager *m, Device *d, struct libmnt_table *moun
                                 r = strv_push_printf(&l, &n, "holder");
                                 if (r >= 0)
                                         r = strv_push_printf(&l, &n, "/dev/%s", de->d_name);
-                                if (r < 0) {
-                                        closedir(dir);
+                                if (r < 0)
                                         return r;
-                                }
                         }
-                closedir(dir);
         }
 
         /* Mounts in other namespaces (read from their mountinfo: the device is not opened,

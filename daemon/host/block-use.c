@@ -70,10 +70,9 @@ static int ns_of(int proc_fd, const char *pid, char *buf, size_t size) {
 
 static int add_namespace_mounts(const char *root, const char *pid, ForeignMounts *f) {
         _cleanup_free_ char *rel = NULL, *path = NULL;
-        struct libmnt_table *t;
-        struct libmnt_iter *it;
+        _cleanup_(mnt_unref_tablep) struct libmnt_table *t = NULL;
+        _cleanup_(mnt_free_iterp) struct libmnt_iter *it = NULL;
         struct libmnt_fs *fs;
-        int r = 0;
 
         if (asprintf(&rel, "/proc/%s/mountinfo", pid) < 0)
                 return -ENOMEM;
@@ -83,12 +82,10 @@ static int add_namespace_mounts(const char *root, const char *pid, ForeignMounts
         t = mnt_new_table();
         if (!t)
                 return -ENOMEM;
-        if (mnt_table_parse_file(t, path) < 0) {
-                mnt_unref_table(t);
+        if (mnt_table_parse_file(t, path) < 0)
                 return 0; /* the process went away */
-        }
         it = mnt_new_iter(MNT_ITER_FORWARD);
-        while (it && r == 0 && mnt_table_next_fs(t, it, &fs) == 0) {
+        while (it && mnt_table_next_fs(t, it, &fs) == 0) {
                 dev_t dev = mnt_fs_get_devno(fs);
                 ForeignMount *n;
 
@@ -96,10 +93,8 @@ static int add_namespace_mounts(const char *root, const char *pid, ForeignMounts
                 if (dev == 0 || major(dev) == 0)
                         continue;
                 n = realloc(f->mounts, (f->n + 1) * sizeof(ForeignMount));
-                if (!n) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (!n)
+                        return -ENOMEM;
                 f->mounts = n;
                 n = &f->mounts[f->n];
                 *n = (ForeignMount){
@@ -109,15 +104,11 @@ static int add_namespace_mounts(const char *root, const char *pid, ForeignMounts
                         .target = strdup(mnt_fs_get_target(fs) ?: "?"),
                         .pid = (pid_t) atoi(pid),
                 };
-                if (!n->target) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (!n->target)
+                        return -ENOMEM;
                 f->n++;
         }
-        mnt_free_iter(it);
-        mnt_unref_table(t);
-        return r;
+        return 0;
 }
 
 int foreign_mounts_scan(const char *root, ForeignMounts *ret) {
@@ -125,8 +116,8 @@ int foreign_mounts_scan(const char *root, ForeignMounts *ret) {
         ForeignMounts f = {};
         char own[64], **seen = NULL;
         size_t n_seen = 0;
+        _cleanup_closedir_ DIR *dir = NULL;
         struct dirent *de;
-        DIR *dir;
         int r = 0;
 
         proc = path_join_root(root, "/proc");
@@ -162,7 +153,6 @@ int foreign_mounts_scan(const char *root, ForeignMounts *ret) {
                 n_seen++;
                 r = add_namespace_mounts(root, de->d_name, &f);
         }
-        closedir(dir);
         for (size_t i = 0; i < n_seen; i++)
                 free(seen[i]);
         free(seen);
@@ -179,12 +169,12 @@ int block_use_probe(const char *root, dev_t devnum, const char *name, struct lib
                     const ForeignMounts *foreign, BlockUse *ret) {
         _cleanup_free_ char *desc = NULL, *rel = NULL, *holders = NULL;
         bool in_use = false, all_ro = true, seen_mount = false;
+        _cleanup_closedir_ DIR *dir = NULL;
         uint64_t ro = 0;
-        DIR *dir;
 
         /* Mounts in our namespace: named, and we can tell read-only ones. */
         if (mounts) {
-                struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+                _cleanup_(mnt_free_iterp) struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
                 struct libmnt_fs *fs;
 
                 if (!it)
@@ -199,12 +189,9 @@ int block_use_probe(const char *root, dev_t devnum, const char *name, struct lib
                             0)
                                 all_ro = false;
                         if (asprintf(&what, "mounted on %s", mnt_fs_get_target(fs) ?: "?") < 0 ||
-                            append(&desc, what) < 0) {
-                                mnt_free_iter(it);
+                            append(&desc, what) < 0)
                                 return -ENOMEM;
-                        }
                 }
-                mnt_free_iter(it);
         }
 
         /* Block devices stacked on it. */
@@ -225,12 +212,9 @@ int block_use_probe(const char *root, dev_t devnum, const char *name, struct lib
                         in_use = true;
                         all_ro = false;
                         if (asprintf(&what, "held by %s", de->d_name) < 0 ||
-                            append(&desc, what) < 0) {
-                                closedir(dir);
+                            append(&desc, what) < 0)
                                 return -ENOMEM;
-                        }
                 }
-                closedir(dir);
         }
 
         /* Mounts in other namespaces. */
@@ -266,8 +250,8 @@ int block_foreach_partition_in_range(const char *root, const char *name, uint64_
                                      void *userdata) {
         _cleanup_free_ char *rel = NULL, *path = NULL;
         struct dirent *de;
+        _cleanup_closedir_ DIR *dir = NULL;
         uint64_t end;
-        DIR *dir;
         int r = 0;
 
         if (__builtin_add_overflow(offset, size, &end))
@@ -299,20 +283,15 @@ int block_foreach_partition_in_range(const char *root, const char *name, uint64_
                 if (pstart >= end || offset >= pend)
                         continue;
 
-                if (asprintf(&dev, "/sys/class/block/%s/dev", de->d_name) < 0) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (asprintf(&dev, "/sys/class/block/%s/dev", de->d_name) < 0)
+                        return -ENOMEM;
                 devpath = path_join_root(root, dev);
-                if (!devpath) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (!devpath)
+                        return -ENOMEM;
                 if (read_one_line_file(devpath, &line) < 0 ||
                     sscanf(line, "%u:%u", &maj, &min) != 2)
                         continue;
                 r = cb(makedev(maj, min), de->d_name, userdata);
         }
-        closedir(dir);
         return r;
 }

@@ -19,11 +19,6 @@
 #include "udev-props.h"
 #include "util.h"
 
-static void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
-
 static int udev_dir_open(const char *root, bool create, int *ret) {
         _cleanup_free_ char *run = path_join_root(root, "/run");
         _cleanup_close_ int run_fd = -EBADF, lm_fd = -EBADF, fd = -EBADF;
@@ -221,7 +216,7 @@ void udev_props_remove(const char *root, const char *name, uint64_t diskseq) {
 
 void udev_props_cleanup(const char *root) {
         _cleanup_close_ int dir_fd = -EBADF;
-        _cleanup_(closedirp) DIR *dir = NULL;
+        _cleanup_closedir_ DIR *dir = NULL;
 
         if (udev_dir_open(root, false, &dir_fd) < 0)
                 return;

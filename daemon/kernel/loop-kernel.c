@@ -126,8 +126,8 @@ int open_device_private(const char *root, const char *name, dev_t devnum, int fl
 
 void loop_private_nodes_cleanup(const char *root) {
         _cleanup_free_ char *dirpath = NULL;
+        _cleanup_closedir_ DIR *d = NULL;
         struct dirent *de;
-        DIR *d;
 
         dirpath = path_join_root(root, "/dev");
         if (!dirpath)
@@ -149,7 +149,6 @@ void loop_private_nodes_cleanup(const char *root) {
                         continue;
                 (void) unlinkat(dirfd(d), de->d_name, 0);
         }
-        closedir(d);
 }
 
 /* Reads <root>/sys/block/<name>/<attr>. */
@@ -254,7 +253,7 @@ int device_remove_partitions(const char *root, const char *name, int fd) {
         _cleanup_free_ char *rel = NULL, *dirpath = NULL;
         _cleanup_free_ unsigned *pnos = NULL;
         size_t n_pnos = 0, allocated = 0, namelen = strlen(name);
-        DIR *d;
+        _cleanup_closedir_ DIR *d = NULL;
         int r = 0, removed = 0;
 
         if (asprintf(&rel, "/sys/block/%s", name) < 0)
@@ -274,10 +273,8 @@ int device_remove_partitions(const char *root, const char *name, int fd) {
                 /* Partitions of "loopN" are "loopNpM". */
                 if (strncmp(de->d_name, name, namelen) != 0 || de->d_name[namelen] != 'p')
                         continue;
-                if (asprintf(&attr, "%s/partition", de->d_name) < 0) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (asprintf(&attr, "%s/partition", de->d_name) < 0)
+                        return -ENOMEM;
                 if (sysfs_read_u64(root, name, attr, &pno) < 0 || pno == 0 || pno > INT_MAX)
                         continue;
 
@@ -285,18 +282,13 @@ int device_remove_partitions(const char *root, const char *name, int fd) {
                         size_t m = allocated ? allocated * 2 : 8;
                         unsigned *p = realloc(pnos, m * sizeof(*pnos));
 
-                        if (!p) {
-                                r = -ENOMEM;
-                                break;
-                        }
+                        if (!p)
+                                return -ENOMEM;
                         pnos = p;
                         allocated = m;
                 }
                 pnos[n_pnos++] = (unsigned) pno;
         }
-        closedir(d);
-        if (r < 0)
-                return r;
 
         if (n_pnos > 1)
                 qsort(pnos, n_pnos, sizeof(*pnos), cmp_uint);
@@ -328,8 +320,7 @@ int loop_list(const char *root, char ***ret_names) {
         _cleanup_strv_free_ char **names = NULL;
         _cleanup_free_ unsigned *numbers = NULL;
         size_t n = 0, allocated = 0;
-        DIR *d;
-        int r = 0;
+        _cleanup_closedir_ DIR *d = NULL;
 
         assert(ret_names);
 
@@ -353,31 +344,23 @@ int loop_list(const char *root, char ***ret_names) {
                         unsigned *b;
 
                         a = realloc(names, m * sizeof(*names));
-                        if (!a) {
-                                r = -ENOMEM;
-                                break;
-                        }
+                        if (!a)
+                                return -ENOMEM;
                         names = a;
+                        names[n] = NULL; /* a strv again, for the cleanup */
                         b = realloc(numbers, m * sizeof(*numbers));
-                        if (!b) {
-                                r = -ENOMEM;
-                                break;
-                        }
+                        if (!b)
+                                return -ENOMEM;
                         numbers = b;
                         allocated = m;
                 }
 
                 names[n] = strdup(de->d_name);
-                if (!names[n]) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (!names[n])
+                        return -ENOMEM;
                 numbers[n] = nr;
                 names[++n] = NULL;
         }
-        closedir(d);
-        if (r < 0)
-                return r;
 
         if (!names) {
                 names = calloc(1, sizeof(*names));

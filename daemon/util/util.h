@@ -4,7 +4,10 @@
 /* Small helpers in the shape of systemd's and c-stdaux's: cleanup attributes and hand-offs
  * (the ones the client and the benchmarks use too are in include/loopmgr-cleanup.h). */
 
+#include <blkid.h>
+#include <dirent.h>
 #include <errno.h>
+#include <libmount.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +25,27 @@
                 (fd) = -EBADF;                                                                     \
                 _fd_;                                                                              \
         })
+
+/* Destructors for the cleanup attribute; each accepts NULL, as closedir() does not. */
+static inline void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+}
+#define _cleanup_closedir_ _cleanup_(closedirp)
+
+static inline void mnt_free_iterp(struct libmnt_iter **it) {
+        mnt_free_iter(*it);
+}
+
+/* Drops one reference: a table handed on (TAKE_PTR) or referenced again keeps its count. */
+static inline void mnt_unref_tablep(struct libmnt_table **t) {
+        mnt_unref_table(*t);
+}
+
+static inline void blkid_free_probep(blkid_probe *pr) {
+        if (*pr)
+                blkid_free_probe(*pr);
+}
 
 /* A deep copy; NULL for NULL or when out of memory. */
 static inline char **strv_copy(char **l) {
