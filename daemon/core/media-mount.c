@@ -505,7 +505,7 @@ int mount_device(Manager *m, Device *d, const MountRequest *req, char **ret_moun
 static int split_mount_point(const char *mount_point, char **ret_user, const char **ret_name) {
         const char *prefix = MOUNT_MEDIA_DIR "/";
         const char *rest, *slash;
-
+        char *user;
 
         if (strncmp(mount_point, prefix, strlen(prefix)) != 0)
                 return -EINVAL;
@@ -513,9 +513,10 @@ static int split_mount_point(const char *mount_point, char **ret_user, const cha
         slash = strchr(rest, '/');
         if (!slash || slash == rest || !slash[1] || strchr(slash + 1, '/'))
                 return -EINVAL;
-        *ret_user = strndup(rest, (size_t) (slash - rest));
-        if (!*ret_user)
+        user = strndup(rest, (size_t) (slash - rest));
+        if (!user)
                 return -ENOMEM;
+        *ret_user = user;
         *ret_name = slash + 1;
         return 0;
 }
@@ -562,15 +563,16 @@ int mount_unmount(Manager *m, Device *d, bool force) {
 int mount_find_target(struct libmnt_table *t, dev_t devnum, char **ret) {
         _cleanup_(mnt_free_iterp) struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
         struct libmnt_fs *fs;
+        char *target = NULL;
 
         if (!it)
                 return -ENOMEM;
-        *ret = NULL;
         while (mnt_table_next_fs(t, it, &fs) == 0)
                 if (mnt_fs_get_devno(fs) == devnum && mnt_fs_get_target(fs)) {
-                        *ret = strdup(mnt_fs_get_target(fs));
+                        target = strdup(mnt_fs_get_target(fs));
                         break;
                 }
+        *ret = target;
         return 0;
 }
 

@@ -205,19 +205,22 @@ int manager_find_device(Manager *m, const char *spec, Device **ret) {
 int registry_loop_info_lookup(dev_t devnum, void *userdata, LoopLayerInfo *ret) {
         Manager *m = userdata;
         Device *d = manager_get_device_by_devnum(m, devnum);
+        Backing b;
 
         if (!d || !d->status.bound || d->status.size == 0)
                 return 0;
         if (d->backing_is_block)
-                ret->backing = (Backing){.is_block = true, .device = d->status.backing_rdevice};
+                b = (Backing){.is_block = true, .device = d->status.backing_rdevice};
         else if (d->status.backing_device != 0 || d->status.backing_inode != 0)
-                ret->backing = (Backing){.device = d->status.backing_device,
-                                         .inode = d->status.backing_inode};
+                b = (Backing){.device = d->status.backing_device, .inode = d->status.backing_inode};
         else
                 return 0; /* ids unknown: let the canonicaliser ask the kernel */
-        ret->offset = d->status.offset;
-        ret->size = d->status.size;
-        ret->backing_file = d->status.backing_file;
+        *ret = (LoopLayerInfo){
+                .backing = b,
+                .offset = d->status.offset,
+                .size = d->status.size,
+                .backing_file = d->status.backing_file,
+        };
         return 1;
 }
 

@@ -94,6 +94,7 @@ static int map_range(uint64_t offset, uint64_t size, uint64_t total, uint64_t sh
 static int loop_info_from_kernel(const char *root, dev_t devnum, const char *name,
                                  LoopLayerInfo *ret, char **ret_backing_file) {
         _cleanup_(loop_status_done) LoopStatus s = {};
+        Backing b;
         int r;
 
         r = loop_read_sysfs(root, name, &s);
@@ -115,14 +116,16 @@ static int loop_info_from_kernel(const char *root, dev_t devnum, const char *nam
         /* lo_device/lo_inode of a block backing are those of the device node; lo_rdevice
          * says which block device it is (docs/KERNEL.md, "Identity: diskseq and backing inode"). */
         if (s.backing_rdevice != 0)
-                ret->backing = (Backing){.is_block = true, .device = s.backing_rdevice};
+                b = (Backing){.is_block = true, .device = s.backing_rdevice};
         else if (s.backing_device != 0 || s.backing_inode != 0)
-                ret->backing = (Backing){.device = s.backing_device, .inode = s.backing_inode};
+                b = (Backing){.device = s.backing_device, .inode = s.backing_inode};
         else
                 return -ENXIO;
-        ret->offset = s.offset;
-        ret->size = s.size;
-        ret->backing_file = NULL;
+        *ret = (LoopLayerInfo){
+                .backing = b,
+                .offset = s.offset,
+                .size = s.size,
+        };
         *ret_backing_file = TAKE_PTR(s.backing_file);
         return 1;
 }
@@ -343,20 +346,20 @@ static char *layer_target_name(const Layer *l, const Identity *id) {
 
 static int format_layer(const Layer *l, const Layer *below, const Identity *id, char **ret) {
         _cleanup_free_ char *target = NULL;
-        char devbuf[64] = "";
+        char devbuf[64] = "", *s;
         const char *label;
         int r;
 
         if (l->kind == LAYER_BASE_FILE)
-                r = asprintf(ret, "file %s%s(device %u:%u, inode %" PRIu64 ")", l->path ?: "",
+                r = asprintf(&s, "file %s%s(device %u:%u, inode %" PRIu64 ")", l->path ?: "",
                              l->path ? " " : "", major(id->base_device), minor(id->base_device),
                              id->base_inode);
         else if (l->kind == LAYER_BASE_BLOCK) {
                 if (l->name[0] != '\0')
-                        r = asprintf(ret, "block device %s (%u:%u)", l->name, major(l->devnum),
+                        r = asprintf(&s, "block device %s (%u:%u)", l->name, major(l->devnum),
                                      minor(l->devnum));
                 else
-                        r = asprintf(ret, "block device %u:%u", major(l->devnum), minor(l->devnum));
+                        r = asprintf(&s, "block device %u:%u", major(l->devnum), minor(l->devnum));
         } else {
                 if (!below)
                         return -EINVAL;
@@ -387,14 +390,13 @@ static int format_layer(const Layer *l, const Layer *below, const Identity *id, 
                 if (l->kind == LAYER_LOOP && l->name[0] == '\0')
                         label = "loop ";
 
-                r = asprintf(ret, "%s%s%s: bytes %" PRIu64 "+%" PRIu64 " of %s", label,
+                r = asprintf(&s, "%s%s%s: bytes %" PRIu64 "+%" PRIu64 " of %s", label,
                              l->kind == LAYER_REQUEST ? "" : l->name, devbuf, l->offset, l->size,
                              target);
         }
-        if (r < 0) {
-                *ret = NULL;
+        if (r < 0)
                 return -ENOMEM;
-        }
+        *ret = s;
         return 0;
 }
 
