@@ -73,7 +73,7 @@ int manager_reconcile(Manager *m, const char *device_name) {
                 return 0;
         }
         if (r < 0)
-                return log_debug_errno(r, "Failed to read sysfs of %s: %m", name);
+                return r;
 
         if (d && d->status.diskseq != st.diskseq) {
                 /* Same loopN, new binding: the old one is gone. */
