@@ -43,7 +43,7 @@
 #include "integration-util.h"
 #include "loopmgr-bus.h"
 #include "test-aliases.h"
-/* cmocka does not count a failed group setup/teardown in its return value. */
+
 /* ------------------------------------------------------------------------------------------ */
 /* Fixtures */
 
