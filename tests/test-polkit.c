@@ -68,6 +68,7 @@
 #include "loopmgr-bus.h"
 #include "polkit-util.h"
 #include "test-polkit.h"
+
 const char *const user_names[] = {"lmtest1", "lmtest2"};
 
 bool group_failed;
