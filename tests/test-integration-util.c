@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * The process helpers of integration-util.c that the integration binaries rely on, without a
+ * The process helpers of integration-host.c that the integration binaries rely on, without a
  * bus or devices: run_command() (exit status, output, and a message that names what could not
  * be executed and why) and copy_for_users() (what unprivileged test users execute, copied out
  * of a build tree they may not reach: a checkout under /root, mode 0700). The parts that run
