@@ -47,7 +47,7 @@ UDEV_RULE_SRC=$REPO/udev/90-loopmgr.rules
 UDEV_RULE_DST=/run/udev/rules.d/90-loopmgr.rules
 POLKIT_ACTIONS_DST=/usr/share/polkit-1/actions/org.loopmgr.policy
 POLKIT_ACTION_IDS=(org.loopmgr.attach org.loopmgr.attach-path org.loopmgr.detach-others
-    org.loopmgr.mount org.loopmgr.mount-others)
+    org.loopmgr.mount org.loopmgr.mount-others org.loopmgr.open-device)
 BUS_NAME=org.loopmgr.LoopManager1
 
 log() {

@@ -487,6 +487,77 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         return r;
 }
 
+/* Device.OpenDevice: its owner and its reference holders need nobody's permission. */
+static int authorize_open_device(Device *d, sd_bus_message *message, uid_t uid, bool writable,
+                                 bool no_user_interaction, sd_bus_error *error) {
+        _cleanup_free_ char *what = NULL;
+        char owner[12];
+
+        if (uid == 0 || device_has_reference_of(d, uid) || (d->managed && d->owner_uid == uid))
+                return 1;
+        if (asprintf(&what, "open %s for %s, which another user or program set up", d->node,
+                     writable ? "reading and writing" : "reading") < 0)
+                return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
+        (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
+
+        return polkit_verify_async(d->manager->polkit, message, uid, POLKIT_ACTION_OPEN_DEVICE,
+                                   what,
+                                   (char *[]){
+                                           "device",
+                                           d->node,
+                                           "file",
+                                           d->status.backing_file ?: "",
+                                           "owner-uid",
+                                           owner,
+                                           "managed",
+                                           d->managed ? "true" : "false",
+                                           "mode",
+                                           writable ? "rw" : "r",
+                                           NULL,
+                                   },
+                                   no_user_interaction, error);
+}
+
+static int method_open_device(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
+        _cleanup_close_ int fd = -EBADF;
+        Device *d = userdata;
+        uid_t uid = (uid_t) -1;
+        const char *mode;
+        CommonOptions o;
+        bool writable;
+        int r;
+
+        r = sd_bus_message_read(message, "s", &mode);
+        if (r < 0)
+                return r;
+        if (!streq(mode, "r") && !streq(mode, "rw"))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Mode '%s' is neither 'r' (read-only) nor 'rw' "
+                                         "(read-write).",
+                                         mode);
+        writable = streq(mode, "rw");
+        r = common_options_parse(message, &o, error);
+        if (r < 0)
+                return r;
+        r = manager_check_open_device(d, writable, &p);
+        if (r < 0)
+                return bus_error_set_problem(error, &p);
+        r = bus_sender_uid_or_deny(&d->manager->bus_state->sender_uids, message, &uid, error);
+        if (r < 0)
+                return r;
+        r = authorize_open_device(d, message, uid, writable, o.no_user_interaction, error);
+        if (r <= 0)
+                return r < 0 ? r : 1; /* 0: polkit was asked; we run again when it answers */
+
+        r = manager_open_device(d->manager, d, writable, &fd, &p);
+        if (r < 0)
+                return bus_error_set_problem(error, &p);
+        log_info("%s opened %s for uid %u", d->node, writable ? "read-write" : "read-only",
+                 (unsigned) uid);
+        return sd_bus_reply_method_return(message, "h", fd);
+}
+
 #define PROP(name, sig, getter)                                                                    \
         SD_BUS_PROPERTY(name, sig, property_get_##getter, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE)
 #define PROP_CONST(name, sig, getter)                                                              \
@@ -526,6 +597,9 @@ static const sd_bus_vtable device_vtable[] = {
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Unmount", SD_BUS_ARGS("a{sv}", options), SD_BUS_NO_RESULT,
                                 method_unmount, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenDevice", SD_BUS_ARGS("s", mode, "a{sv}", options),
+                                SD_BUS_RESULT("h", fd), method_open_device,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END};
 
 static int device_find(sd_bus *bus, const char *path, const char *interface, void *userdata,

@@ -32,6 +32,7 @@
 #define POLKIT_ACTION_DETACH_OTHERS "org.loopmgr.detach-others"
 #define POLKIT_ACTION_MOUNT         "org.loopmgr.mount"
 #define POLKIT_ACTION_MOUNT_OTHERS  "org.loopmgr.mount-others"
+#define POLKIT_ACTION_OPEN_DEVICE   "org.loopmgr.open-device"
 
 /* Authorisation queries waiting for polkit, per caller connection and in total. A caller
  * beyond them gets LimitsExceeded at once; polkit is not asked. */

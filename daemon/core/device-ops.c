@@ -2,8 +2,8 @@
 
 /*
  * The small operations on one device that the bus layer's Device methods ask for: autoclear,
- * capacity, and the hand-over of a caller's reference to its mount. The kernel is asked here,
- * never from the bus layer.
+ * capacity, an fd of the device for a client, and the hand-over of a caller's reference to its
+ * mount. The kernel is asked here, never from the bus layer.
  */
 
 #include "loop-kernel.h"
@@ -32,6 +32,39 @@ int manager_set_capacity(Manager *m, Device *d, Problem *error) {
                                     "Failed to update the capacity of %s: %s.", d->node,
                                     strerror(-r));
         (void) manager_reconcile(m, d->status.name);
+        return 0;
+}
+
+int manager_check_open_device(Device *d, bool writable, Problem *error) {
+        /* A device being torn down goes as soon as its last opener closes; a new fd would only
+         * keep it pending. */
+        if (d->state != DEVICE_ATTACHED)
+                return problem_setf(error, -EBUSY, "%s is being torn down.", d->node);
+        if (writable && d->status.read_only)
+                return problem_setf(error, -EINVAL,
+                                    "%s is a read-only device; open it with mode 'r'.", d->node);
+        return 0;
+}
+
+int manager_open_device(Manager *m, Device *d, bool writable, int *ret_fd, Problem *error) {
+        int fd, r;
+
+        r = manager_check_open_device(d, writable, error);
+        if (r < 0)
+                return r;
+
+        fd = loop_open_binding(m->root, d->status.name, d->status.diskseq, writable);
+        if (fd == -ESTALE)
+                return problem_setf(error, -ENODEV, "%s was detached or rebound meanwhile.",
+                                    d->node);
+        if (writable && (fd == -EROFS || fd == -EACCES))
+                return problem_setf(error, -EINVAL,
+                                    "The kernel refuses to open %s for writing (%s); open it with "
+                                    "mode 'r'.",
+                                    d->node, strerror(-fd));
+        if (fd < 0)
+                return problem_setf(error, fd, "Cannot open %s: %s.", d->node, strerror(-fd));
+        *ret_fd = fd;
         return 0;
 }
 

@@ -197,6 +197,12 @@ void manager_client_vanished(Manager *m, const char *unique_name);
 /* device-ops.c */
 int manager_set_autoclear(Manager *m, Device *d, bool value, Problem *error);
 int manager_set_capacity(Manager *m, Device *d, Problem *error);
+/* Device.OpenDevice: an fd of d's binding (diskseq checked), O_RDONLY or O_RDWR, for the caller
+ * to keep (it holds the device open: a detach meanwhile is deferred). -EBUSY when d is being torn
+ * down, -EINVAL for a write open of a read-only device, -ENODEV when the binding changed. */
+int manager_open_device(Manager *m, Device *d, bool writable, int *ret_fd, Problem *error);
+/* Its refusals that need no kernel, for the bus layer to give before asking polkit. */
+int manager_check_open_device(Device *d, bool writable, Problem *error);
 /* The caller's newest reference on d that no mount holds. */
 Reference *device_own_reference(Device *d, uid_t uid);
 /* Device.Mount's release-reference: the mount takes the caller's reference over, or, when the

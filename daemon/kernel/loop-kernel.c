@@ -542,7 +542,8 @@ int loop_backing_size(int fd, uint64_t *ret) {
         return -EBADFD;
 }
 
-static int open_binding(const char *root, const char *name, uint64_t diskseq, int flags) {
+/* <name> opened with exactly flags and checked to carry diskseq. */
+static int open_binding_exact(const char *root, const char *name, uint64_t diskseq, int flags) {
         _cleanup_close_ int fd = -EBADF;
         uint64_t seq = 0;
         unsigned nr;
@@ -553,10 +554,6 @@ static int open_binding(const char *root, const char *name, uint64_t diskseq, in
                 return r;
 
         fd = open_device(root, name, flags);
-        if ((fd == -EROFS || fd == -EACCES) && (flags & O_ACCMODE) == O_RDWR)
-                /* A read-only device may refuse a write open; the ioctls do not need one
-                 * (CAP_SYS_ADMIN), only udev's close-after-write re-probe is lost. */
-                fd = open_device(root, name, (flags & ~O_ACCMODE) | O_RDONLY);
         if (fd == -ENOENT || fd == -ENODEV)
                 return -ESTALE;
         if (fd < 0)
@@ -568,6 +565,35 @@ static int open_binding(const char *root, const char *name, uint64_t diskseq, in
         if (seq != diskseq)
                 return -ESTALE;
 
+        return TAKE_FD(fd);
+}
+
+/* The same for the daemon's own ioctls: a write open a read-only device refuses is retried
+ * read-only. */
+static int open_binding(const char *root, const char *name, uint64_t diskseq, int flags) {
+        int fd;
+
+        fd = open_binding_exact(root, name, diskseq, flags);
+        if ((fd == -EROFS || fd == -EACCES) && (flags & O_ACCMODE) == O_RDWR)
+                /* A read-only device may refuse a write open; the ioctls do not need one
+                 * (CAP_SYS_ADMIN), only udev's close-after-write re-probe is lost. */
+                fd = open_binding_exact(root, name, diskseq, (flags & ~O_ACCMODE) | O_RDONLY);
+        return fd;
+}
+
+int loop_open_binding(const char *root, const char *name, uint64_t diskseq, bool writable) {
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+
+        fd = open_binding_exact(root, name, diskseq, writable ? O_RDWR : O_RDONLY);
+        if (fd < 0)
+                return fd;
+        /* The diskseq check falls back to sysfs on kernels without BLKGETDISKSEQ, which says
+         * nothing about the node: the fd must be a block device of that number. */
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISBLK(st.st_mode))
+                return -ENOTBLK;
         return TAKE_FD(fd);
 }
 

@@ -134,6 +134,14 @@ int loop_remove_stale_partitions(const char *root, const char *name);
  * process killed between making and removing one left behind: those whose pid is gone. */
 void loop_private_nodes_cleanup(const char *root);
 
+/*
+ * An fd of <root>/dev/<name>, to hand to a client (Device.OpenDevice): opened O_RDONLY, or O_RDWR
+ * when writable (never silently downgraded), O_CLOEXEC, and checked to carry diskseq. -ESTALE
+ * when the binding changed or the node is gone, -ENOTBLK when the node is no block device,
+ * -EROFS/-EACCES as the kernel refuses a write open, else the errno of open().
+ */
+int loop_open_binding(const char *root, const char *name, uint64_t diskseq, bool writable);
+
 /* LOOP_SET_CAPACITY / LOOP_SET_STATUS64 toggling AUTOCLEAR, both after the diskseq check. */
 int loop_set_capacity(const char *root, const char *name, uint64_t diskseq);
 int loop_set_autoclear(const char *root, const char *name, uint64_t diskseq, bool autoclear);
