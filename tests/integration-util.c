@@ -78,11 +78,17 @@ int env_track_device(Env *e, const char *name, uint64_t diskseq) {
 }
 
 int env_hold(Env *e, const char *path, int flags) {
-        if (grow((void **) &e->held_fds, &e->n_held, sizeof(int)) < 0)
-                return -ENOMEM;
         int fd = open(path, flags | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
+        return env_hold_fd(e, fd);
+}
+
+int env_hold_fd(Env *e, int fd) {
+        if (grow((void **) &e->held_fds, &e->n_held, sizeof(int)) < 0) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
         e->held_fds[e->n_held++] = fd;
         return fd;
 }

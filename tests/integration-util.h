@@ -93,6 +93,7 @@ typedef struct Env {
 /* Bookkeeping; all of it is undone by env_cleanup_test(). */
 int env_track_device(Env *e, const char *name, uint64_t diskseq);
 int env_hold(Env *e, const char *path, int flags); /* open() and remember */
+int env_hold_fd(Env *e, int fd);                   /* remember fd (closed on failure) */
 void env_release(Env *e, int fd);                  /* close() and forget */
 int env_new_bus(Env *e, sd_bus **ret);             /* extra connection */
 /* Installs a temporary udev rule (and reloads udev) until the end of the test. */

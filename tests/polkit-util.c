@@ -276,6 +276,10 @@ static int append_value(sd_bus_message *m, const PkValue *v, int *fd, PkReply *p
         }
 }
 
+/* The agent's copy of the first fd of the last reply, which goes to the test process with the
+ * answer (SCM_RIGHTS). */
+static int agent_reply_fd = -EBADF;
+
 static int read_reply_values(sd_bus_message *reply, PkReply *p) {
         for (;;) {
                 const char *contents;
@@ -288,6 +292,20 @@ static int read_reply_values(sd_bus_message *reply, PkReply *p) {
                 PkValue *v = p->n_values < PK_MAX_VALUES ? &p->values[p->n_values++] : NULL;
                 if (v)
                         v->type = type;
+                if (v && type == 'h') {
+                        int fd = -EBADF;
+                        r = sd_bus_message_read_basic(reply, 'h', &fd);
+                        if (r < 0)
+                                return r;
+                        if (agent_reply_fd < 0) {
+                                agent_reply_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                                if (agent_reply_fd < 0)
+                                        return -errno;
+                                p->has_fd = true;
+                        }
+                        v->number = (uint64_t) fcntl(fd, F_GETFL);
+                        continue;
+                }
                 if (!v || type == 'a' || type == 'v' || type == 'r' || type == 'e' || type == 'd' ||
                     type == 'h') {
                         char sig[2] = {type, 0};
@@ -447,6 +465,27 @@ static void agent_exec(const PkRequest *q, PkReply *p) {
         copy_string(p->error_message, sizeof(p->error_message), err);
 }
 
+/* send(), with fd (when >= 0) as SCM_RIGHTS. */
+static ssize_t send_with_fd(int sock, const void *buf, size_t size, int fd) {
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = {.iov_base = (void *) buf, .iov_len = size};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+        if (fd >= 0) {
+                mh.msg_control = &control;
+                mh.msg_controllen = sizeof(control);
+                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(c), &fd, sizeof(int));
+        }
+        return sendmsg(sock, &mh, MSG_NOSIGNAL);
+}
+
 static _Noreturn void agent_main(int fd, pid_t parent, uid_t uid, gid_t gid) {
         static PkReply hello, p;
         static PkRequest q;
@@ -506,8 +545,9 @@ static _Noreturn void agent_main(int fd, pid_t parent, uid_t uid, gid_t gid) {
                 default:
                         p.r = -EINVAL;
                 }
-                if (send(fd, &p, sizeof(p), MSG_NOSIGNAL) != sizeof(p))
+                if (send_with_fd(fd, &p, sizeof(p), agent_reply_fd) != sizeof(p))
                         _exit(7);
+                agent_reply_fd = safe_close(agent_reply_fd);
         }
         sd_bus_flush_close_unref(bus);
         _exit(0);
@@ -516,16 +556,41 @@ static _Noreturn void agent_main(int fd, pid_t parent, uid_t uid, gid_t gid) {
 /* ------------------------------------------------------------------------------------------ */
 /* The agent (parent side) */
 
-static int recv_timeout(int fd, void *buf, size_t size, int timeout_msec) {
+/* One message; an fd that came with it goes to *ret_fd (-EBADF when none), or is closed when
+ * ret_fd is NULL. */
+static int recv_timeout(int fd, void *buf, size_t size, int timeout_msec, int *ret_fd) {
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = {.iov_base = buf, .iov_len = size};
+        struct msghdr mh = {
+                .msg_iov = &iov,
+                .msg_iovlen = 1,
+                .msg_control = &control,
+                .msg_controllen = sizeof(control),
+        };
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int passed = -EBADF;
+
+        if (ret_fd)
+                *ret_fd = -EBADF;
         int r = poll(&pfd, 1, timeout_msec);
         if (r < 0)
                 return -errno;
         if (r == 0)
                 return -ETIMEDOUT;
-        ssize_t n = recv(fd, buf, size, MSG_DONTWAIT);
+        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0)
                 return -errno;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+                    c->cmsg_len == CMSG_LEN(sizeof(int)))
+                        memcpy(&passed, CMSG_DATA(c), sizeof(int));
+        if (ret_fd)
+                *ret_fd = passed;
+        else
+                safe_close(passed);
         if (n == 0)
                 return -ECONNRESET;
         if ((size_t) n != size)
@@ -585,7 +650,7 @@ int pk_agent_start(PkAgent *a, uid_t uid, gid_t gid) {
         safe_close(pair[1]);
         *a = (PkAgent){.pid = pid, .fd = pair[0], .uid = uid};
 
-        r = recv_timeout(a->fd, &hello, sizeof(hello), 15 * 1000);
+        r = recv_timeout(a->fd, &hello, sizeof(hello), 15 * 1000, NULL);
         if (r < 0) {
                 pk_agent_stop(a);
                 print_error("the agent for uid %u did not start: %s\n", (unsigned) uid,
@@ -608,13 +673,20 @@ int pk_agent_start(PkAgent *a, uid_t uid, gid_t gid) {
         return 0;
 }
 
-int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec) {
+int pk_agent_call_fd(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec, int *ret_fd) {
+        if (ret_fd)
+                *ret_fd = -EBADF;
         if (a->fd < 0)
                 return -ENOTCONN;
         if (send(a->fd, q, sizeof(*q), MSG_NOSIGNAL) != sizeof(*q))
                 return -errno;
         memset(ret, 0, sizeof(*ret));
-        return recv_timeout(a->fd, ret, sizeof(*ret), timeout_msec > 0 ? timeout_msec : 60000);
+        return recv_timeout(a->fd, ret, sizeof(*ret), timeout_msec > 0 ? timeout_msec : 60000,
+                            ret_fd);
+}
+
+int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec) {
+        return pk_agent_call_fd(a, q, ret, timeout_msec, NULL);
 }
 
 void pk_request_call(PkRequest *q, const char *path, const char *interface, const char *member) {

@@ -132,7 +132,9 @@ typedef struct PkReply {
         char error_name[256];
         char error_message[2048];
         /* PK_OP_CALL: the basic values of the reply's top level, in order (containers are
-         * skipped and recorded with their type letter only). */
+         * skipped and recorded with their type letter only; an 'h' has the fd's F_GETFL flags
+         * as number, and the first one goes to the test process: pk_agent_call_fd()). */
+        bool has_fd;
         unsigned n_values;
         PkValue values[PK_MAX_VALUES];
         /* PK_OP_READ_FILE, PK_OP_EXEC */
@@ -160,6 +162,9 @@ void pk_agent_stop(PkAgent *a);
 /* Sends the request, waits for the reply (timeout_msec, 0 = 60 s). <0 only when the agent
  * did not answer; what the call itself did is in ret->r. */
 int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec);
+/* The same, with the first fd of the method's reply (the agent's copy, passed over the socket
+ * and closed in the agent) in *ret_fd, -EBADF when the reply carried none. */
+int pk_agent_call_fd(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec, int *ret_fd);
 
 /* Request builders. pk_request_call() fills in a method call on the daemon's bus name. */
 void pk_request_call(PkRequest *q, const char *path, const char *interface, const char *member);

@@ -79,6 +79,14 @@ void agent_call(Ctx *c, unsigned who, AgentOp op, const char *target, int arg, b
                 pk_request_call(&q, target, LOOPMGR_DEVICE_INTERFACE, "SetCapacity");
                 r = 0;
                 break;
+        case OP_OPEN_DEVICE: {
+                static const char *const modes[] = {
+                        [MODE_R] = "r", [MODE_RW] = "rw", [MODE_BAD] = "w"};
+                pk_request_call(&q, target, LOOPMGR_DEVICE_INTERFACE, "OpenDevice");
+                assert_true(arg >= 0 && (size_t) arg < ELEMENTSOF(modes));
+                r = pk_request_arg(&q, 's', 0, modes[arg]);
+                break;
+        }
         default:
                 fail_msg("unknown agent operation %d", (int) op);
         }
@@ -90,11 +98,15 @@ void agent_call(Ctx *c, unsigned who, AgentOp op, const char *target, int arg, b
         if (r < 0)
                 fail_msg("options for the agent: %s", strerror(-r));
 
-        r = pk_agent_call(a, &q, &p, AGENT_TIMEOUT_MSEC);
+        int fd = -EBADF;
+        r = pk_agent_call_fd(a, &q, &p, AGENT_TIMEOUT_MSEC, &fd);
         if (r < 0)
                 fail_msg("no reply from the agent for %s: %s", user_names[who], strerror(-r));
 
-        *ret = (AgentReply){.r = p.r, .open_errno = p.open_errno, .called = p.called};
+        *ret = (AgentReply){.r = p.r, .open_errno = p.open_errno, .called = p.called, .fd = fd};
+        /* Closed by the cleanup should the test fail while it holds it. */
+        if (fd >= 0 && env_hold_fd(&c->e, fd) < 0)
+                fail_msg("out of memory holding the fd of a reply");
         copy_string(ret->error_name, sizeof(ret->error_name), p.error_name);
         copy_string(ret->error_message, sizeof(ret->error_message), p.error_message);
         if (p.r >= 0 && (op == OP_ATTACH || op == OP_ATTACH_PATH)) {

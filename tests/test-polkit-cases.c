@@ -479,7 +479,8 @@ void test_defaults_challenge(void **state) {
 
         no_rules(c,
                  EXPECTS({U1, "attach", VERDICT_CHALLENGE}, {U1, "attach-path", VERDICT_CHALLENGE},
-                         {U1, "detach-others", VERDICT_CHALLENGE}));
+                         {U1, "detach-others", VERDICT_CHALLENGE},
+                         {U1, "open-device", VERDICT_CHALLENGE}));
 
         path = user_image(c, U1, 4 * MiB);
         user_attach(c, U1, path, O_RDWR, &x, 0);
@@ -498,6 +499,8 @@ void test_defaults_challenge(void **state) {
         expect_error(&x, ERROR_INTERACTIVE, "Detach of root's device under the default policy");
         user_set_capacity(c, U1, r1.object, &x);
         expect_error(&x, ERROR_INTERACTIVE, "SetCapacity of root's device, default policy");
+        user_open_device(c, U1, r1.object, MODE_R, &x, 0);
+        expect_error(&x, ERROR_INTERACTIVE, "OpenDevice of root's device, default policy");
         expect_owner_refs(c, r1.object, 0, 1);
 
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;

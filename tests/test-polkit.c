@@ -2,11 +2,12 @@
 
 /*
  * Authorisation (SPEC §7) against a real polkitd and real users: the actions org.loopmgr.attach,
- * attach-path and detach-others, decided by polkit for the caller's bus connection (subject
- * system-bus-name); root never asks; a caller may change a device it holds a reference on
- * without asking; AccessDenied when polkit says no, InteractiveAuthorizationRequired when polkit
- * wants a password the caller did not allow it to ask for; AccessDenied naming polkit when
- * polkitd is not there; LimitsExceeded past the per-user cap on bindings.
+ * attach-path, detach-others and open-device (Device.OpenDevice, test-polkit-open.c), decided by
+ * polkit for the caller's bus connection (subject system-bus-name); root never asks; a caller may
+ * change a device it holds a reference on without asking; AccessDenied when polkit says no,
+ * InteractiveAuthorizationRequired when polkit wants a password the caller did not allow it to ask
+ * for; AccessDenied naming polkit when polkitd is not there; LimitsExceeded past the per-user cap
+ * on bindings.
  *
  * The users. The group setup creates two unprivileged system users when they do not exist
  * (lmtest1 and lmtest2: `useradd --system --no-create-home --shell /usr/sbin/nologin`) and
@@ -580,6 +581,8 @@ int main(void) {
                 T(test_all_references),
                 T(test_interaction_required),
                 T(test_defaults_challenge),
+                T(test_open_device_owner),
+                T(test_open_device_others),
                 T(test_polkitd_stopped),
                 T(test_cap_environment),
                 T(test_cap_option),

@@ -20,6 +20,7 @@
 #define ERROR_INTERACTIVE     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
 #define ERROR_INVALID_ARGS    "org.freedesktop.DBus.Error.InvalidArgs"
 #define ERROR_LIMITS_EXCEEDED "org.freedesktop.DBus.Error.LimitsExceeded"
+#define ERROR_BUSY            "org.loopmgr.LoopManager1.Error.Busy"
 
 /* How long polkitd may take to load a rules file it was told about by inotify. */
 #define RULES_TIMEOUT (5 * USEC_PER_SEC)
@@ -43,7 +44,11 @@ typedef enum AgentOp {
         OP_DEVICE_DETACH, /* Device.Detach(options) on the object target */
         OP_SET_AUTOCLEAR, /* Device.SetAutoclear(arg != 0, options) */
         OP_SET_CAPACITY,  /* Device.SetCapacity(options) */
+        OP_OPEN_DEVICE,   /* Device.OpenDevice(the mode MODE_* arg names, options) */
 } AgentOp;
+
+/* The modes OP_OPEN_DEVICE asks for: "r", "rw", and "w", which the daemon must refuse. */
+enum { MODE_R, MODE_RW, MODE_BAD };
 
 typedef struct AgentReply {
         int r;          /* 0, or a negative errno */
@@ -56,6 +61,7 @@ typedef struct AgentReply {
         uint64_t diskseq;
         bool reused;
         char state[64];
+        int fd; /* the fd a reply carried (OpenDevice), held in the Env until released; or -EBADF */
 } AgentReply;
 
 typedef struct TestUser {
@@ -104,6 +110,9 @@ void agent_call(Ctx *c, unsigned who, AgentOp op, const char *target, int arg, b
 
 #define user_set_capacity(c, who, object, ret)                                                     \
         agent_call((c), (who), OP_SET_CAPACITY, (object), 0, false, (ret), 0)
+
+#define user_open_device(c, who, object, mode, ret, ...)                                           \
+        agent_call((c), (who), OP_OPEN_DEVICE, (object), (mode), false, (ret), __VA_ARGS__)
 
 const char *reply_error(const AgentReply *p);
 void expect_ok_impl(const AgentReply *p, const char *what, const char *file, int line);
@@ -245,6 +254,8 @@ void test_owner_manages_own_device(void **state);
 void test_all_references(void **state);
 void test_interaction_required(void **state);
 void test_defaults_challenge(void **state);
+void test_open_device_owner(void **state);
+void test_open_device_others(void **state);
 void test_polkitd_stopped(void **state);
 void test_cap_environment(void **state);
 void test_cap_option(void **state);
