@@ -175,6 +175,36 @@ void test_detach_wrong_diskseq(void **state) {
         loop_status_done(&s);
 }
 
+/* loop_open_binding(): the mode asked for, never downgraded, and only the binding named. */
+void test_open_binding(void **state) {
+        Fixture *f = *state;
+        _cleanup_free_ char *img = make_image(any_dir, "open.img", 8 * MiB);
+        _cleanup_close_ int fd = -EBADF, ro = -EBADF, rw = -EBADF;
+        LoopConfig c = {.direct_io = DIRECT_IO_OFF};
+        LoopStatus s = {};
+
+        fd = open(img, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(attach(f, fd, &c, &s), 0);
+
+        ro = loop_open_binding(NULL, s.name, s.diskseq, false);
+        assert_true(ro >= 0);
+        assert_int_equal(fcntl(ro, F_GETFL) & O_ACCMODE, O_RDONLY);
+        assert_true(fcntl(ro, F_GETFD) & FD_CLOEXEC);
+        rw = loop_open_binding(NULL, s.name, s.diskseq, true);
+        assert_true(rw >= 0);
+        assert_int_equal(fcntl(rw, F_GETFL) & O_ACCMODE, O_RDWR);
+        assert_int_equal(pwrite(rw, "loop", 4, 4096), 4);
+        assert_int_equal(fsync(rw), 0);
+        char buf[4] = "";
+        assert_int_equal(pread(fd, buf, 4, 4096), 4);
+        assert_memory_equal(buf, "loop", 4);
+
+        assert_int_equal(loop_open_binding(NULL, s.name, s.diskseq + 1, false), -ESTALE);
+        assert_int_equal(loop_open_binding(NULL, s.name, s.diskseq - 1, true), -ESTALE);
+        loop_status_done(&s);
+}
+
 void test_set_capacity(void **state) {
         Fixture *f = *state;
         _cleanup_free_ char *img = make_image(any_dir, "grow.img", 8 * MiB);

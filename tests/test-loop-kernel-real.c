@@ -439,6 +439,7 @@ int main(void) {
                 T(test_detach_nowait_locked),
                 T(test_detach_nowait_unlocked),
                 T(test_detach_wrong_diskseq),
+                T(test_open_binding),
                 T(test_set_capacity),
                 T(test_set_autoclear),
                 T(test_attach_autoclear),

@@ -86,6 +86,7 @@ void test_detach_held_open(void **state);
 void test_detach_nowait_locked(void **state);
 void test_detach_nowait_unlocked(void **state);
 void test_detach_wrong_diskseq(void **state);
+void test_open_binding(void **state);
 void test_set_capacity(void **state);
 void test_set_autoclear(void **state);
 void test_attach_autoclear(void **state);
