@@ -145,11 +145,35 @@ static bool stacked_beyond(Manager *m, Device *d, uid_t uid, unsigned depth) {
         return false;
 }
 
+/* polkit_verify_async() for action on d, with the details every Device action gives (device,
+ * file, owner-uid, managed) and one more, key = value. */
+static int device_verify_async(Device *d, sd_bus_message *message, uid_t uid, const char *action,
+                               const char *what, const char *key, const char *value,
+                               bool no_user_interaction, sd_bus_error *error) {
+        char owner[12];
+
+        (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
+        return polkit_verify_async(d->manager->polkit, message, uid, action, what,
+                                   (char *[]){
+                                           "device",
+                                           d->node,
+                                           "file",
+                                           d->status.backing_file ?: "",
+                                           "owner-uid",
+                                           owner,
+                                           "managed",
+                                           d->managed ? "true" : "false",
+                                           (char *) key,
+                                           (char *) value,
+                                           NULL,
+                                   },
+                                   no_user_interaction, error);
+}
+
 int device_bus_authorize_change(Device *d, sd_bus_message *message, DeviceChange change,
                                 bool all_references, bool recursive, bool no_user_interaction,
                                 uid_t *ret_uid, sd_bus_error *error) {
         _cleanup_free_ char *what = NULL;
-        char owner[12];
         const char *operation;
         uid_t uid = (uid_t) -1;
         int r;
@@ -195,24 +219,9 @@ int device_bus_authorize_change(Device *d, sd_bus_message *message, DeviceChange
         }
         if (r < 0)
                 return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
-        (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
 
-        return polkit_verify_async(d->manager->polkit, message, uid, POLKIT_ACTION_DETACH_OTHERS,
-                                   what,
-                                   (char *[]){
-                                           "device",
-                                           d->node,
-                                           "file",
-                                           d->status.backing_file ?: "",
-                                           "owner-uid",
-                                           owner,
-                                           "managed",
-                                           d->managed ? "true" : "false",
-                                           "operation",
-                                           (char *) operation,
-                                           NULL,
-                                   },
-                                   no_user_interaction, error);
+        return device_verify_async(d, message, uid, POLKIT_ACTION_DETACH_OTHERS, what, "operation",
+                                   operation, no_user_interaction, error);
 }
 
 static int method_detach(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -491,31 +500,15 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
 static int authorize_open_device(Device *d, sd_bus_message *message, uid_t uid, bool writable,
                                  bool no_user_interaction, sd_bus_error *error) {
         _cleanup_free_ char *what = NULL;
-        char owner[12];
 
         if (uid == 0 || device_has_reference_of(d, uid) || (d->managed && d->owner_uid == uid))
                 return 1;
         if (asprintf(&what, "open %s for %s, which another user or program set up", d->node,
                      writable ? "reading and writing" : "reading") < 0)
                 return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
-        (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
 
-        return polkit_verify_async(d->manager->polkit, message, uid, POLKIT_ACTION_OPEN_DEVICE,
-                                   what,
-                                   (char *[]){
-                                           "device",
-                                           d->node,
-                                           "file",
-                                           d->status.backing_file ?: "",
-                                           "owner-uid",
-                                           owner,
-                                           "managed",
-                                           d->managed ? "true" : "false",
-                                           "mode",
-                                           writable ? "rw" : "r",
-                                           NULL,
-                                   },
-                                   no_user_interaction, error);
+        return device_verify_async(d, message, uid, POLKIT_ACTION_OPEN_DEVICE, what, "mode",
+                                   writable ? "rw" : "r", no_user_interaction, error);
 }
 
 static int method_open_device(sd_bus_message *message, void *userdata, sd_bus_error *error) {
