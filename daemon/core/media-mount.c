@@ -705,7 +705,9 @@ void mount_check_table(Manager *m, struct libmnt_table *t) {
         MANAGER_FOREACH_DEVICE(d, m) {
                 uint64_t ref_id;
 
-                if (!d->mount_point || mount_table_has(t, d->status.devnum, d->mount_point))
+                /* An unmount in flight: its job settles the device when umount2() returns. */
+                if (!d->mount_point || d->mount_job ||
+                    mount_table_has(t, d->status.devnum, d->mount_point))
                         continue;
                 log_info("%s: %s was unmounted by other means", d->node, d->mount_point);
                 mount_remove_dir(m, d->mount_point);

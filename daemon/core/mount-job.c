@@ -258,6 +258,7 @@ static void unmount_job_finish(Manager *m, MountJob *j) {
         log_info("Unmounted %s from %s", j->node, j->mount_point);
         if (!d || !streq_ptr(d->mount_point, j->mount_point)) {
                 (void) manager_send_unmount_reply(m, j->call);
+                job_settle(m, d);
                 return;
         }
         ref_id = d->mount_ref_id;
