@@ -613,13 +613,25 @@ int pk_agent_start(PkAgent *a, uid_t uid, gid_t gid) {
         return 0;
 }
 
-int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec) {
+int pk_agent_send(PkAgent *a, const PkRequest *q) {
         if (a->fd < 0)
                 return -ENOTCONN;
         if (send(a->fd, q, sizeof(*q), MSG_NOSIGNAL) != sizeof(*q))
                 return -errno;
+        return 0;
+}
+
+int pk_agent_receive(PkAgent *a, PkReply *ret, int timeout_msec) {
+        if (a->fd < 0)
+                return -ENOTCONN;
         memset(ret, 0, sizeof(*ret));
         return recv_timeout(a->fd, ret, sizeof(*ret), timeout_msec > 0 ? timeout_msec : 60000);
+}
+
+int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec) {
+        int r = pk_agent_send(a, q);
+
+        return r < 0 ? r : pk_agent_receive(a, ret, timeout_msec);
 }
 
 void pk_request_call(PkRequest *q, const char *path, const char *interface, const char *member) {

@@ -160,6 +160,9 @@ void pk_agent_stop(PkAgent *a);
 /* Sends the request, waits for the reply (timeout_msec, 0 = 60 s). <0 only when the agent
  * did not answer; what the call itself did is in ret->r. */
 int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec);
+/* pk_agent_call() in two halves, for a call left running while the test does other things. */
+int pk_agent_send(PkAgent *a, const PkRequest *q);
+int pk_agent_receive(PkAgent *a, PkReply *ret, int timeout_msec);
 
 /* Request builders. pk_request_call() fills in a method call on the daemon's bus name. */
 void pk_request_call(PkRequest *q, const char *path, const char *interface, const char *member);
