@@ -114,14 +114,22 @@ static void agent_do(unsigned who, PkRequest *q, PkReply *p) {
                 fail_msg("no reply from the agent for %s: %s", user_names[who], strerror(-r));
 }
 
-/* Attach(fd opened as the user) with read-only as given; tracks the device. */
-static void user_attach(Env *e, unsigned who, const char *path, bool read_only, Attached *ret) {
+/* Attach(fd opened as the user) with read-only and, unless NULL, lifetime as given; tracks the
+ * device. */
+static void user_attach_lifetime(Env *e, unsigned who, const char *path, bool read_only,
+                                 const char *lifetime, Attached *ret) {
         static PkRequest q;
         static PkReply p;
 
         pk_request_call(&q, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, "Attach");
         assert_int_equal(pk_request_arg(&q, 'h', read_only ? O_RDONLY : O_RDWR, path), 0);
-        assert_int_equal(pk_request_options(&q, 1, OPT_B(LOOPMGR_OPT_READ_ONLY, read_only)), 0);
+        if (lifetime)
+                assert_int_equal(pk_request_options(&q, 2, OPT_B(LOOPMGR_OPT_READ_ONLY, read_only),
+                                                    OPT_S(LOOPMGR_OPT_LIFETIME, lifetime)),
+                                 0);
+        else
+                assert_int_equal(pk_request_options(&q, 1, OPT_B(LOOPMGR_OPT_READ_ONLY, read_only)),
+                                 0);
         agent_do(who, &q, &p);
         pk_expect_ok(&p, "Attach");
         const PkValue *object = pk_reply_value(&p, 0, 'o'), *node = pk_reply_value(&p, 1, 's'),
@@ -136,6 +144,10 @@ static void user_attach(Env *e, unsigned who, const char *path, bool read_only, 
                           .diskseq = diskseq->number};
         assert_non_null(ret->object);
         assert_non_null(ret->node);
+}
+
+static void user_attach(Env *e, unsigned who, const char *path, bool read_only, Attached *ret) {
+        user_attach_lifetime(e, who, path, read_only, NULL, ret);
 }
 
 /* Device.Mount or Device.Unmount as the user, with n OPT_*() options. */
@@ -1044,30 +1056,6 @@ static void slowfs_go_slow(const char *node) {
         close(fd);
 }
 
-/* Attach(fd opened as the user, read-only) with lifetime as given. */
-static void user_attach_lifetime(Env *e, unsigned who, const char *path, const char *lifetime,
-                                 Attached *ret) {
-        static PkRequest q;
-        static PkReply p;
-
-        pk_request_call(&q, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, "Attach");
-        assert_int_equal(pk_request_arg(&q, 'h', O_RDONLY, path), 0);
-        assert_int_equal(pk_request_options(&q, 2, OPT_B(LOOPMGR_OPT_READ_ONLY, true),
-                                            OPT_S(LOOPMGR_OPT_LIFETIME, lifetime)),
-                         0);
-        agent_do(who, &q, &p);
-        pk_expect_ok(&p, "Attach");
-        const PkValue *object = pk_reply_value(&p, 0, 'o'), *node = pk_reply_value(&p, 1, 's'),
-                      *diskseq = pk_reply_value(&p, 2, 't');
-        assert_non_null(object);
-        assert_non_null(node);
-        assert_non_null(diskseq);
-        assert_int_equal(env_track_device(e, node->string + 5, diskseq->number), 0);
-        *ret = (Attached){.object = strdup(object->string),
-                          .node = strdup(node->string),
-                          .diskseq = diskseq->number};
-}
-
 /* Sends Mount(release-reference) as the user without waiting for the answer. */
 static void user_mount_start(unsigned who, const char *object) {
         static PkRequest q;
@@ -1103,7 +1091,7 @@ static void test_slow_mount_others(void **state) {
         if (!slow)
                 skip();
         assert_int_equal(env_make_image(e, e->tmpdir, 1 * MiB, &fast), 0);
-        user_attach_lifetime(e, U1, slow, "persistent", &a);
+        user_attach(e, U1, slow, true, &a);
         slowfs_go_slow(a.node);
 
         user_mount_start(U1, a.object);
@@ -1179,7 +1167,7 @@ static void test_slow_mount_disconnect(void **state) {
         slow = slowfs_start(img);
         if (!slow)
                 skip();
-        user_attach_lifetime(e, U1, slow, "client", &a);
+        user_attach_lifetime(e, U1, slow, true, "client", &a);
         slowfs_go_slow(a.node);
 
         user_mount_start(U1, a.object);
