@@ -673,16 +673,37 @@ int pk_agent_start(PkAgent *a, uid_t uid, gid_t gid) {
         return 0;
 }
 
-int pk_agent_call_fd(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec, int *ret_fd) {
-        if (ret_fd)
-                *ret_fd = -EBADF;
+int pk_agent_send(PkAgent *a, const PkRequest *q) {
         if (a->fd < 0)
                 return -ENOTCONN;
         if (send(a->fd, q, sizeof(*q), MSG_NOSIGNAL) != sizeof(*q))
                 return -errno;
+        return 0;
+}
+
+static int agent_receive(PkAgent *a, PkReply *ret, int timeout_msec, int *ret_fd) {
+        if (ret_fd)
+                *ret_fd = -EBADF;
+        if (a->fd < 0)
+                return -ENOTCONN;
         memset(ret, 0, sizeof(*ret));
         return recv_timeout(a->fd, ret, sizeof(*ret), timeout_msec > 0 ? timeout_msec : 60000,
                             ret_fd);
+}
+
+int pk_agent_receive(PkAgent *a, PkReply *ret, int timeout_msec) {
+        return agent_receive(a, ret, timeout_msec, NULL);
+}
+
+int pk_agent_call_fd(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec, int *ret_fd) {
+        int r = pk_agent_send(a, q);
+
+        if (r < 0) {
+                if (ret_fd)
+                        *ret_fd = -EBADF;
+                return r;
+        }
+        return agent_receive(a, ret, timeout_msec, ret_fd);
 }
 
 int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec) {

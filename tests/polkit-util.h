@@ -165,6 +165,9 @@ int pk_agent_call(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec
 /* The same, with the first fd of the method's reply (the agent's copy, passed over the socket
  * and closed in the agent) in *ret_fd, -EBADF when the reply carried none. */
 int pk_agent_call_fd(PkAgent *a, const PkRequest *q, PkReply *ret, int timeout_msec, int *ret_fd);
+/* pk_agent_call() in two halves, for a call left running while the test does other things. */
+int pk_agent_send(PkAgent *a, const PkRequest *q);
+int pk_agent_receive(PkAgent *a, PkReply *ret, int timeout_msec);
 
 /* Request builders. pk_request_call() fills in a method call on the daemon's bus name. */
 void pk_request_call(PkRequest *q, const char *path, const char *interface, const char *member);

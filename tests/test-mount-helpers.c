@@ -53,13 +53,22 @@ void agent_do(unsigned who, PkRequest *q, PkReply *p) {
                 fail_msg("no reply from the agent for %s: %s", user_names[who], strerror(-r));
 }
 
-void user_attach(Env *e, unsigned who, const char *path, bool read_only, Attached *ret) {
+/* Attach(fd opened as the user) with read-only and, unless NULL, lifetime as given; tracks the
+ * device. */
+void user_attach_lifetime(Env *e, unsigned who, const char *path, bool read_only,
+                          const char *lifetime, Attached *ret) {
         static PkRequest q;
         static PkReply p;
 
         pk_request_call(&q, LOOPMGR_MANAGER_PATH, LOOPMGR_MANAGER_INTERFACE, "Attach");
         assert_int_equal(pk_request_arg(&q, 'h', read_only ? O_RDONLY : O_RDWR, path), 0);
-        assert_int_equal(pk_request_options(&q, 1, OPT_B(LOOPMGR_OPT_READ_ONLY, read_only)), 0);
+        if (lifetime)
+                assert_int_equal(pk_request_options(&q, 2, OPT_B(LOOPMGR_OPT_READ_ONLY, read_only),
+                                                    OPT_S(LOOPMGR_OPT_LIFETIME, lifetime)),
+                                 0);
+        else
+                assert_int_equal(pk_request_options(&q, 1, OPT_B(LOOPMGR_OPT_READ_ONLY, read_only)),
+                                 0);
         agent_do(who, &q, &p);
         pk_expect_ok(&p, "Attach");
         const PkValue *object = pk_reply_value(&p, 0, 'o'), *node = pk_reply_value(&p, 1, 's'),
@@ -74,6 +83,10 @@ void user_attach(Env *e, unsigned who, const char *path, bool read_only, Attache
                           .diskseq = diskseq->number};
         assert_non_null(ret->object);
         assert_non_null(ret->node);
+}
+
+void user_attach(Env *e, unsigned who, const char *path, bool read_only, Attached *ret) {
+        user_attach_lifetime(e, who, path, read_only, NULL, ret);
 }
 
 void user_device_call(unsigned who, const char *object, const char *member, PkReply *p, unsigned n,

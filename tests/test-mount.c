@@ -9,7 +9,9 @@
  * tearing the device down; mount-others for somebody else's mount; polkit saying no; label
  * sanitisation and name collisions; bad options; no file system; a mount removed by umount(8)
  * behind the daemon's back; a daemon restart keeping the mount and its reference; the udev
- * properties of managed devices.
+ * properties of managed devices; a Mount of a slow image (slowfs.c: every read 300 ms) that
+ * keeps no other client waiting, with Detach refused Busy meanwhile, and its caller
+ * disconnecting mid-mount, which leaves nothing behind (test-mount-slow.c).
  *
  * polkit rules are written to /etc/polkit-1/rules.d/48-loopmgr-mount-test.rules for the length
  * of one test (they only ever name the test users). A lock on /run/loopmgr-test-mount.lock
@@ -236,6 +238,7 @@ static int test_teardown(void **state) {
                 (void) env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC);
                 ok = false;
         }
+        slowfs_stop();
         if (!clean_media())
                 ok = false;
         if (pk_user_processes(ctx.uid, N_USERS) > 0)
@@ -254,10 +257,10 @@ static int test_teardown(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                T(test_ext4_owner),      T(test_squashfs),        T(test_vfat_owner_ids),
-                T(test_mount_others),    T(test_polkit_no),       T(test_names),
-                T(test_refusals),        T(test_external_umount), T(test_restart),
-                T(test_udev_properties),
+                T(test_ext4_owner),      T(test_squashfs),          T(test_vfat_owner_ids),
+                T(test_mount_others),    T(test_polkit_no),         T(test_names),
+                T(test_refusals),        T(test_external_umount),   T(test_restart),
+                T(test_udev_properties), T(test_slow_mount_others), T(test_slow_mount_disconnect),
         };
         const char *reason;
 

@@ -57,6 +57,13 @@ void agent_do(unsigned who, PkRequest *q, PkReply *p);
 
 /* Attach(fd opened as the user) with read-only as given; tracks the device. */
 void user_attach(Env *e, unsigned who, const char *path, bool read_only, Attached *ret);
+/* The same with a lifetime ("client", ...), unless NULL. */
+void user_attach_lifetime(Env *e, unsigned who, const char *path, bool read_only,
+                          const char *lifetime, Attached *ret);
+/* test-mount-slow.c: slowfs, and the tests on a slow image. */
+void slowfs_stop(void);
+void test_slow_mount_others(void **state);
+void test_slow_mount_disconnect(void **state);
 
 /* Device.Mount or Device.Unmount as the user, with n OPT_*() options. */
 void user_device_call(unsigned who, const char *object, const char *member, PkReply *p, unsigned n,

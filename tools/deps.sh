@@ -25,6 +25,9 @@ packages=(
     squashfs-tools desktop-file-utils
     # tests/test-mount.c: vfat images (mounted with uid=/gid=)
     dosfstools
+    # tests/test-mount-slow.c: a slow image, on a FUSE file system whose reads sleep
+    # (tests/slowfs.c against libfuse3; fuse3 for /dev/fuse and fusermount3)
+    libfuse3-dev fuse3
     # checks in tools/test.sh and meson test: clang-format, xmllint
     clang-format libxml2-utils
     # the libFuzzer targets of fuzz/ (tools/test.sh step 6): clang and its fuzzer and

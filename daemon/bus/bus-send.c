@@ -38,6 +38,14 @@ static int send_detach_reply(Manager *m, Call *call, const char *state) {
         return sd_bus_reply_method_return(message_of_call(call), "s", state);
 }
 
+static int send_mount_reply(Manager *m, Call *call, const char *mount_point) {
+        return sd_bus_reply_method_return(message_of_call(call), "s", mount_point);
+}
+
+static int send_unmount_reply(Manager *m, Call *call) {
+        return sd_bus_reply_method_return(message_of_call(call), NULL);
+}
+
 static int send_error_reply(Manager *m, Call *call, const Problem *p) {
         _cleanup_(sd_bus_error_freep) sd_bus_error error = SD_BUS_ERROR_NULL;
 
@@ -80,6 +88,8 @@ static const ManagerSendOps bus_send_ops = {
         .device_changed = send_device_changed,
         .attach_reply = send_attach_reply,
         .detach_reply = send_detach_reply,
+        .mount_reply = send_mount_reply,
+        .unmount_reply = send_unmount_reply,
         .error_reply = send_error_reply,
         .call_ref = send_call_ref,
         .call_unref = send_call_unref,

@@ -35,6 +35,10 @@ static const char *errno_to_error_name(int r) {
                 return SD_BUS_ERROR_NO_MEMORY;
         case ENOBUFS:
                 return SD_BUS_ERROR_LIMITS_EXCEEDED;
+        case ENOPKG:
+                /* The core's word for "this kernel has no driver for it" (Mount's file
+                 * system type): EOPNOTSUPP is taken, for options the daemon refuses. */
+                return SD_BUS_ERROR_NOT_SUPPORTED;
         default:
                 return SD_BUS_ERROR_FAILED;
         }

@@ -15,6 +15,7 @@
 #include "manager-bus.h"
 #include "manager.h"
 #include "media-mount.h"
+#include "mount-job.h"
 #include "udev-props.h"
 #include "openers.h"
 #include "options-bus.h"
@@ -320,8 +321,8 @@ static int authorize_mount(Device *d, sd_bus_message *message, uid_t uid, bool o
 }
 
 static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        _cleanup_free_ char *bad = NULL, *user = NULL, *mount_point = NULL, *what = NULL,
-                            *elsewhere = NULL;
+        _cleanup_free_ char *bad = NULL, *user = NULL, *elsewhere = NULL;
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
         Device *d = userdata;
         Manager *m = d->manager;
         struct libmnt_table *t;
@@ -356,6 +357,8 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
         if (d->state != DEVICE_ATTACHED)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY, "%s is being torn down.",
                                          d->node);
+        if (manager_mount_job_busy(d, &p) < 0)
+                return bus_error_set_problem(error, &p);
 
         own = device_own_reference(d, uid);
         if (o.release_reference && !own)
@@ -420,45 +423,27 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
                         return r < 0 ? r : 1; /* 0: polkit was asked; we run again */
         }
 
-        r = mount_device(m, d,
-                         &(MountRequest){
-                                 .uid = uid,
-                                 .gid = gid,
-                                 .user = user,
-                                 .fstype = o.fstype,
-                                 .flags = flags,
-                                 .read_only = d->status.read_only || (flags & MS_RDONLY),
-                         },
-                         &mount_point, &what);
-        if (r == -EMEDIUMTYPE)
-                return sd_bus_error_setf(error, LOOPMGR_ERROR_NO_FILE_SYSTEM, "%s holds %s.",
-                                         d->node, what ?: "no file system");
-        if (r == -ESTALE)
-                return bus_error_set_errnof(error, -ENODEV, "%s was detached or rebound meanwhile.",
-                                            d->node);
-        if (r == -EOPNOTSUPP)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_NOT_SUPPORTED, "Cannot mount %s: %s.",
-                                         d->node, what ?: "not supported by this kernel");
+        r = manager_mount(m, call_of_message(message), d,
+                          &(MountRequest){
+                                  .uid = uid,
+                                  .gid = gid,
+                                  .user = user,
+                                  .fstype = o.fstype,
+                                  .flags = flags,
+                                  .read_only = d->status.read_only || (flags & MS_RDONLY),
+                          },
+                          o.release_reference, sd_bus_message_get_sender(message), &p);
         if (r < 0)
-                return bus_error_set_errnof(error, r, "Cannot mount %s: %s: %s.", d->node,
-                                            what ?: "error", strerror(-r));
-
-        d->mount_point = TAKE_PTR(mount_point);
-        d->mount_uid = uid;
-        d->mount_ref_id = 0;
-        own = device_own_reference(d, uid);
-        if (o.release_reference && own && manager_release_to_mount(m, d, own) < 0)
-                log_warning("%s: out of memory handing the reference over to the mount", d->node);
-        manager_emit_device_changed(m, d, (char *[]){"MountPoint", "MountUser", NULL});
-        return sd_bus_reply_method_return(message, "s", d->mount_point);
+                return bus_error_set_problem(error, &p);
+        return 1; /* answered when the mount returns (mount-job.h) */
 }
 
 static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(problem_done) Problem p = PROBLEM_NULL;
         Device *d = userdata;
         Manager *m = d->manager;
         UnmountOptions o;
         uid_t uid = (uid_t) -1;
-        uint64_t ref_id;
         int r;
 
         r = unmount_options_parse(message, &o, error);
@@ -467,6 +452,8 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         r = bus_sender_uid_or_deny(&m->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
+        if (manager_mount_job_busy(d, &p) < 0)
+                return bus_error_set_problem(error, &p);
         if (!d->mount_point)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_MOUNTED,
                                          "%s has no mount made by loopmgr.", d->node);
@@ -477,23 +464,11 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
                         return r < 0 ? r : 1;
         }
 
-        r = mount_unmount(m, d, o.force);
-        if (r == -EBUSY)
-                return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
-                                         "%s is in use (open files or a process working inside "
-                                         "it); close them, or unmount with force.",
-                                         d->mount_point);
+        r = manager_unmount(m, call_of_message(message), d, o.force,
+                            sd_bus_message_get_sender(message), &p);
         if (r < 0)
-                return bus_error_set_errnof(error, r, "Cannot unmount %s: %s.", d->mount_point,
-                                            strerror(-r));
-
-        ref_id = d->mount_ref_id;
-        manager_device_clear_mount(m, d);
-        r = sd_bus_reply_method_return(message, NULL);
-        /* The reference the mount held goes with it; the last one detaches the device (the
-         * teardown completes once the file system let go of it). May free d. */
-        (void) manager_release_reference(m, d, ref_id);
-        return r;
+                return bus_error_set_problem(error, &p);
+        return 1; /* answered when umount2() returns (mount-job.h) */
 }
 
 /* Device.OpenDevice: its owner and its reference holders need nobody's permission. */

@@ -14,6 +14,7 @@
 #include "block-use.h"
 #include "log.h"
 #include "manager.h"
+#include "mount-job.h"
 #include "registry.h"
 
 typedef struct AliasScan {
@@ -61,8 +62,12 @@ typedef struct BusyScan {
 static int check_one_busy(dev_t devnum, const char *name, void *userdata) {
         BusyScan *b = userdata;
         BlockUse use = {};
+        Device *e = manager_get_device_by_devnum(b->m, devnum);
         int r;
 
+        /* Not mounted yet, but about to be: a device stacked on it now would alias the mount. */
+        if (e && e->mount_job)
+                return manager_mount_job_busy(e, b->error);
         r = block_use_probe(b->m->root, devnum, name, b->mounts, manager_foreign_mounts(b->m),
                             &use);
         if (r < 0)

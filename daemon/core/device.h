@@ -22,6 +22,8 @@ typedef struct Call Call;
 typedef struct Device Device;
 typedef struct Reference Reference;
 typedef struct Waiter Waiter;
+/* A Mount or Unmount running on a worker thread (mount-job.h). */
+typedef struct MountJob MountJob;
 
 typedef enum DeviceState {
         DEVICE_ATTACHED,
@@ -93,6 +95,7 @@ struct Device {
         char *mount_point;     /* /run/media/<user>/<name>, NULL when none */
         uid_t mount_uid;       /* whose mount */
         uint64_t mount_ref_id; /* the reference the mount holds (lifetime mount), 0 if none */
+        MountJob *mount_job;   /* the Mount/Unmount in flight, NULL when none (the manager's) */
         char *id_type;         /* what libblkid found, NULL when nothing (yet) */
         char *id_label;
         char *id_uuid;

@@ -186,6 +186,28 @@ int manager_send_detach_reply(Manager *m, Call *call, const char *state) {
         return m->send->detach_reply(m, call, state);
 }
 
+int manager_send_mount_reply(Manager *m, Call *call, const char *mount_point) {
+        if (!m->send || !m->send->mount_reply)
+                return 0;
+        return m->send->mount_reply(m, call, mount_point);
+}
+
+int manager_send_unmount_reply(Manager *m, Call *call) {
+        if (!m->send || !m->send->unmount_reply)
+                return 0;
+        return m->send->unmount_reply(m, call);
+}
+
+Call *manager_call_ref(Manager *m, Call *call) {
+        return m->send && m->send->call_ref && call ? m->send->call_ref(call) : call;
+}
+
+Call *manager_call_unref(Manager *m, Call *call) {
+        if (m->send && m->send->call_unref && call)
+                m->send->call_unref(call);
+        return NULL;
+}
+
 int manager_send_problem(Manager *m, Call *call, const Problem *p) {
         if (!m->send || !m->send->error_reply)
                 return 0;

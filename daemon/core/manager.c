@@ -14,6 +14,7 @@
 #include "manager-guard.h"
 #include "manager.h"
 #include "media-mount.h"
+#include "mount-job.h"
 #include "udev-props.h"
 #include "range-index.h"
 #include "registry.h"
@@ -50,6 +51,8 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
+        /* No worker may outlive the state it reports to. */
+        manager_stop_mount_jobs(m);
         /* Devices stay bound: persistent references outlive the daemon. Pending calls are
          * dropped with the bus connection. */
         MANAGER_FOREACH_DEVICE(d, m) {

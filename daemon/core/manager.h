@@ -100,6 +100,9 @@ typedef struct Manager {
         bool guard_published; /* the map is filled from the kernel's state, pins are ours */
         sd_event_source *guard_source;
         GuardCreator guard_creators[16];
+
+        /* Mounts and unmounts running on worker threads (mount-job.h), newest first. */
+        MountJob *mount_jobs;
 } Manager;
 
 /* What Attach asks for, once the bus layer has validated the fd and the options. */

@@ -248,7 +248,7 @@ static bool streq_or_empty(const char *a, const char *b) {
 }
 
 /* Stores the probe in d, emitting the properties that changed. */
-static void device_set_ids(Manager *m, Device *d, const MountProbe *p) {
+void mount_set_ids(Manager *m, Device *d, const MountProbe *p) {
         char *changed[4];
         size_t n = 0;
 
@@ -277,7 +277,7 @@ void mount_update_ids(Manager *m, Device *d, sd_device *device) {
          * udev event of a managed device. Mount probes the device itself. */
         if (udev_props_read_ids(device, &ids) < 0)
                 return;
-        device_set_ids(m, d, &(MountProbe){.type = ids.type, .label = ids.label, .uuid = ids.uuid});
+        mount_set_ids(m, d, &(MountProbe){.type = ids.type, .label = ids.label, .uuid = ids.uuid});
 }
 
 /* Opens (creating when missing) a root-owned directory name in dir_fd, never following a
@@ -377,63 +377,120 @@ static int mount_what(char **ret_what, const char *format, ...) {
         return 0;
 }
 
-int mount_device(Manager *m, Device *d, const MountRequest *req, char **ret_mount_point,
-                 char **ret_what) {
-        _cleanup_(mount_probe_done) MountProbe p = {};
-        _cleanup_close_ int dev_fd = -EBADF, user_fd = -EBADF, dir_fd = -EBADF;
-        _cleanup_free_ char *name = NULL, *candidate = NULL, *source = NULL, *data = NULL,
-                            *target = NULL, *mount_point = NULL;
+void mount_work_done(MountWork *w) {
+        if (w->dev_fd >= 0)
+                (void) close(w->dev_fd);
+        if (w->user_fd >= 0)
+                (void) close(w->user_fd);
+        free(w->source);
+        free(w->node);
+        free(w->user);
+        free(w->fstype);
+        free(w->mount_point);
+        free(w->what);
+        mount_probe_done(&w->probe);
+        *w = (MountWork){.dev_fd = -EBADF, .user_fd = -EBADF};
+}
+
+int mount_work_prepare(Manager *m, Device *d, const MountRequest *req, MountWork *w,
+                       char **ret_what) {
+        int r;
+
+        *w = (MountWork){.dev_fd = -EBADF, .user_fd = -EBADF};
+        /* Held open until the mount holds the device itself: while we have it open, the
+         * binding cannot be replaced (a teardown waits for the last close). */
+        r = open_binding(m, d, &w->dev_fd);
+        if (r < 0) {
+                mount_what(ret_what, "cannot open %s as this binding", d->node);
+                goto fail;
+        }
+        r = open_user_dir(m, req->user, req->uid, true, &w->user_fd);
+        if (r < 0) {
+                mount_what(ret_what, "cannot prepare " MOUNT_MEDIA_DIR "/%s", req->user);
+                goto fail;
+        }
+        w->source = path_join_root(m->root, d->node);
+        w->node = strdup(d->node);
+        w->user = strdup(req->user);
+        if (!w->source || !w->node || !w->user ||
+            (req->fstype && !(w->fstype = strdup(req->fstype)))) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        w->devnum = d->status.devnum;
+        w->uid = req->uid;
+        w->gid = req->gid;
+        w->flags = req->flags;
+        w->read_only = req->read_only;
+        return 0;
+fail:
+        mount_work_done(w);
+        return r;
+}
+
+static int mount_work_fail(MountWork *w, int r, const char *format, ...) _printf_(3, 4);
+static int mount_work_fail(MountWork *w, int r, const char *format, ...) {
+        va_list ap;
+
+        if (format && !w->what) {
+                va_start(ap, format);
+                if (vasprintf(&w->what, format, ap) < 0)
+                        w->what = NULL;
+                va_end(ap);
+        }
+        w->error = r;
+        return r;
+}
+
+/* The worker's part (docs/DESIGN.md, "One thread, one loop"): everything here may block on
+ * the image, and nothing here touches the manager, a device or the log. */
+int mount_work_run(MountWork *w) {
+        _cleanup_close_ int dir_fd = -EBADF;
+        _cleanup_free_ char *name = NULL, *candidate = NULL, *data = NULL, *target = NULL,
+                            *mount_point = NULL;
+        const MountRequest req = {
+                .uid = w->uid,
+                .gid = w->gid,
+                .user = w->user,
+                .fstype = w->fstype,
+                .flags = w->flags,
+                .read_only = w->read_only,
+        };
         unsigned long flags;
         const char *fstype;
         struct stat st;
         int r;
 
-        /* Held open until the mount holds the device itself: while we have it open, the
-         * binding cannot be replaced (a teardown waits for the last close). */
-        r = open_binding(m, d, &dev_fd);
-        if (r < 0) {
-                mount_what(ret_what, "cannot open %s as this binding", d->node);
-                return r;
-        }
-        r = mount_probe_fd(dev_fd, &p);
-        if (r < 0) {
-                mount_what(ret_what, "cannot probe %s", d->node);
-                return r;
-        }
-        device_set_ids(m, d, &p);
+        r = mount_probe_fd(w->dev_fd, &w->probe);
+        if (r < 0)
+                return mount_work_fail(w, r, "cannot probe %s", w->node);
+        w->probed = true;
+        MountProbe *p = &w->probe;
 
-        fstype = req->fstype;
+        fstype = req.fstype;
         if (!fstype) {
-                if (!p.type) {
-                        if (p.pttype)
-                                mount_what(ret_what, "a partition table (%s), no file system",
-                                           p.pttype);
-                        else
-                                mount_what(ret_what, "no recognised file system");
-                        return -EMEDIUMTYPE;
+                if (!p->type) {
+                        if (p->pttype)
+                                return mount_work_fail(w, -EMEDIUMTYPE,
+                                                       "a partition table (%s), no file system",
+                                                       p->pttype);
+                        return mount_work_fail(w, -EMEDIUMTYPE, "no recognised file system");
                 }
                 /* blkid says "ntfs"; the kernel's driver is ntfs3. */
-                fstype = streq(p.type, "ntfs") ? "ntfs3" : p.type;
-                if (!mount_fstype_allowed(fstype)) {
-                        mount_what(ret_what, "%s (usage %s), which loopmgr does not mount", p.type,
-                                   p.usage ?: "unknown");
-                        return -EMEDIUMTYPE;
-                }
+                fstype = streq(p->type, "ntfs") ? "ntfs3" : p->type;
+                if (!mount_fstype_allowed(fstype))
+                        return mount_work_fail(w, -EMEDIUMTYPE,
+                                               "%s (usage %s), which loopmgr does not mount",
+                                               p->type, p->usage ?: "unknown");
         } else if (!mount_fstype_allowed(fstype))
-                return -EPROTONOSUPPORT;
+                return mount_work_fail(w, -EPROTONOSUPPORT, NULL);
 
-        r = mount_flags_and_data(fstype, req, &flags, &data);
+        r = mount_flags_and_data(fstype, &req, &flags, &data);
         if (r < 0)
-                return r;
-
-        r = open_user_dir(m, req->user, req->uid, true, &user_fd);
-        if (r < 0) {
-                mount_what(ret_what, "cannot prepare " MOUNT_MEDIA_DIR "/%s", req->user);
-                return r;
-        }
-        r = mount_name_from_probe(&p, &name);
+                return mount_work_fail(w, r, NULL);
+        r = mount_name_from_probe(p, &name);
         if (r < 0)
-                return r;
+                return mount_work_fail(w, r, NULL);
 
         for (unsigned i = 0;; i++) {
                 free(candidate);
@@ -443,62 +500,56 @@ int mount_device(Manager *m, Device *d, const MountRequest *req, char **ret_moun
                 else if (asprintf(&candidate, "%s%u", name, i) < 0)
                         candidate = NULL;
                 if (!candidate)
-                        return -ENOMEM;
-                if (mkdirat(user_fd, candidate, 0700) >= 0)
+                        return mount_work_fail(w, -ENOMEM, NULL);
+                if (mkdirat(w->user_fd, candidate, 0700) >= 0)
                         break;
-                if (errno != EEXIST) {
-                        mount_what(ret_what, "cannot make " MOUNT_MEDIA_DIR "/%s/%s", req->user,
-                                   candidate);
-                        return -errno;
-                }
-                if (i + 1 >= MOUNT_SUFFIX_MAX) {
-                        mount_what(ret_what, "no free name for " MOUNT_MEDIA_DIR "/%s/%s",
-                                   req->user, name);
-                        return -EEXIST;
-                }
+                if (errno != EEXIST)
+                        return mount_work_fail(w, -errno, "cannot make " MOUNT_MEDIA_DIR "/%s/%s",
+                                               w->user, candidate);
+                if (i + 1 >= MOUNT_SUFFIX_MAX)
+                        return mount_work_fail(w, -EEXIST,
+                                               "no free name for " MOUNT_MEDIA_DIR "/%s/%s",
+                                               w->user, name);
         }
 
-        dir_fd = openat(user_fd, candidate, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        dir_fd = openat(w->user_fd, candidate, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (dir_fd < 0) {
                 r = -errno;
-                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
-                return r;
+                (void) unlinkat(w->user_fd, candidate, AT_REMOVEDIR);
+                return mount_work_fail(w, r, NULL);
         }
-        source = path_join_root(m->root, d->node);
-        if (!source || asprintf(&target, "/proc/self/fd/%d", dir_fd) < 0 ||
-            asprintf(&mount_point, MOUNT_MEDIA_DIR "/%s/%s", req->user, candidate) < 0) {
-                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
-                return -ENOMEM;
+        if (asprintf(&target, "/proc/self/fd/%d", dir_fd) < 0 ||
+            asprintf(&mount_point, MOUNT_MEDIA_DIR "/%s/%s", w->user, candidate) < 0) {
+                (void) unlinkat(w->user_fd, candidate, AT_REMOVEDIR);
+                return mount_work_fail(w, -ENOMEM, NULL);
         }
 
         /* The target through our O_PATH fd: whatever happens to the path meanwhile, the mount
          * lands on the directory we just made. */
-        if (mount(source, target, fstype, flags, data) < 0) {
+        if (mount(w->source, target, fstype, flags, data) < 0) {
                 r = -errno;
-                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
-                if (r == -ENODEV) {
+                (void) unlinkat(w->user_fd, candidate, AT_REMOVEDIR);
+                if (r == -ENODEV)
                         /* The kernel knows no such file system type (no driver, no module). */
-                        mount_what(ret_what, "this kernel cannot mount %s file systems", fstype);
-                        return -EOPNOTSUPP;
-                }
-                mount_what(ret_what, "mount -t %s %s %s failed", fstype, d->node, mount_point);
-                return r;
+                        return mount_work_fail(w, -EOPNOTSUPP,
+                                               "this kernel cannot mount %s file systems", fstype);
+                return mount_work_fail(w, r, "mount -t %s %s %s failed", fstype, w->node,
+                                       mount_point);
         }
 
         /* Trust, but verify: the file system on the directory is this device's. */
-        if (fstatat(user_fd, candidate, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-            st.st_dev != d->status.devnum) {
-                log_warning("%s: the mount on %s is not the device's; unmounting it", d->node,
-                            mount_point);
+        if (fstatat(w->user_fd, candidate, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            st.st_dev != w->devnum) {
+                w->foreign_mount = true;
                 (void) umount2(target, MNT_DETACH);
-                (void) unlinkat(user_fd, candidate, AT_REMOVEDIR);
-                mount_what(ret_what, "the mount on %s did not show %s", mount_point, d->node);
-                return -EIO;
+                (void) unlinkat(w->user_fd, candidate, AT_REMOVEDIR);
+                return mount_work_fail(w, -EIO, "the mount on %s did not show %s", mount_point,
+                                       w->node);
         }
 
-        log_info("Mounted %s (%s) on %s for uid %u", d->node, fstype, mount_point,
-                 (unsigned) req->uid);
-        *ret_mount_point = TAKE_PTR(mount_point);
+        (void) snprintf(w->fstype_used, sizeof(w->fstype_used), "%s", fstype);
+        w->mount_point = TAKE_PTR(mount_point);
+        w->error = 0;
         return 0;
 }
 
@@ -521,7 +572,7 @@ static int split_mount_point(const char *mount_point, char **ret_user, const cha
         return 0;
 }
 
-static void remove_mount_dir(Manager *m, const char *mount_point) {
+void mount_remove_dir(Manager *m, const char *mount_point) {
         _cleanup_free_ char *user = NULL;
         _cleanup_close_ int user_fd = -EBADF;
         const char *name;
@@ -535,28 +586,18 @@ static void remove_mount_dir(Manager *m, const char *mount_point) {
                 log_debug_errno(-errno, "Cannot remove %s: %m", mount_point);
 }
 
-int mount_unmount(Manager *m, Device *d, bool force) {
-        _cleanup_free_ char *path = NULL;
-
-        if (!d->mount_point)
-                return -ENOTCONN;
-        path = path_join_root(m->root, d->mount_point);
-        if (!path)
-                return -ENOMEM;
-        if (umount2(path, UMOUNT_NOFOLLOW | (force ? MNT_DETACH : 0)) < 0) {
-                int r = -errno;
-
-                /* Unmounted by other means already: what counts is that it is gone. */
-                if (r != -EINVAL && r != -ENOENT)
-                        return r;
+int mount_unmount_finish(Manager *m, dev_t devnum, const char *mount_point, int r) {
+        /* Unmounted by other means already: what counts is that it is gone. */
+        if (r == -EINVAL || r == -ENOENT) {
                 struct libmnt_table *t = manager_mount_table(m);
-                bool still = t && mount_table_has(t, d->status.devnum, d->mount_point);
+                bool still = t && mount_table_has(t, devnum, mount_point);
+
                 mnt_unref_table(t);
                 if (still)
                         return r;
-        }
-        remove_mount_dir(m, d->mount_point);
-        log_info("Unmounted %s from %s", d->node, d->mount_point);
+        } else if (r < 0)
+                return r;
+        mount_remove_dir(m, mount_point);
         return 0;
 }
 
@@ -653,10 +694,12 @@ void mount_check_table(Manager *m, struct libmnt_table *t) {
         MANAGER_FOREACH_DEVICE(d, m) {
                 uint64_t ref_id;
 
-                if (!d->mount_point || mount_table_has(t, d->status.devnum, d->mount_point))
+                /* An unmount in flight: its job settles the device when umount2() returns. */
+                if (!d->mount_point || d->mount_job ||
+                    mount_table_has(t, d->status.devnum, d->mount_point))
                         continue;
                 log_info("%s: %s was unmounted by other means", d->node, d->mount_point);
-                remove_mount_dir(m, d->mount_point);
+                mount_remove_dir(m, d->mount_point);
                 ref_id = d->mount_ref_id;
                 manager_device_clear_mount(m, d);
                 /* May tear the device down and free it. */

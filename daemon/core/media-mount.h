@@ -79,18 +79,53 @@ typedef struct MountRequest {
 int mount_flags_and_data(const char *fstype, const MountRequest *req, unsigned long *ret_flags,
                          char **ret_data);
 
-/* Probes d, makes /run/media/<user>/<name> and mounts d there. On success *ret_mount_point is
- * the new mount point; d->id_* are updated either way when the probe worked. Errors: -EMEDIUMTYPE
- * with *ret_what (what blkid found, allocated) when there is no mountable file system,
- * -EPROTONOSUPPORT when fstype is not allowed, -EOPNOTSUPP when the kernel has no driver for
- * it, -ESTALE when the binding changed, else errno of the failing step (with *ret_what naming
- * it). */
-int mount_device(Manager *m, Device *d, const MountRequest *req, char **ret_mount_point,
-                 char **ret_what);
+/* A Mount as the worker thread runs it (mount-job.h; docs/DESIGN.md, "One thread, one loop"):
+ * the inputs are copies and fds made on the loop, the outputs are read there once the worker
+ * has been joined. The worker touches nothing else. */
+typedef struct MountWork {
+        /* in */
+        int dev_fd;   /* the binding, diskseq checked (open_binding()) */
+        int user_fd;  /* /run/media/<user>, made and checked on the loop */
+        char *source; /* the node as mount(2) gets it (under the root) */
+        char *node;   /* /dev/loopN, for messages */
+        char *user;   /* the caller's user name */
+        char *fstype; /* NULL: the probed type */
+        dev_t devnum; /* what the mount must show */
+        uid_t uid;
+        gid_t gid;
+        unsigned long flags; /* extra MS_* flags from "options" */
+        bool read_only;
+        /* out */
+        int error;   /* 0: mounted on mount_point */
+        bool probed; /* probe holds what libblkid found */
+        MountProbe probe;
+        char fstype_used[64];
+        char *mount_point;  /* /run/media/<user>/<name> */
+        char *what;         /* which step failed, when it did (may be NULL) */
+        bool foreign_mount; /* the mount did not show the device (and was undone) */
+} MountWork;
 
-/* Unmounts d's loopmgr mount (lazily with force) and removes its directory. -EBUSY when the
- * file system is in use. The caller clears the Device fields. */
-int mount_unmount(Manager *m, Device *d, bool force);
+/* Opens d's binding and /run/media/<user> (made as needed) and copies the request into *w.
+ * On the loop. On failure *w is empty and *ret_what (allocated) names the step. */
+int mount_work_prepare(Manager *m, Device *d, const MountRequest *req, MountWork *w,
+                       char **ret_what);
+/* Probes the device, makes /run/media/<user>/<name> and mounts the device there: the blocking
+ * part, on the worker. Errors (also in w->error): -EMEDIUMTYPE with w->what (what blkid found)
+ * when there is no mountable file system, -EPROTONOSUPPORT when fstype is not allowed,
+ * -EOPNOTSUPP when the kernel has no driver for it, else errno of the failing step (with
+ * w->what naming it). Nothing is left behind on failure. */
+int mount_work_run(MountWork *w);
+void mount_work_done(MountWork *w);
+
+/* Stores a probe in d's IdType/IdLabel/IdUUID, emitting the properties that changed. */
+void mount_set_ids(Manager *m, Device *d, const MountProbe *p);
+
+/* What the umount2(2) of mount_point (of devnum) returned, r, made final on the loop: -EINVAL
+ * or -ENOENT count as done when the mount table no longer has it; when done, the directory is
+ * removed and 0 returned. -EBUSY when the file system is in use. */
+int mount_unmount_finish(Manager *m, dev_t devnum, const char *mount_point, int r);
+/* Removes the (empty) directory of a loopmgr mount point. */
+void mount_remove_dir(Manager *m, const char *mount_point);
 
 /* Where devnum is mounted in the daemon's namespace (first mount point, allocated), 0 with
  * NULL when nowhere. */

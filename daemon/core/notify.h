@@ -20,6 +20,8 @@ typedef struct ManagerSendOps {
         void (*device_changed)(Manager *m, Device *d, char **properties);
         int (*attach_reply)(Manager *m, Call *call, Device *d, bool reused);
         int (*detach_reply)(Manager *m, Call *call, const char *state);
+        int (*mount_reply)(Manager *m, Call *call, const char *mount_point);
+        int (*unmount_reply)(Manager *m, Call *call);
         int (*error_reply)(Manager *m, Call *call, const Problem *p);
         Call *(*call_ref)(Call *call);
         Call *(*call_unref)(Call *call);
@@ -33,7 +35,12 @@ void manager_send_device_added(Manager *m, Device *d);
 void manager_emit_device_changed(Manager *m, Device *d, char **properties);
 int manager_send_attach_reply(Manager *m, Call *call, Device *d, bool reused);
 int manager_send_detach_reply(Manager *m, Call *call, const char *state);
+int manager_send_mount_reply(Manager *m, Call *call, const char *mount_point);
+int manager_send_unmount_reply(Manager *m, Call *call);
 int manager_send_problem(Manager *m, Call *call, const Problem *p);
 int manager_send_errorf(Manager *m, Call *call, int error, const char *format, ...) _printf_(4, 5);
+/* Takes and drops a reference on a call (no-ops without a bus). */
+Call *manager_call_ref(Manager *m, Call *call);
+Call *manager_call_unref(Manager *m, Call *call);
 void manager_send_flush(Manager *m);
 bool manager_client_exists(Manager *m, const char *unique_name);

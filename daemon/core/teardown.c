@@ -14,6 +14,7 @@
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager.h"
+#include "mount-job.h"
 #include "registry.h"
 #include "waiter.h"
 
@@ -144,6 +145,11 @@ int device_teardown(Manager *m, Device *d) {
 
         if (d->teardown_retry)
                 return 2;
+        if (d->mount_job) {
+                /* The mount job's end settles the device (mount-job.c job_settle()). */
+                log_debug("%s: teardown waits for its mount job", d->node);
+                return 0;
+        }
 
         r = loop_detach_nowait(m->root, d->status.name, d->status.diskseq, true);
         if (r == -EWOULDBLOCK) {
@@ -246,6 +252,8 @@ static int detach_stacked(Manager *m, Device *d, unsigned depth) {
 
                 if (e == d || !e->backing_is_block || e->status.backing_rdevice != devnum)
                         continue;
+                if (e->mount_job)
+                        return -EBUSY;
                 r = detach_stacked(m, e, depth + 1);
                 if (r < 0)
                         return r;
@@ -271,6 +279,11 @@ int manager_detach(Manager *m, Call *call, Device *d, const DetachOptions *o, ui
         uint64_t diskseq = d->status.diskseq;
         Waiter *w;
         int r;
+
+        /* Busy rather than waiting: the mount may take as long as the image makes it. */
+        r = manager_mount_job_busy(d, error);
+        if (r < 0)
+                return r;
 
         /* Also for a device already pending: what is stacked on it is what keeps it open. */
         if (o->recursive) {
@@ -344,7 +357,10 @@ int manager_detach(Manager *m, Call *call, Device *d, const DetachOptions *o, ui
 void manager_client_vanished(Manager *m, const char *name) {
         int r;
 
-        /* A connection went away: drop its lifetime=client references. */
+        /* A connection went away: its mounts in flight are undone when they return, and its
+         * lifetime=client references are dropped (a device with a mount job in flight goes
+         * once the job is over). */
+        manager_mount_jobs_client_vanished(m, name);
         MANAGER_FOREACH_DEVICE(d, m) {
                 if (device_drop_client_references(d, name) == 0)
                         continue;
