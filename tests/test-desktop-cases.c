@@ -310,12 +310,13 @@ void test_fake_agent(void **state) {
         static PkReply p;
 
         /* Records its arguments, closes the notify fd (the argument after --notify-fd) as
-         * pkttyagent does once registered, and notes SIGTERM. */
+         * pkttyagent does once registered, and notes SIGTERM. The trap comes first: once the
+         * fd is closed loopmgrctl may stop the agent at any moment. */
         static const char fake[] = "#!/bin/sh\n"
+                                   "trap 'echo TERM >> \"$LMOPEN_FAKE_LOG\"; exit 0' TERM\n"
                                    "echo \"args $*\" >> \"$LMOPEN_FAKE_LOG\"\n"
                                    "fd=$2\n"
                                    "eval \"exec $fd>&-\"\n"
-                                   "trap 'echo TERM >> \"$LMOPEN_FAKE_LOG\"; exit 0' TERM\n"
                                    "i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
                                    "echo TIMEOUT >> \"$LMOPEN_FAKE_LOG\"\n";
         static const char die[] = "#!/bin/sh\nexit 1\n";
