@@ -151,13 +151,34 @@ void loop_private_nodes_cleanup(const char *root) {
         }
 }
 
+/* <root>/sys/block/<name>[/<attr>]; NULL when out of memory. Joined by hand: asprintf()
+ * costs about 1,000 instructions, and a path is built for every sysfs file read. */
+static char *sysfs_path(const char *root, const char *name, const char *attr) {
+        static const char prefix[] = "/sys/block/";
+        size_t nl = strlen(name), al = attr ? strlen(attr) : 0, n = 0;
+        _cleanup_free_ char *rel = NULL;
+
+        rel = malloc(sizeof(prefix) + nl + 1 + al);
+        if (!rel)
+                return NULL;
+        memcpy(rel, prefix, sizeof(prefix) - 1);
+        n = sizeof(prefix) - 1;
+        memcpy(rel + n, name, nl);
+        n += nl;
+        if (attr) {
+                rel[n++] = '/';
+                memcpy(rel + n, attr, al);
+                n += al;
+        }
+        rel[n] = 0;
+        return path_join_root(root, rel);
+}
+
 /* Reads <root>/sys/block/<name>/<attr>. */
 static int sysfs_read(const char *root, const char *name, const char *attr, char **ret) {
-        _cleanup_free_ char *rel = NULL, *p = NULL;
+        _cleanup_free_ char *p = NULL;
 
-        if (asprintf(&rel, "/sys/block/%s/%s", name, attr) < 0)
-                return -ENOMEM;
-        p = path_join_root(root, rel);
+        p = sysfs_path(root, name, attr);
         if (!p)
                 return -ENOMEM;
 
@@ -191,11 +212,9 @@ static int sysfs_read_bool(const char *root, const char *name, const char *attr,
 }
 
 static int sysfs_exists(const char *root, const char *name, const char *attr) {
-        _cleanup_free_ char *rel = NULL, *p = NULL;
+        _cleanup_free_ char *p = NULL;
 
-        if (asprintf(&rel, "/sys/block/%s%s%s", name, attr ? "/" : "", attr ?: "") < 0)
-                return -ENOMEM;
-        p = path_join_root(root, rel);
+        p = sysfs_path(root, name, attr);
         if (!p)
                 return -ENOMEM;
 
