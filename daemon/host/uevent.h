@@ -48,5 +48,6 @@ int uevent_from_fields(const UeventFields *f, UeventInfo *ret);
  * -EBADMSG for a message that is not well formed. */
 int uevent_parse_kernel(const char *buf, size_t len, UeventInfo *ret);
 
-/* The same for a device sd_device_monitor received; ret->action is a static string. */
+/* The same for a device sd_device_monitor received; ret->action is a static string, and
+ * ret->plain is false: whether an event is plain is the kernel's copy's to say. */
 int uevent_from_device(sd_device *device, UeventInfo *ret);

@@ -98,7 +98,7 @@ int safe_atou64(const char *s, uint64_t *ret) {
 }
 
 char *path_join_root(const char *root, const char *path) {
-        size_t rl;
+        size_t rl, pl;
         char *r;
 
         assert(path);
@@ -116,8 +116,15 @@ char *path_join_root(const char *root, const char *path) {
         while (*path == '/')
                 path++;
 
-        if (asprintf(&r, "%.*s/%s", (int) rl, root, path) < 0)
+        /* By hand rather than asprintf() (about 1,000 instructions): every sysfs read the
+         * daemon makes joins its path here. */
+        pl = strlen(path);
+        r = malloc(rl + 1 + pl + 1);
+        if (!r)
                 return NULL;
+        memcpy(r, root, rl);
+        r[rl] = '/';
+        memcpy(r + rl + 1, path, pl + 1);
 
         return r;
 }
