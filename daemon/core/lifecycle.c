@@ -216,13 +216,10 @@ int manager_send_problem(Manager *m, Call *call, const Problem *p) {
 
 int manager_send_errorf(Manager *m, Call *call, int error, const char *format, ...) {
         _cleanup_(problem_done) Problem p = PROBLEM_NULL;
-        char *text = NULL;
         va_list ap;
 
         va_start(ap, format);
-        if (vasprintf(&text, format, ap) < 0)
-                text = NULL;
+        (void) problem_setfv(&p, error, format, ap);
         va_end(ap);
-        p = (Problem){.error = error < 0 ? error : -error, .message = text};
         return manager_send_problem(m, call, &p);
 }

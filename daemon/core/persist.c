@@ -84,11 +84,27 @@ fail:
  * d's record without going through the other devices, whose walk made every attach cost more
  * with every binding (1,000 bindings: a few thousand cache-missing comparisons per save). Falls
  * back to a full save whenever the writer is not in sync with the files. */
+/* Whether a partial save can be appended: start-up is done and the writer has the files. */
+static bool partial_save_possible(Manager *m) {
+        return m->restored.n_devices == 0 && !m->restored.has_intent && m->state_writer;
+}
+
+/* The outcome of a partial commit: a writer out of step with the files (-ESTALE) falls back to
+ * a full save. */
+static int partial_save_done(Manager *m, int r) {
+        if (r == -ESTALE)
+                return manager_save_state(m);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to write the state file in %s: %m",
+                                         m->state_dir);
+        return 0;
+}
+
 int manager_save_device_state(Manager *m, Device *d) {
         StateDevice sd;
         int r;
 
-        if (m->restored.n_devices > 0 || m->restored.has_intent || !m->state_writer)
+        if (!partial_save_possible(m))
                 return manager_save_state(m);
         if (d && d->managed) {
                 r = state_device_of(m->state_writer, d, &sd);
@@ -98,27 +114,15 @@ int manager_save_device_state(Manager *m, Device *d) {
         }
         r = state_writer_commit_one(m->state_writer, d && d->managed ? &sd : NULL, m->has_intent,
                                     &m->intent);
-        if (r == -ESTALE)
-                return manager_save_state(m);
-        if (r < 0)
-                return log_warning_errno(r, "Failed to write the state file in %s: %m",
-                                         m->state_dir);
-        return 0;
+        return partial_save_done(m, r);
 }
 
 /* The same after d left the registry: its record is dropped, the others are kept. */
 int manager_save_dropped_state(Manager *m, Device *d) {
-        int r;
-
-        if (m->restored.n_devices > 0 || m->restored.has_intent || !m->state_writer)
+        if (!partial_save_possible(m))
                 return manager_save_state(m);
-        r = state_writer_commit_drop(m->state_writer, d->status.name, m->has_intent, &m->intent);
-        if (r == -ESTALE)
-                return manager_save_state(m);
-        if (r < 0)
-                return log_warning_errno(r, "Failed to write the state file in %s: %m",
-                                         m->state_dir);
-        return 0;
+        return partial_save_done(m, state_writer_commit_drop(m->state_writer, d->status.name,
+                                                             m->has_intent, &m->intent));
 }
 
 /* Gives a binding found at start-up back what the ownership record says about it. */

@@ -5,9 +5,8 @@
 
 #include "problem.h"
 
-int problem_setf(Problem *p, int error, const char *format, ...) {
+int problem_setfv(Problem *p, int error, const char *format, va_list ap) {
         char *text = NULL;
-        va_list ap;
 
         if (error == 0)
                 error = -EIO;
@@ -15,13 +14,20 @@ int problem_setf(Problem *p, int error, const char *format, ...) {
                 error = -error;
         if (!p)
                 return error;
-        va_start(ap, format);
         if (vasprintf(&text, format, ap) < 0)
                 text = NULL;
-        va_end(ap);
         free(p->message);
         p->error = error;
         p->message = text;
+        return error;
+}
+
+int problem_setf(Problem *p, int error, const char *format, ...) {
+        va_list ap;
+
+        va_start(ap, format);
+        error = problem_setfv(p, error, format, ap);
+        va_end(ap);
         return error;
 }
 

@@ -8,6 +8,8 @@
  * errno becomes a name.
  */
 
+#include <stdarg.h>
+
 #include "util.h"
 
 typedef struct Problem {
@@ -20,6 +22,7 @@ typedef struct Problem {
 /* Sets p (which may be NULL: the sentence is not wanted) and returns error (negative; 0
  * becomes -EIO). An earlier problem in p is replaced. */
 int problem_setf(Problem *p, int error, const char *format, ...) _printf_(3, 4);
+int problem_setfv(Problem *p, int error, const char *format, va_list ap) _printf_(3, 0);
 void problem_done(Problem *p);
 /* Whether p was set. */
 static inline bool problem_is_set(const Problem *p) {
