@@ -69,8 +69,13 @@ static const sd_bus_error_map loopmgr_error_map[] = {
 #define LOOPMGR_OPT_FSTYPE            "fstype"            /* s */
 #define LOOPMGR_OPT_MOUNT_OPTIONS     "options"           /* s: comma-separated */
 #define LOOPMGR_OPT_RELEASE_REFERENCE "release-reference" /* b */
+/* Device.Mount and Device.Unmount: the partition (its number) instead of the device itself. */
+#define LOOPMGR_OPT_PARTITION "partition" /* u */
 /* Device.Unmount options */
-#define LOOPMGR_OPT_FORCE "force" /* b */
+/* The Device property Partitions: (number, node, offset, size, IdType, IdLabel, IdUUID,
+ * MountPoint, MountUser) of each partition, by number (docs/API.md). */
+#define LOOPMGR_DEVICE_PARTITIONS_SIGNATURE "a(usttssssu)"
+#define LOOPMGR_OPT_FORCE                   "force" /* b */
 
 /* Values of the Device State property and of Detach's reply. "attached" is also what
  * Detach returns when the caller's reference was dropped but others keep the device. */

@@ -60,11 +60,31 @@ DEFINE_GETTER(base_device, "t", d->has_identity ? (uint64_t) d->identity.base_de
 DEFINE_GETTER(base_inode, "t", d->has_identity ? d->identity.base_inode : 0);
 DEFINE_GETTER(base_offset, "t", d->has_identity ? d->identity.offset : 0);
 DEFINE_GETTER(base_size, "t", d->has_identity ? d->identity.size : 0);
-DEFINE_GETTER(mount_point, "s", d->mount_point ?: "");
-DEFINE_GETTER(mount_user, "u", d->mount_point ? (uint32_t) d->mount_uid : UINT32_MAX);
+DEFINE_GETTER(mount_point, "s", d->mount.point ?: "");
+DEFINE_GETTER(mount_user, "u", d->mount.point ? (uint32_t) d->mount.uid : UINT32_MAX);
 DEFINE_GETTER(id_type, "s", d->id_type ?: "");
 DEFINE_GETTER(id_label, "s", d->id_label ?: "");
 DEFINE_GETTER(id_uuid, "s", d->id_uuid ?: "");
+
+static int property_get_partitions(sd_bus *bus, const char *path, const char *interface,
+                                   const char *property, sd_bus_message *reply, void *userdata,
+                                   sd_bus_error *error) {
+        Device *d = userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(usttssssu)");
+        for (size_t i = 0; r >= 0 && i < d->n_partitions; i++) {
+                const DevicePartition *p = &d->partitions[i];
+
+                r = sd_bus_message_append(reply, "(usttssssu)", p->number, p->node, p->start,
+                                          p->size, p->id_type ?: "", p->id_label ?: "",
+                                          p->id_uuid ?: "", p->mount.point ?: "",
+                                          p->mount.point ? (uint32_t) p->mount.uid : UINT32_MAX);
+        }
+        if (r < 0)
+                return r;
+        return sd_bus_message_close_container(reply);
+}
 
 static int property_get_aliases(sd_bus *bus, const char *path, const char *interface,
                                 const char *property, sd_bus_message *reply, void *userdata,
@@ -289,19 +309,23 @@ static int method_set_capacity(sd_bus_message *message, void *userdata, sd_bus_e
         return sd_bus_reply_method_return(message, NULL);
 }
 
-static int authorize_mount(Device *d, sd_bus_message *message, uid_t uid, bool others,
-                           const char *fstype, bool no_user_interaction, sd_bus_error *error) {
+static int authorize_mount(Device *d, unsigned partition, sd_bus_message *message, uid_t uid,
+                           bool others, const char *fstype, bool no_user_interaction,
+                           sd_bus_error *error) {
         _cleanup_free_ char *what = NULL;
+        const DeviceMount *mnt = device_get_mount(d, partition);
+        const DevicePartition *part = partition ? device_get_partition(d, partition) : NULL;
+        const char *node = device_mount_node(d, partition);
+        bool mounted = mnt && mnt->point;
         char owner[12];
         int r;
 
         if (others)
                 r = asprintf(&what, "%s the file system of %s, which %s",
-                             d->mount_point ? "unmount" : "mount", d->node,
-                             d->mount_point ? "another user mounted"
-                                            : "another user or program set up");
+                             mounted ? "unmount" : "mount", node,
+                             mounted ? "another user mounted" : "another user or program set up");
         else
-                r = asprintf(&what, "mount the file system of %s", d->node);
+                r = asprintf(&what, "mount the file system of %s", node);
         if (r < 0)
                 return bus_error_set_errnof(error, -ENOMEM, "Out of memory.");
         (void) snprintf(owner, sizeof(owner), "%u", (unsigned) d->owner_uid);
@@ -309,12 +333,13 @@ static int authorize_mount(Device *d, sd_bus_message *message, uid_t uid, bool o
         return polkit_verify_async(d->manager->polkit, message, uid,
                                    others ? POLKIT_ACTION_MOUNT_OTHERS : POLKIT_ACTION_MOUNT, what,
                                    (char *[]) {
-                                           "device", d->node,
+                                           "device", (char *) node,
                                            "file", d->status.backing_file ?: "",
                                            "owner-uid", owner,
                                            "managed", d->managed ? "true" : "false",
-                                           "fstype", (char *) (fstype ?: d->id_type ?: ""),
-                                           "operation", d->mount_point ? "unmount" : "mount",
+                                           "fstype", (char *) (fstype ?: part ? part->id_type ?: ""
+                                                                              : d->id_type ?: ""),
+                                           "operation", mounted ? "unmount" : "mount",
                                            NULL,
                                    },
                                    no_user_interaction, error);
@@ -328,9 +353,12 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
         struct libmnt_table *t;
         unsigned long flags = 0;
         uid_t uid = (uid_t) -1;
+        const DeviceMount *mnt;
+        const char *node;
         Reference *own;
         struct passwd *pw;
         MountOptions o;
+        dev_t devnum;
         gid_t gid;
         int r;
 
@@ -359,47 +387,56 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
                                          d->node);
         if (manager_mount_job_busy(d, &p) < 0)
                 return bus_error_set_problem(error, &p);
+        mnt = device_get_mount(d, o.partition);
+        if (!mnt)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Option 'partition': %s has no partition %" PRIu32 ".",
+                                         d->node, o.partition);
+        node = device_mount_node(d, o.partition);
+        devnum = device_mount_devnum(d, o.partition);
 
         own = device_own_reference(d, uid);
-        if (o.release_reference && !own)
+        /* Without a reference of its own the caller may still have handed it to the mount of
+         * another partition of d: this mount then gets one of its own. */
+        if (o.release_reference && !own && !device_has_mount_reference_of(d, uid))
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "Option 'release-reference': you hold no reference on %s "
                                          "to hand over to the mount.",
                                          d->node);
 
-        if (d->mount_point) {
+        if (mnt->point) {
                 /* Already mounted by us: the same mount again, for its user. */
-                if (uid != 0 && uid != d->mount_uid)
+                if (uid != 0 && uid != mnt->uid)
                         return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
-                                                 "%s is mounted on %s for another user.", d->node,
-                                                 d->mount_point);
+                                                 "%s is mounted on %s for another user.", node,
+                                                 mnt->point);
                 if (o.release_reference) {
-                        r = manager_release_to_mount(m, d, own);
+                        r = manager_release_to_mount(m, d, o.partition, own, uid);
                         if (r < 0)
                                 return bus_error_set_errnof(error, r, "Out of memory.");
                 }
-                return sd_bus_reply_method_return(message, "s", d->mount_point);
+                return sd_bus_reply_method_return(message, "s", mnt->point);
         }
 
         t = manager_mount_table(m);
         if (t) {
-                r = mount_find_target(t, d->status.devnum, &elsewhere);
+                r = mount_find_target(t, devnum, &elsewhere);
                 mnt_unref_table(t);
                 if (r < 0)
                         return bus_error_set_errnof(error, r, "Out of memory.");
         }
         if (elsewhere)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
-                                         "%s is already mounted on %s (not by loopmgr).", d->node,
+                                         "%s is already mounted on %s (not by loopmgr).", node,
                                          elsewhere);
         {
                 const ForeignMounts *f = manager_foreign_mounts(m);
                 for (size_t i = 0; i < f->n; i++)
-                        if (f->mounts[i].devnum == d->status.devnum)
+                        if (f->mounts[i].devnum == devnum)
                                 return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY,
                                                          "%s is already mounted on %s in the mount "
                                                          "namespace of process %d.",
-                                                         d->node, f->mounts[i].target ?: "?",
+                                                         node, f->mounts[i].target ?: "?",
                                                          (int) f->mounts[i].pid);
         }
 
@@ -418,7 +455,8 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
         if (uid != 0) {
                 bool mine = device_has_reference_of(d, uid) || (d->managed && d->owner_uid == uid);
 
-                r = authorize_mount(d, message, uid, !mine, o.fstype, o.no_user_interaction, error);
+                r = authorize_mount(d, o.partition, message, uid, !mine, o.fstype,
+                                    o.no_user_interaction, error);
                 if (r <= 0)
                         return r < 0 ? r : 1; /* 0: polkit was asked; we run again */
         }
@@ -431,6 +469,7 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
                                   .fstype = o.fstype,
                                   .flags = flags,
                                   .read_only = d->status.read_only || (flags & MS_RDONLY),
+                                  .partition = o.partition,
                           },
                           o.release_reference, sd_bus_message_get_sender(message), &p);
         if (r < 0)
@@ -442,6 +481,7 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         _cleanup_(problem_done) Problem p = PROBLEM_NULL;
         Device *d = userdata;
         Manager *m = d->manager;
+        const DeviceMount *mnt;
         UnmountOptions o;
         uid_t uid = (uid_t) -1;
         int r;
@@ -454,17 +494,24 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
                 return r;
         if (manager_mount_job_busy(d, &p) < 0)
                 return bus_error_set_problem(error, &p);
-        if (!d->mount_point)
+        mnt = device_get_mount(d, o.partition);
+        if (!mnt)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Option 'partition': %s has no partition %" PRIu32 ".",
+                                         d->node, o.partition);
+        if (!mnt->point)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_MOUNTED,
-                                         "%s has no mount made by loopmgr.", d->node);
+                                         "%s has no mount made by loopmgr.",
+                                         device_mount_node(d, o.partition));
         /* Its user needs nobody's permission to unmount it. */
-        if (uid != 0 && uid != d->mount_uid) {
-                r = authorize_mount(d, message, uid, true, NULL, o.no_user_interaction, error);
+        if (uid != 0 && uid != mnt->uid) {
+                r = authorize_mount(d, o.partition, message, uid, true, NULL, o.no_user_interaction,
+                                    error);
                 if (r <= 0)
                         return r < 0 ? r : 1;
         }
 
-        r = manager_unmount(m, call_of_message(message), d, o.force,
+        r = manager_unmount(m, call_of_message(message), d, o.partition, o.force,
                             sd_bus_message_get_sender(message), &p);
         if (r < 0)
                 return bus_error_set_problem(error, &p);
@@ -554,6 +601,8 @@ static const sd_bus_vtable device_vtable[] = {
         /* Device.Mount (docs/API.md) */
         PROP("MountPoint", "s", mount_point), PROP("MountUser", "u", mount_user),
         PROP("IdType", "s", id_type), PROP("IdLabel", "s", id_label), PROP("IdUUID", "s", id_uuid),
+        /* Partitioned images (docs/API.md) */
+        PROP("Partitions", LOOPMGR_DEVICE_PARTITIONS_SIGNATURE, partitions),
         SD_BUS_METHOD_WITH_ARGS("Detach", SD_BUS_ARGS("a{sv}", options), SD_BUS_RESULT("s", state),
                                 method_detach, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("SetAutoclear", SD_BUS_ARGS("b", value, "a{sv}", options),

@@ -56,6 +56,7 @@ typedef enum OptionId {
         OPTION_RELEASE_REFERENCE,
         OPTION_FORCE,
         OPTION_DEVICE,
+        OPTION_PARTITION,
         _OPTION_MAX,
 } OptionId;
 
@@ -87,6 +88,8 @@ static const OptionDef option_table[_OPTION_MAX] = {
         [OPTION_RELEASE_REFERENCE]   = { LOOPMGR_OPT_RELEASE_REFERENCE,   'b', OPTION_SET_MOUNT },
         [OPTION_FORCE]               = { LOOPMGR_OPT_FORCE,               'b', OPTION_SET_UNMOUNT },
         [OPTION_DEVICE]              = { LOOPMGR_OPT_DEVICE,              's', OPTION_SET_ATTACH },
+        [OPTION_PARTITION]           = { LOOPMGR_OPT_PARTITION,           'u',
+                                         OPTION_SET_MOUNT | OPTION_SET_UNMOUNT },
 };
 /* clang-format on */
 
@@ -448,6 +451,10 @@ static int mount_option_handler(OptionId id, const OptionValue *v, void *userdat
                 o->release_reference = v->boolean;
                 return 0;
 
+        case OPTION_PARTITION:
+                o->partition = v->u32;
+                return 0;
+
         case OPTION_NO_USER_INTERACTION:
                 o->no_user_interaction = v->boolean;
                 return 0;
@@ -465,6 +472,10 @@ static int unmount_option_handler(OptionId id, const OptionValue *v, void *userd
         switch (id) {
         case OPTION_FORCE:
                 o->force = v->boolean;
+                return 0;
+
+        case OPTION_PARTITION:
+                o->partition = v->u32;
                 return 0;
 
         case OPTION_NO_USER_INTERACTION:

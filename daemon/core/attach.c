@@ -14,6 +14,7 @@
 #include "log.h"
 #include "loopmgr-bus.h"
 #include "manager.h"
+#include "partitions.h"
 #include "media-mount.h"
 #include "udev-props.h"
 #include "registry.h"
@@ -236,11 +237,29 @@ static int attach_reply_or_wait(Manager *m, Call *call, Device *d, bool reused, 
         return r;
 }
 
+/* What loop_attach() added with BLKPG because the kernel's scan made no partitions. */
+static void log_table_added(const LoopStatus *st) {
+        const LoopTableAdd *t = &st->table_added;
+
+        if (t->added > 0)
+                log_info("%s: the kernel made no partitions of its %s partition table; added %u "
+                         "with BLKPG",
+                         st->name, t->pttype, t->added);
+        if (t->failed > 0)
+                log_warning_errno(t->error,
+                                  "%s: %u partition(s) of its %s partition table could "
+                                  "not be added: %m",
+                                  st->name, t->failed, t->pttype);
+        else if (t->error < 0)
+                log_warning_errno(t->error, "%s: cannot read its partition table: %m", st->name);
+}
+
 int manager_attach(Manager *m, Call *call, const AttachRequest *req, Problem *error) {
         const AttachOptions *o = req->options;
         _cleanup_(loop_status_done) LoopStatus st = {};
         _cleanup_(chain_done) Chain chain = {};
         Device *d = NULL, *old;
+        _cleanup_close_ int hold_fd = -EBADF;
         uint64_t ref_id = 0;
         LoopConfig config;
         int r;
@@ -323,6 +342,7 @@ int manager_attach(Manager *m, Call *call, const AttachRequest *req, Problem *er
                 .direct_io = o->direct_io,
                 .prepare = udev_prepare,
                 .userdata = &prepare,
+                .ret_hold_fd = &hold_fd,
         };
 
         /* Record the intent first: if we die between the bind and recording the device, the
@@ -386,7 +406,15 @@ int manager_attach(Manager *m, Call *call, const AttachRequest *req, Problem *er
                 /* A binding we had not yet seen go away. */
                 manager_remove_device(m, old, -ENXIO);
 
+        log_table_added(&st);
         r = device_new(m, &m->last_reference_id, &st, true, &d);
+        if (r >= 0 && st.partscan) {
+                /* In InterfacesAdded and the answer already: they exist now. */
+                (void) manager_read_partitions(m, d, false);
+                d->hold_fd = TAKE_FD(hold_fd);
+        }
+        /* Before any loop_detach() below, whose exclusive lock it would block. */
+        hold_fd = safe_close(hold_fd);
         if (r >= 0) {
                 registry_update_identity(m, d);
                 d->bind_event_expected = true;
@@ -426,6 +454,7 @@ int manager_attach(Manager *m, Call *call, const AttachRequest *req, Problem *er
                  (unsigned) req->uid);
         if (r < 0) {
                 device_drop_all_references(d);
+                d->hold_fd = safe_close(d->hold_fd);
                 if (loop_detach(m->root, d->status.name, d->status.diskseq) != 0)
                         manager_remove_device(m, d, r);
                 return problem_setf(error, r, "Failed to wait for udev: %s.", strerror(-r));

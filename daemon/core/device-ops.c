@@ -76,26 +76,47 @@ Reference *device_own_reference(Device *d, uid_t uid) {
         return NULL;
 }
 
-/* release-reference: the mount takes the caller's reference over, or, when the mount holds one
- * already, the caller's surplus one is dropped. */
-int manager_release_to_mount(Manager *m, Device *d, Reference *own) {
-        char *owner;
+static void references_changed(Manager *m, Device *d) {
+        if (d->managed)
+                (void) manager_save_state(m);
+        manager_emit_device_changed(m, d, (char *[]){"References", NULL});
+}
 
-        if (d->mount_ref_id && device_find_reference(d, d->mount_ref_id)) {
-                (void) device_drop_reference_id(d, own->id);
-                if (d->managed)
-                        (void) manager_save_state(m);
-                manager_emit_device_changed(m, d, (char *[]){"References", NULL});
+int manager_release_to_mount(Manager *m, Device *d, unsigned partition, Reference *own, uid_t uid) {
+        DeviceMount *mnt = device_get_mount(d, partition);
+        char *owner;
+        int r;
+
+        if (!mnt || !mnt->point)
+                return 0;
+        if (mnt->ref_id && device_find_reference(d, mnt->ref_id)) {
+                /* The mount holds one already: the caller's is surplus. */
+                if (own) {
+                        (void) device_drop_reference_id(d, own->id);
+                        references_changed(m, d);
+                }
                 return 0;
         }
-        owner = strdup(d->mount_point);
+        if (!own) {
+                /* The caller handed its reference to another mount of d (another partition):
+                 * this mount keeps d too, with a reference of its own. */
+                if (!device_has_mount_reference_of(d, uid))
+                        return 0;
+                r = device_add_reference(d, uid, LIFETIME_MOUNT, mnt->point);
+                if (r < 0)
+                        return r;
+                mnt->ref_id = d->references->id;
+                references_changed(m, d);
+                return 0;
+        }
+        owner = strdup(mnt->point);
         if (!owner)
                 return -ENOMEM;
         free(own->owner);
         own->owner = owner;
         own->lifetime = LIFETIME_MOUNT;
         own->confirmed = true;
-        d->mount_ref_id = own->id;
+        mnt->ref_id = own->id;
         if (d->managed)
                 (void) manager_save_state(m);
         return 0;

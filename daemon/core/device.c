@@ -32,7 +32,8 @@ int device_new(Manager *m, uint64_t *reference_ids, const LoopStatus *status, bo
                 return -ENOMEM;
         d->manager = m;
         d->reference_ids = reference_ids;
-        d->mount_uid = (uid_t) -1;
+        d->mount.uid = (uid_t) -1;
+        d->hold_fd = -EBADF;
         d->status = *status;
         d->status.backing_file = NULL;
         if (status->backing_file) {
@@ -71,7 +72,10 @@ Device *device_free(Device *d) {
         free(d->creator);
         chain_done(&d->chain);
         loop_status_done(&d->status);
-        free(d->mount_point);
+        device_mount_clear(&d->mount);
+        device_partitions_free(d);
+        if (d->hold_fd >= 0)
+                (void) close(d->hold_fd);
         free(d->id_type);
         free(d->id_label);
         free(d->id_uuid);
@@ -187,4 +191,78 @@ int device_chain(Device *d, char ***ret) {
         }
         *ret = l;
         return 0;
+}
+
+void device_mount_clear(DeviceMount *mnt) {
+        free(mnt->point);
+        *mnt = (DeviceMount){.uid = (uid_t) -1};
+}
+
+void device_partitions_free(Device *d) {
+        for (size_t i = 0; i < d->n_partitions; i++) {
+                DevicePartition *p = &d->partitions[i];
+
+                free(p->node);
+                free(p->id_type);
+                free(p->id_label);
+                free(p->id_uuid);
+                device_mount_clear(&p->mount);
+        }
+        free(d->partitions);
+        d->partitions = NULL;
+        d->n_partitions = 0;
+}
+
+DevicePartition *device_get_partition(Device *d, unsigned number) {
+        for (size_t i = 0; i < d->n_partitions; i++)
+                if (d->partitions[i].number == number)
+                        return &d->partitions[i];
+        return NULL;
+}
+
+DeviceMount *device_get_mount(Device *d, unsigned partition) {
+        DevicePartition *p;
+
+        if (partition == 0)
+                return &d->mount;
+        p = device_get_partition(d, partition);
+        return p ? &p->mount : NULL;
+}
+
+dev_t device_mount_devnum(Device *d, unsigned partition) {
+        DevicePartition *p = partition ? device_get_partition(d, partition) : NULL;
+
+        return partition == 0 ? d->status.devnum : p ? p->devnum : 0;
+}
+
+const char *device_mount_node(Device *d, unsigned partition) {
+        DevicePartition *p = partition ? device_get_partition(d, partition) : NULL;
+
+        return partition == 0 ? d->node : p ? p->node : NULL;
+}
+
+DeviceMount *device_mount_at(Device *d, size_t i, dev_t *ret_devnum, unsigned *ret_partition) {
+        DevicePartition *p = i > 0 ? &d->partitions[i - 1] : NULL;
+
+        if (ret_devnum)
+                *ret_devnum = p ? p->devnum : d->status.devnum;
+        if (ret_partition)
+                *ret_partition = p ? p->number : 0;
+        return p ? &p->mount : &d->mount;
+}
+
+bool device_has_mount_reference_of(Device *d, uid_t uid) {
+        for (Reference *r = d->references; r; r = r->next)
+                if (r->uid == uid && r->lifetime == LIFETIME_MOUNT)
+                        return true;
+        return false;
+}
+
+bool device_has_mounts(Device *d) {
+        if (d->mount.point)
+                return true;
+        for (size_t i = 0; i < d->n_partitions; i++)
+                if (d->partitions[i].mount.point)
+                        return true;
+        return false;
 }

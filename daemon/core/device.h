@@ -60,6 +60,26 @@ struct Waiter {
         Waiter *next;
 };
 
+/* A loopmgr mount (Device.Mount): of the device, or of one of its partitions. */
+typedef struct DeviceMount {
+        char *point;     /* /run/media/<user>/<name>, NULL when none */
+        uid_t uid;       /* whose mount */
+        uint64_t ref_id; /* the reference the mount holds (lifetime mount), 0 if none */
+} DeviceMount;
+
+/* A partition of the device (the Partitions property). */
+typedef struct DevicePartition {
+        unsigned number; /* the N of loopXpN */
+        dev_t devnum;
+        char *node;     /* /dev/loopXpN */
+        uint64_t start; /* bytes */
+        uint64_t size;  /* bytes */
+        char *id_type;  /* what libblkid (udev's, or a Mount's probe) found; NULL: nothing yet */
+        char *id_label;
+        char *id_uuid;
+        DeviceMount mount;
+} DevicePartition;
+
 struct Device {
         Manager *manager;        /* the owner; device.c itself never looks inside */
         uint64_t *reference_ids; /* the owner's counter: reference ids are unique in a run */
@@ -91,12 +111,19 @@ struct Device {
         uint64_t teardown_deadline; /* CLOCK_MONOTONIC; after it, go on without the lock */
         uint64_t teardown_delay;    /* the next retry's delay, backing off */
 
-        /* Device.Mount (mount.h): the loopmgr mount of this device, if any. */
-        char *mount_point;     /* /run/media/<user>/<name>, NULL when none */
-        uid_t mount_uid;       /* whose mount */
-        uint64_t mount_ref_id; /* the reference the mount holds (lifetime mount), 0 if none */
-        MountJob *mount_job;   /* the Mount/Unmount in flight, NULL when none (the manager's) */
-        char *id_type;         /* what libblkid found, NULL when nothing (yet) */
+        /* Device.Mount (media-mount.h): the loopmgr mount of the device itself, if any. */
+        DeviceMount mount;
+        MountJob *mount_job; /* the Mount/Unmount in flight, NULL when none (the manager's) */
+        /* Its partitions, by number, as sysfs showed them last (partitions.c); only read for
+         * a device with a partition scan. Each can have a loopmgr mount of its own. */
+        DevicePartition *partitions;
+        size_t n_partitions;
+        /* A managed device with a partition scan: our read-only fd of it with a shared flock,
+         * so that udev does not re-read (and, on a kernel without the parser, drop) its
+         * partitions when a writer closes it (docs/KERNEL.md, "Partitions"). -EBADF: none.
+         * Closed before the teardown, whose exclusive lock it would block. */
+        int hold_fd;
+        char *id_type; /* what libblkid found, NULL when nothing (yet) */
         char *id_label;
         char *id_uuid;
         /* Who configured it: "loopmgrd" for managed devices, "losetup (pid 1234, uid 0)" for
@@ -123,6 +150,25 @@ int device_drop_reference(Device *d, uid_t uid);
 void device_drop_all_references(Device *d);
 /* Drops the client-lifetime references held by `owner`; returns how many. */
 unsigned device_drop_client_references(Device *d, const char *owner);
+
+/* The mount of partition `partition` of d (0: of d itself), NULL when d has no such partition. */
+DeviceMount *device_get_mount(Device *d, unsigned partition);
+DevicePartition *device_get_partition(Device *d, unsigned number);
+/* The block device (and its node) that the mount of `partition` mounts. */
+dev_t device_mount_devnum(Device *d, unsigned partition);
+const char *device_mount_node(Device *d, unsigned partition);
+/* d's mounts by index: 0 is d's own, 1 .. n_partitions its partitions'. ret_devnum and
+ * ret_partition (may be NULL): what that mount mounts. */
+static inline size_t device_n_mounts(const Device *d) {
+        return 1 + d->n_partitions;
+}
+DeviceMount *device_mount_at(Device *d, size_t i, dev_t *ret_devnum, unsigned *ret_partition);
+/* Whether a mount of d holds a reference of uid. */
+bool device_has_mount_reference_of(Device *d, uid_t uid);
+/* Whether d or one of its partitions is mounted by loopmgr. */
+bool device_has_mounts(Device *d);
+void device_mount_clear(DeviceMount *mnt);
+void device_partitions_free(Device *d);
 
 /* Human-readable chain, top layer first (the Chain property and Resolve's "chain"). */
 int device_chain(Device *d, char ***ret);

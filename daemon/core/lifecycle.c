@@ -64,6 +64,13 @@ void manager_emit_device_changed(Manager *m, Device *d, char **properties) {
                 m->send->device_changed(m, d, properties);
 }
 
+void manager_emit_mount_changed(Manager *m, Device *d, unsigned partition) {
+        if (partition == 0)
+                manager_emit_device_changed(m, d, (char *[]){"MountPoint", "MountUser", NULL});
+        else
+                manager_emit_device_changed(m, d, (char *[]){"Partitions", NULL});
+}
+
 void manager_send_device_added(Manager *m, Device *d) {
         if (m->send && m->send->device_added)
                 m->send->device_added(m, d);

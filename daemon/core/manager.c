@@ -15,6 +15,7 @@
 #include "manager.h"
 #include "media-mount.h"
 #include "mount-job.h"
+#include "partitions.h"
 #include "udev-props.h"
 #include "range-index.h"
 #include "registry.h"
@@ -142,6 +143,8 @@ int manager_start(Manager *m) {
         state_done(&m->restored);
         /* Before the references are resumed: a mount's reference lives as long as its mount. */
         mount_adopt(m);
+        MANAGER_FOREACH_DEVICE(d, m)
+        manager_hold_partitions(m, d);
         manager_resume(m);
         udev_props_cleanup(m->root);
         loop_private_nodes_cleanup(m->root);

@@ -187,8 +187,9 @@ int manager_detach(Manager *m, Call *call, Device *d, const DetachOptions *o, ui
 /* Requests the kernel teardown of a device nobody references. Returns 1 when gone (freed), 0
  * when pending, 2 when retried on a timer (udev's probe holds a lock on it), <0 on error. */
 int device_teardown(Manager *m, Device *d);
-/* Device.Mount (mount.h): forgets d's loopmgr mount (MountPoint, MountUser). */
-void manager_device_clear_mount(Manager *m, Device *d);
+/* Device.Mount (media-mount.h): forgets the loopmgr mount of partition `partition` of d (0:
+ * of d itself; MountPoint, MountUser or Partitions). */
+void manager_device_clear_mount(Manager *m, Device *d, unsigned partition);
 /* Drops the reference ref_id of d (0: nothing to drop); when it was the last one of a managed
  * device, requests the teardown. Returns 1 when d is gone (freed), 0 if not, <0 on error. */
 int manager_release_reference(Manager *m, Device *d, uint64_t ref_id);
@@ -208,9 +209,12 @@ int manager_open_device(Manager *m, Device *d, bool writable, int *ret_fd, Probl
 int manager_check_open_device(Device *d, bool writable, Problem *error);
 /* The caller's newest reference on d that no mount holds. */
 Reference *device_own_reference(Device *d, uid_t uid);
-/* Device.Mount's release-reference: the mount takes the caller's reference over, or, when the
- * mount holds one already, the caller's surplus one is dropped. */
-int manager_release_to_mount(Manager *m, Device *d, Reference *own);
+/* Device.Mount's release-reference for the mount of partition `partition` of d (0: of d):
+ * the mount takes the caller's reference `own` over; when the mount holds one already, `own`
+ * is dropped as surplus; when the caller has none left (NULL) because it handed it to another
+ * mount of d, this mount gets a reference of uid's of its own, so that d lives as long as any
+ * of its mounts. */
+int manager_release_to_mount(Manager *m, Device *d, unsigned partition, Reference *own, uid_t uid);
 
 /* lifecycle.c */
 /* Registers d, records it and updates the guard; announce: InterfacesAdded now (false for

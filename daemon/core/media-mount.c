@@ -219,9 +219,10 @@ int mount_name_from_probe(const MountProbe *p, char **ret) {
         return 0;
 }
 
-/* An fd of d's binding: the node, checked to be this very loop device and diskseq. */
-static int open_binding(Manager *m, Device *d, int *ret) {
-        _cleanup_free_ char *path = path_join_root(m->root, d->node);
+/* An fd of node of d's binding: checked to be devnum (d itself or a partition of it) and to
+ * carry d's diskseq (a partition reports its disk's). */
+static int open_binding(Manager *m, Device *d, const char *node, dev_t devnum, int *ret) {
+        _cleanup_free_ char *path = path_join_root(m->root, node);
         _cleanup_close_ int fd = -EBADF;
         uint64_t seq = 0;
         struct stat st;
@@ -233,7 +234,7 @@ static int open_binding(Manager *m, Device *d, int *ret) {
                 return -errno;
         if (fstat(fd, &st) < 0)
                 return -errno;
-        if (!S_ISBLK(st.st_mode) || st.st_rdev != d->status.devnum)
+        if (!S_ISBLK(st.st_mode) || st.st_rdev != devnum)
                 return -ESTALE;
         if (ioctl(fd, BLKGETDISKSEQ, &seq) < 0)
                 return -errno;
@@ -394,14 +395,18 @@ void mount_work_done(MountWork *w) {
 
 int mount_work_prepare(Manager *m, Device *d, const MountRequest *req, MountWork *w,
                        char **ret_what) {
+        const char *node = device_mount_node(d, req->partition);
+        dev_t devnum = device_mount_devnum(d, req->partition);
         int r;
 
         *w = (MountWork){.dev_fd = -EBADF, .user_fd = -EBADF};
+        if (!node)
+                return -ENXIO;
         /* Held open until the mount holds the device itself: while we have it open, the
          * binding cannot be replaced (a teardown waits for the last close). */
-        r = open_binding(m, d, &w->dev_fd);
+        r = open_binding(m, d, node, devnum, &w->dev_fd);
         if (r < 0) {
-                mount_what(ret_what, "cannot open %s as this binding", d->node);
+                mount_what(ret_what, "cannot open %s as this binding", node);
                 goto fail;
         }
         r = open_user_dir(m, req->user, req->uid, true, &w->user_fd);
@@ -409,15 +414,15 @@ int mount_work_prepare(Manager *m, Device *d, const MountRequest *req, MountWork
                 mount_what(ret_what, "cannot prepare " MOUNT_MEDIA_DIR "/%s", req->user);
                 goto fail;
         }
-        w->source = path_join_root(m->root, d->node);
-        w->node = strdup(d->node);
+        w->source = path_join_root(m->root, node);
+        w->node = strdup(node);
         w->user = strdup(req->user);
         if (!w->source || !w->node || !w->user ||
             (req->fstype && !(w->fstype = strdup(req->fstype)))) {
                 r = -ENOMEM;
                 goto fail;
         }
-        w->devnum = d->status.devnum;
+        w->devnum = devnum;
         w->uid = req->uid;
         w->gid = req->gid;
         w->flags = req->flags;
@@ -471,9 +476,11 @@ int mount_work_run(MountWork *w) {
         if (!fstype) {
                 if (!p->type) {
                         if (p->pttype)
-                                return mount_work_fail(w, -EMEDIUMTYPE,
-                                                       "a partition table (%s), no file system",
-                                                       p->pttype);
+                                return mount_work_fail(
+                                        w, -EMEDIUMTYPE,
+                                        "a partition table (%s), no file system (its partitions "
+                                        "are mounted one by one: option 'partition')",
+                                        p->pttype);
                         return mount_work_fail(w, -EMEDIUMTYPE, "no recognised file system");
                 }
                 /* blkid says "ntfs"; the kernel's driver is ntfs3. */
@@ -629,11 +636,53 @@ bool mount_table_has(struct libmnt_table *t, dev_t devnum, const char *path) {
         return false;
 }
 
-static Reference *find_mount_reference(Device *d) {
+/* Whether a mount of d holds the reference id. */
+static bool reference_taken(Device *d, uint64_t id) {
+        for (size_t i = 0; i < device_n_mounts(d); i++)
+                if (device_mount_at(d, i, NULL, NULL)->ref_id == id)
+                        return true;
+        return false;
+}
+
+/* The restored reference of the mount on point: the mount-lifetime one that names it, else
+ * (with any) one that names no mount of d (a state written before each mount had its own). */
+static Reference *claim_mount_reference(Device *d, const char *point, bool any) {
         for (Reference *r = d->references; r; r = r->next)
-                if (r->lifetime == LIFETIME_MOUNT)
+                if (r->lifetime == LIFETIME_MOUNT && !reference_taken(d, r->id) &&
+                    (any || streq_ptr(r->owner, point)))
                         return r;
         return NULL;
+}
+
+/* The mount of d's mount i in the table: its mount point under /run/media/<user>/. */
+static void adopt_one(Device *d, struct libmnt_table *t, size_t i) {
+        _cleanup_(mnt_free_iterp) struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+        unsigned partition;
+        dev_t devnum;
+        DeviceMount *mnt = device_mount_at(d, i, &devnum, &partition);
+        struct libmnt_fs *fs;
+
+        while (it && mnt_table_next_fs(t, it, &fs) == 0) {
+                _cleanup_free_ char *user = NULL;
+                const char *name, *target = mnt_fs_get_target(fs);
+                struct passwd *pw;
+
+                if (mnt_fs_get_devno(fs) != devnum || !target ||
+                    split_mount_point(target, &user, &name) < 0)
+                        continue;
+                pw = getpwnam(user);
+                if (!pw)
+                        continue;
+                free(mnt->point);
+                mnt->point = strdup(target);
+                if (!mnt->point)
+                        continue;
+                mnt->uid = pw->pw_uid;
+                mnt->ref_id = 0;
+                log_info("%s: adopted its mount on %s (uid %u)", device_mount_node(d, partition),
+                         target, (unsigned) pw->pw_uid);
+                return;
+        }
 }
 
 void mount_adopt(Manager *m) {
@@ -646,39 +695,27 @@ void mount_adopt(Manager *m) {
         }
 
         MANAGER_FOREACH_DEVICE(d, m) {
-                _cleanup_(mnt_free_iterp) struct libmnt_iter *it = NULL;
-                struct libmnt_fs *fs;
-                Reference *keep;
-
                 if (!d->managed)
                         continue;
-                it = mnt_new_iter(MNT_ITER_FORWARD);
-                while (it && mnt_table_next_fs(t, it, &fs) == 0) {
-                        _cleanup_free_ char *user = NULL;
-                        const char *name, *target = mnt_fs_get_target(fs);
-                        struct passwd *pw;
+                for (size_t i = 0; i < device_n_mounts(d); i++)
+                        adopt_one(d, t, i);
 
-                        if (mnt_fs_get_devno(fs) != d->status.devnum || !target ||
-                            split_mount_point(target, &user, &name) < 0)
-                                continue;
-                        pw = getpwnam(user);
-                        if (!pw)
-                                continue;
-                        free(d->mount_point);
-                        d->mount_point = strdup(target);
-                        if (!d->mount_point)
-                                continue;
-                        d->mount_uid = pw->pw_uid;
-                        log_info("%s: adopted its mount on %s (uid %u)", d->node, target,
-                                 (unsigned) pw->pw_uid);
-                        break;
-                }
+                /* The references the mounts held: still held by the mounts that are there,
+                 * dropped (unmounted while we were not running) for the others. One per
+                 * mount. */
+                for (int any = 0; any <= 1; any++)
+                        for (size_t i = 0; i < device_n_mounts(d); i++) {
+                                DeviceMount *mnt = device_mount_at(d, i, NULL, NULL);
+                                Reference *keep;
 
-                /* The reference the mount held: still held if the mount is there, dropped
-                 * (unmounted while we were not running) if not. One per mount. */
-                keep = d->mount_point ? find_mount_reference(d) : NULL;
+                                if (!mnt->point || mnt->ref_id)
+                                        continue;
+                                keep = claim_mount_reference(d, mnt->point, any);
+                                if (keep)
+                                        mnt->ref_id = keep->id;
+                        }
                 for (Reference *r = d->references; r;) {
-                        if (r->lifetime != LIFETIME_MOUNT || r == keep) {
+                        if (r->lifetime != LIFETIME_MOUNT || reference_taken(d, r->id)) {
                                 r = r->next;
                                 continue;
                         }
@@ -686,23 +723,34 @@ void mount_adopt(Manager *m) {
                         (void) device_drop_reference_id(d, r->id);
                         r = d->references;
                 }
-                d->mount_ref_id = keep ? keep->id : 0;
         }
 }
 
 void mount_check_table(Manager *m, struct libmnt_table *t) {
         MANAGER_FOREACH_DEVICE(d, m) {
-                uint64_t ref_id;
+                uint64_t ref_ids[16];
+                size_t n_refs = 0;
 
                 /* An unmount in flight: its job settles the device when umount2() returns. */
-                if (!d->mount_point || d->mount_job ||
-                    mount_table_has(t, d->status.devnum, d->mount_point))
+                if (d->mount_job)
                         continue;
-                log_info("%s: %s was unmounted by other means", d->node, d->mount_point);
-                mount_remove_dir(m, d->mount_point);
-                ref_id = d->mount_ref_id;
-                manager_device_clear_mount(m, d);
-                /* May tear the device down and free it. */
-                (void) manager_release_reference(m, d, ref_id);
+                for (size_t i = 0; i < device_n_mounts(d); i++) {
+                        unsigned partition;
+                        dev_t devnum;
+                        DeviceMount *mnt = device_mount_at(d, i, &devnum, &partition);
+
+                        if (!mnt->point || mount_table_has(t, devnum, mnt->point))
+                                continue;
+                        log_info("%s: %s was unmounted by other means",
+                                 device_mount_node(d, partition), mnt->point);
+                        mount_remove_dir(m, mnt->point);
+                        if (mnt->ref_id && n_refs < ELEMENTSOF(ref_ids))
+                                ref_ids[n_refs++] = mnt->ref_id;
+                        manager_device_clear_mount(m, d, partition);
+                }
+                /* May tear the device down and free it, with the last of them. */
+                for (size_t i = 0; i < n_refs; i++)
+                        if (manager_release_reference(m, d, ref_ids[i]) != 0)
+                                break;
         }
 }

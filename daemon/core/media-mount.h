@@ -72,6 +72,7 @@ typedef struct MountRequest {
         const char *fstype;  /* NULL: the probed type */
         unsigned long flags; /* extra MS_* flags from "options" */
         bool read_only;      /* device read-only or asked for */
+        unsigned partition;  /* the partition to mount, 0: the device itself */
 } MountRequest;
 
 /* The mount(2) flags and data for fstype: always MS_NOSUID|MS_NODEV, MS_RDONLY when asked or

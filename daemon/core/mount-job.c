@@ -13,6 +13,7 @@
 #include "log.h"
 #include "manager.h"
 #include "mount-job.h"
+#include "partitions.h"
 #include "registry.h"
 
 static MountJob *job_free(MountJob *j) {
@@ -31,8 +32,9 @@ static MountJob *job_free(MountJob *j) {
         return NULL;
 }
 
-static MountJob *job_new(Manager *m, MountJobKind kind, uint64_t diskseq, dev_t devnum,
-                         const char *node, Call *call, const char *sender, uid_t uid) {
+static MountJob *job_new(Manager *m, MountJobKind kind, uint64_t diskseq, unsigned partition,
+                         dev_t devnum, const char *node, Call *call, const char *sender,
+                         uid_t uid) {
         MountJob *j = calloc(1, sizeof(*j));
 
         if (!j)
@@ -40,6 +42,7 @@ static MountJob *job_new(Manager *m, MountJobKind kind, uint64_t diskseq, dev_t 
         j->manager = m;
         j->kind = kind;
         j->diskseq = diskseq;
+        j->partition = partition;
         j->devnum = devnum;
         j->uid = uid;
         j->event_fd = -EBADF;
@@ -135,8 +138,8 @@ static void job_undo(Manager *m, MountJob *done, Device *d) {
         MountJob *j;
         int r = -ENOMEM;
 
-        j = job_new(m, MOUNT_JOB_UNDO, done->diskseq, done->devnum, done->node, NULL, NULL,
-                    done->uid);
+        j = job_new(m, MOUNT_JOB_UNDO, done->diskseq, done->partition, done->devnum, done->node,
+                    NULL, NULL, done->uid);
         if (j) {
                 j->mount_point = strdup(done->mount.mount_point);
                 j->unmount.path = path_join_root(m->root, done->mount.mount_point);
@@ -175,13 +178,27 @@ static void mount_job_reply_error(Manager *m, MountJob *j) {
                                            w->what ?: "error", strerror(-r));
 }
 
+/* The mount the job is about on d; NULL when d no longer has that partition (or another one
+ * has its number by now). */
+static DeviceMount *job_mount(Device *d, MountJob *j) {
+        if (!d || device_mount_devnum(d, j->partition) != j->devnum)
+                return NULL;
+        return device_get_mount(d, j->partition);
+}
+
 static void mount_job_finish(Manager *m, MountJob *j) {
         MountWork *w = &j->mount;
         Device *d = job_take_device(m, j);
+        DeviceMount *mnt = job_mount(d, j);
         bool gone;
 
-        if (d && w->probed)
-                mount_set_ids(m, d, &w->probe);
+        if (mnt && w->probed) {
+                if (j->partition == 0)
+                        mount_set_ids(m, d, &w->probe);
+                else
+                        manager_set_partition_ids(m, d, device_get_partition(d, j->partition),
+                                                  w->probe.type, w->probe.label, w->probe.uuid);
+        }
         if (w->foreign_mount)
                 log_warning("%s: the mount on /run/media/%s was not the device's; unmounted it",
                             j->node, w->user);
@@ -197,7 +214,7 @@ static void mount_job_finish(Manager *m, MountJob *j) {
                 return;
         }
 
-        if (gone || !d || d->state != DEVICE_ATTACHED || d->mount_point) {
+        if (gone || !mnt || d->state != DEVICE_ATTACHED || mnt->point) {
                 log_info("%s: mounted on %s, but %s; unmounting it again", j->node, w->mount_point,
                          gone ? "the caller went away meanwhile" : "the device changed meanwhile");
                 if (!gone)
@@ -209,25 +226,23 @@ static void mount_job_finish(Manager *m, MountJob *j) {
                 return;
         }
 
-        d->mount_point = TAKE_PTR(w->mount_point);
-        d->mount_uid = j->uid;
-        d->mount_ref_id = 0;
-        if (j->release_reference) {
-                Reference *own = device_own_reference(d, j->uid);
-
-                if (own && manager_release_to_mount(m, d, own) < 0)
-                        log_warning("%s: out of memory handing the reference over to the mount",
-                                    d->node);
-        }
-        log_info("Mounted %s (%s) on %s for uid %u", d->node, w->fstype_used, d->mount_point,
+        mnt->point = TAKE_PTR(w->mount_point);
+        mnt->uid = j->uid;
+        mnt->ref_id = 0;
+        if (j->release_reference &&
+            manager_release_to_mount(m, d, j->partition, device_own_reference(d, j->uid), j->uid) <
+                    0)
+                log_warning("%s: out of memory handing the reference over to the mount", j->node);
+        log_info("Mounted %s (%s) on %s for uid %u", j->node, w->fstype_used, mnt->point,
                  (unsigned) j->uid);
-        manager_emit_device_changed(m, d, (char *[]){"MountPoint", "MountUser", NULL});
-        (void) manager_send_mount_reply(m, j->call, d->mount_point);
+        manager_emit_mount_changed(m, d, j->partition);
+        (void) manager_send_mount_reply(m, j->call, mnt->point);
         job_settle(m, d);
 }
 
 static void unmount_job_finish(Manager *m, MountJob *j) {
         Device *d = job_take_device(m, j);
+        DeviceMount *mnt = job_mount(d, j);
         uint64_t ref_id;
         int r;
 
@@ -256,13 +271,13 @@ static void unmount_job_finish(Manager *m, MountJob *j) {
         }
 
         log_info("Unmounted %s from %s", j->node, j->mount_point);
-        if (!d || !streq_ptr(d->mount_point, j->mount_point)) {
+        if (!mnt || !streq_ptr(mnt->point, j->mount_point)) {
                 (void) manager_send_unmount_reply(m, j->call);
                 job_settle(m, d);
                 return;
         }
-        ref_id = d->mount_ref_id;
-        manager_device_clear_mount(m, d);
+        ref_id = mnt->ref_id;
+        manager_device_clear_mount(m, d, j->partition);
         (void) manager_send_unmount_reply(m, j->call);
         /* The reference the mount held goes with it; the last one detaches the device (the
          * teardown completes once the file system let go of it). May free d. */
@@ -306,62 +321,81 @@ int manager_mount_job_busy(Device *d, Problem *error) {
         }
 }
 
+/* -EINVAL with *error set when d has no partition `partition`. */
+static int check_partition(Device *d, unsigned partition, Problem *error) {
+        if (partition > 0 && !device_get_partition(d, partition))
+                return problem_setf(error, -EINVAL, "%s has no partition %u.", d->node, partition);
+        return 0;
+}
+
 int manager_mount(Manager *m, Call *call, Device *d, const MountRequest *req,
                   bool release_reference, const char *sender, Problem *error) {
         _cleanup_free_ char *what = NULL;
+        const char *node;
         MountJob *j;
         int r;
 
         r = manager_mount_job_busy(d, error);
         if (r < 0)
                 return r;
-        j = job_new(m, MOUNT_JOB_MOUNT, d->status.diskseq, d->status.devnum, d->node, call, sender,
-                    req->uid);
+        r = check_partition(d, req->partition, error);
+        if (r < 0)
+                return r;
+        node = device_mount_node(d, req->partition);
+        j = job_new(m, MOUNT_JOB_MOUNT, d->status.diskseq, req->partition,
+                    device_mount_devnum(d, req->partition), node, call, sender, req->uid);
         if (!j)
                 return problem_setf(error, -ENOMEM, "Out of memory.");
         j->release_reference = release_reference;
 
         r = mount_work_prepare(m, d, req, &j->mount, &what);
         if (r == -ESTALE)
-                r = problem_setf(error, -ENODEV, "%s was detached or rebound meanwhile.", d->node);
+                r = problem_setf(error, -ENODEV, "%s was detached or rebound meanwhile.", node);
         else if (r < 0)
-                r = problem_setf(error, r, "Cannot mount %s: %s: %s.", d->node, what ?: "error",
+                r = problem_setf(error, r, "Cannot mount %s: %s: %s.", node, what ?: "error",
                                  strerror(-r));
         if (r >= 0) {
                 r = job_start(m, j, d);
                 if (r < 0)
-                        r = problem_setf(error, r, "Cannot start the mount of %s: %s.", d->node,
+                        r = problem_setf(error, r, "Cannot start the mount of %s: %s.", node,
                                          strerror(-r));
         }
         if (r < 0) {
                 job_free(j);
                 return r;
         }
-        log_debug("%s: mount started for uid %u", d->node, (unsigned) req->uid);
+        log_debug("%s: mount started for uid %u", node, (unsigned) req->uid);
         return 1;
 }
 
-int manager_unmount(Manager *m, Call *call, Device *d, bool force, const char *sender,
-                    Problem *error) {
+int manager_unmount(Manager *m, Call *call, Device *d, unsigned partition, bool force,
+                    const char *sender, Problem *error) {
+        DeviceMount *mnt;
+        const char *node;
         MountJob *j;
         int r;
 
         r = manager_mount_job_busy(d, error);
         if (r < 0)
                 return r;
-        if (!d->mount_point)
-                return problem_setf(error, -ENOTCONN, "%s has no mount made by loopmgr.", d->node);
-        j = job_new(m, MOUNT_JOB_UNMOUNT, d->status.diskseq, d->status.devnum, d->node, call,
-                    sender, d->mount_uid);
+        r = check_partition(d, partition, error);
+        if (r < 0)
+                return r;
+        mnt = device_get_mount(d, partition);
+        node = device_mount_node(d, partition);
+        if (!mnt->point)
+                return problem_setf(error, -ENOTCONN, "%s has no mount made by loopmgr.", node);
+        j = job_new(m, MOUNT_JOB_UNMOUNT, d->status.diskseq, partition,
+                    device_mount_devnum(d, partition), node, call, sender, mnt->uid);
         if (!j)
                 return problem_setf(error, -ENOMEM, "Out of memory.");
-        j->mount_point = strdup(d->mount_point);
-        j->unmount.path = path_join_root(m->root, d->mount_point);
+        j->mount_point = strdup(mnt->point);
+        j->unmount.path = path_join_root(m->root, mnt->point);
         j->unmount.flags = UMOUNT_NOFOLLOW | (force ? MNT_DETACH : 0);
         r = j->mount_point && j->unmount.path ? job_start(m, j, d) : -ENOMEM;
         if (r < 0) {
                 job_free(j);
-                return problem_setf(error, r, "Cannot start the unmount of %s: %s.", d->node,
+                return problem_setf(error, r, "Cannot start the unmount of %s: %s.", node,
                                     strerror(-r));
         }
         return 1;

@@ -40,13 +40,14 @@ typedef struct UnmountWork {
 struct MountJob {
         Manager *manager;
         MountJobKind kind;
-        uint64_t diskseq; /* the device, looked up again at the end: it may be gone */
-        dev_t devnum;
-        char *node;
-        char *mount_point; /* UNMOUNT, UNDO: the mount point */
-        Call *call;        /* the call to answer (a reference); NULL for UNDO */
-        char *sender;      /* the caller's unique bus name */
-        bool caller_gone;  /* its connection went away meanwhile */
+        uint64_t diskseq;   /* the device, looked up again at the end: it may be gone */
+        unsigned partition; /* what is mounted: that partition of it, 0: the device itself */
+        dev_t devnum;       /* ... and its device number */
+        char *node;         /* ... and node */
+        char *mount_point;  /* UNMOUNT, UNDO: the mount point */
+        Call *call;         /* the call to answer (a reference); NULL for UNDO */
+        char *sender;       /* the caller's unique bus name */
+        bool caller_gone;   /* its connection went away meanwhile */
         uid_t uid;
         bool release_reference; /* MOUNT: hand the caller's reference to the mount */
         MountWork mount;        /* MOUNT: the worker's */
@@ -59,16 +60,19 @@ struct MountJob {
         MountJob *next; /* Manager.mount_jobs */
 };
 
-/* Device.Mount: starts the job for an authorised request and answers `call` with the mount
+/* Device.Mount: starts the job for an authorised request (of req->partition, 0: the device
+ * itself; -EINVAL when d has no such partition) and answers `call` with the mount
  * point (or an error) once it is done. Returns 1 when queued, or a negative errno with *error
  * set (nothing was answered nor changed then): Busy while another job of d runs. sender: the
  * caller's unique bus name. */
 int manager_mount(Manager *m, Call *call, Device *d, const MountRequest *req,
                   bool release_reference, const char *sender, Problem *error);
-/* Device.Unmount of d's loopmgr mount (lazily with force): answered once umount2(2) returned;
- * the reference the mount held goes then. Returns as manager_mount(). */
-int manager_unmount(Manager *m, Call *call, Device *d, bool force, const char *sender,
-                    Problem *error);
+/* Device.Unmount of the loopmgr mount of partition `partition` of d (0: of d itself; lazily
+ * with force): answered once umount2(2) returned; the reference the mount held goes then.
+ * Returns as manager_mount(); -ENOTCONN when there is no such mount, -EINVAL when d has no
+ * such partition. */
+int manager_unmount(Manager *m, Call *call, Device *d, unsigned partition, bool force,
+                    const char *sender, Problem *error);
 /* Busy (-EBUSY with *error set) while a job of d runs, else 0. */
 int manager_mount_job_busy(Device *d, Problem *error);
 /* A bus client went away: its jobs finish, and a Mount of its is then undone. */

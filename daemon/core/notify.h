@@ -33,6 +33,8 @@ typedef struct ManagerSendOps {
 
 void manager_send_device_added(Manager *m, Device *d);
 void manager_emit_device_changed(Manager *m, Device *d, char **properties);
+/* The properties that show the mount of partition `partition` of d (0: of d itself). */
+void manager_emit_mount_changed(Manager *m, Device *d, unsigned partition);
 int manager_send_attach_reply(Manager *m, Call *call, Device *d, bool reused);
 int manager_send_detach_reply(Manager *m, Call *call, const char *state);
 int manager_send_mount_reply(Manager *m, Call *call, const char *mount_point);

@@ -14,6 +14,7 @@
 #include "media-mount.h"
 #include "udev-props.h"
 #include "openers.h"
+#include "partitions.h"
 #include "registry.h"
 #include "udev-watch.h"
 
@@ -83,6 +84,8 @@ int manager_reconcile(Manager *m, const char *device_name) {
 
         if (d) {
                 manager_update_status(m, d, &st);
+                if (d->status.partscan || d->n_partitions > 0)
+                        (void) manager_read_partitions(m, d, true);
                 return 0;
         }
 
@@ -98,6 +101,8 @@ int manager_reconcile(Manager *m, const char *device_name) {
         r = device_new(m, &m->last_reference_id, &st, false, &d);
         if (r < 0)
                 return r;
+        if (st.partscan)
+                (void) manager_read_partitions(m, d, false);
         registry_update_identity(m, d);
         r = manager_restore_device(d, state_find(&m->restored, name, st.diskseq));
         if (r < 0) {
@@ -128,6 +133,13 @@ int manager_udev_event(Manager *m, const UdevWatchEvent *ev) {
 
         log_debug("%s: %s %s diskseq %" PRIu64, from_udev ? "udev" : "kernel", action, name,
                   diskseq);
+        if (ev->partition > 0) {
+                /* udev is done with a partition of name: its ids, or its going. */
+                if (loop_name_to_number(name, &number) >= 0 &&
+                    (d = manager_get_device_by_number(m, number)) && d->state == DEVICE_ATTACHED)
+                        manager_partition_udev_event(m, d, ev->partition, ev->device);
+                return 0;
+        }
 
         r = loop_name_to_number(name, &number);
         if (r < 0)

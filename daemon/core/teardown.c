@@ -151,6 +151,8 @@ int device_teardown(Manager *m, Device *d) {
                 return 0;
         }
 
+        /* Our shared lock would block the exclusive one the teardown takes. */
+        d->hold_fd = safe_close(d->hold_fd);
         r = loop_detach_nowait(m->root, d->status.name, d->status.diskseq, true);
         if (r == -EWOULDBLOCK) {
                 (void) sd_event_now(m->event, CLOCK_MONOTONIC, &now);
@@ -166,12 +168,13 @@ int device_teardown(Manager *m, Device *d) {
         return device_teardown_finish(m, d, r);
 }
 
-void manager_device_clear_mount(Manager *m, Device *d) {
-        free(d->mount_point);
-        d->mount_point = NULL;
-        d->mount_uid = (uid_t) -1;
-        d->mount_ref_id = 0;
-        manager_emit_device_changed(m, d, (char *[]){"MountPoint", "MountUser", NULL});
+void manager_device_clear_mount(Manager *m, Device *d, unsigned partition) {
+        DeviceMount *mnt = device_get_mount(d, partition);
+
+        if (!mnt)
+                return;
+        device_mount_clear(mnt);
+        manager_emit_mount_changed(m, d, partition);
 }
 
 int manager_release_reference(Manager *m, Device *d, uint64_t ref_id) {

@@ -142,6 +142,28 @@ static int on_kernel_event(sd_event_source *s, int fd, uint32_t revents, void *u
         return 0;
 }
 
+/* A partition of a loop disk, after udev's rules (its blkid builtin) ran on it. */
+static int on_udev_partition_event(UdevWatch *w, sd_device *device) {
+        const char *sysname = NULL, *devtype = NULL;
+        sd_device_action_t action;
+        char disk[16];
+        unsigned number;
+
+        if (sd_device_get_devtype(device, &devtype) < 0 || !streq_ptr(devtype, "partition") ||
+            sd_device_get_sysname(device, &sysname) < 0 ||
+            uevent_loop_partition_name(sysname, disk, sizeof(disk), &number) <= 0 ||
+            sd_device_get_action(device, &action) < 0)
+                return 0;
+        deliver(w, &(UdevWatchEvent){
+                           .action = action == SD_DEVICE_REMOVE ? "remove" : "change",
+                           .sysname = disk,
+                           .partition = number,
+                           .from_udev = true,
+                           .device = device,
+                   });
+        return 0;
+}
+
 static int on_udev_event(sd_device_monitor *monitor, sd_device *device, void *userdata) {
         UdevWatch *w = userdata;
         UeventInfo info;
@@ -152,7 +174,9 @@ static int on_udev_event(sd_device_monitor *monitor, sd_device *device, void *us
         if (r < 0)
                 log_debug_errno(r,
                                 "Ignoring a udev event without ACTION, DEVPATH or SUBSYSTEM: %m");
-        if (r <= 0)
+        if (r == 0)
+                return on_udev_partition_event(w, device);
+        if (r < 0)
                 return 0;
 
         ev = (UdevWatchEvent){
@@ -205,6 +229,12 @@ static int udev_open(UdevWatch *w, sd_event *event) {
         /* A socket filter in the kernel: udev's events of anything but block disks (the
          * host's network, input, partitions...) no longer wake the daemon. */
         r = sd_device_monitor_filter_add_match_subsystem_devtype(w->udev_monitor, "block", "disk");
+        if (r < 0)
+                return r;
+        /* And partitions: what udev's blkid builtin found on those of loop disks (the
+         * Partitions property); the host's others are dropped in on_udev_partition_event(). */
+        r = sd_device_monitor_filter_add_match_subsystem_devtype(w->udev_monitor, "block",
+                                                                 "partition");
         if (r < 0)
                 return r;
         r = sd_device_monitor_attach_event(w->udev_monitor, event);

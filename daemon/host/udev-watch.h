@@ -5,7 +5,8 @@
  * The uevents of loop disks on an sd-event loop, handed to a callback with userdata: the
  * kernel's (a netlink socket of our own, parsed by uevent.c; at once, for the state of
  * bindings) and udev's (sd_device_monitor with a kernel socket filter for block disks; after
- * its rules ran, for the by-diskseq link). Knows nothing of the manager.
+ * its rules ran, for the by-diskseq link; and of the partitions of loop disks, for what its
+ * blkid builtin found on them). Knows nothing of the manager.
  */
 
 #include <stdbool.h>
@@ -20,8 +21,11 @@ typedef struct UdevWatchEvent {
          * whole picture must be read again. */
         const char *action;
         const char *sysname; /* "loop0" */
-        uint64_t diskseq;    /* 0: none */
-        bool from_udev;      /* udev's copy, after its rules ran; else the kernel's */
+        /* udev events of a partition of the disk sysname: its number (loop0p<N>); 0: of the
+         * disk itself. */
+        unsigned partition;
+        uint64_t diskseq; /* 0: none */
+        bool from_udev;   /* udev's copy, after its rules ran; else the kernel's */
         /* Kernel events: every event of the name in this batch was a plain change
          * (uevent.h). Several events of one device in a batch are delivered once. */
         bool plain;

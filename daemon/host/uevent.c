@@ -136,3 +136,27 @@ int uevent_from_device(sd_device *device, UeventInfo *ret) {
         }
         return r;
 }
+
+int uevent_loop_partition_name(const char *name, char *ret_disk, size_t size,
+                               unsigned *ret_number) {
+        const char *p;
+        unsigned number;
+        uint64_t k;
+        size_t n;
+
+        if (!name || strncmp(name, "loop", 4) != 0)
+                return 0;
+        p = strchr(name + 4, 'p');
+        if (!p)
+                return 0;
+        n = (size_t) (p - name);
+        if (n >= size || n >= 16)
+                return 0;
+        memcpy(ret_disk, name, n);
+        ret_disk[n] = 0;
+        if (loop_name_to_number(ret_disk, &number) < 0 || p[1] < '1' || p[1] > '9' ||
+            safe_atou64(p + 1, &k) < 0 || k > INT32_MAX)
+                return 0;
+        *ret_number = (unsigned) k;
+        return 1;
+}

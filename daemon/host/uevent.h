@@ -51,3 +51,7 @@ int uevent_parse_kernel(const char *buf, size_t len, UeventInfo *ret);
 /* The same for a device sd_device_monitor received; ret->action is a static string, and
  * ret->plain is false: whether an event is plain is the kernel's copy's to say. */
 int uevent_from_device(sd_device *device, UeventInfo *ret);
+
+/* Whether name is "loop<N>p<K>", a partition of a loop disk: 1 with the disk's name in
+ * ret_disk (size bytes) and K in *ret_number, else 0. */
+int uevent_loop_partition_name(const char *name, char *ret_disk, size_t size, unsigned *ret_number);

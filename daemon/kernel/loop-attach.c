@@ -310,6 +310,29 @@ static int status_from_device(int fd, const char *name, int nr, const struct loo
         return 0;
 }
 
+/* After the partition scan: when the kernel made no partitions (it has no parser for the
+ * table), the ones libblkid finds are added with BLKPG (loop-partitions.h). A table that cannot
+ * be read or a partition the kernel refuses is no failure of the attach: the device works, the
+ * caller learns from *ret what is missing. */
+static int add_missing_partitions(const char *root, const char *name, int fd, LoopTableAdd *ret) {
+        _cleanup_free_ LoopPartition *parts = NULL;
+        size_t n = 0;
+        int r;
+
+        *ret = (LoopTableAdd){};
+        r = loop_read_partitions(root, name, &parts, &n);
+        if (r < 0)
+                return r;
+        if (n > 0)
+                return 0;
+        r = loop_add_table_partitions(fd, ret);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0)
+                *ret = (LoopTableAdd){.error = r};
+        return 0;
+}
+
 /* Binds loop<nr> once. Returns -EBUSY, -EAGAIN, -ENXIO, -ENODEV or -ENOENT when another
  * device should be tried, -ERRNO_DIO_REFUSED when direct I/O did not stick. */
 static int configure_device(const char *root, int nr, const LoopConfig *c, const AttachPlan *plan,
@@ -319,6 +342,7 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
         _cleanup_(attach_guard_release) AttachGuard guard = {.fd = -EBADF};
         struct loop_info64 info = {};
         struct loop_config lc = {};
+        LoopTableAdd table_added = {};
         char name[sizeof(s.name)];
         bool quiet;
         int r;
@@ -429,13 +453,23 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
                 r = set_status_retry(fd, &info);
                 if (r < 0)
                         return r;
+                /* Still under the lock: udev probes the device with its partitions. */
+                r = add_missing_partitions(root, name, fd, &table_added);
+                if (r < 0)
+                        return r;
         }
 
         r = status_from_device(fd, name, nr, &info, plan->fd, &s);
         if (r < 0)
                 return r;
+        s.table_added = table_added;
 
         guard.armed = false;
+        /* With a partition scan the caller may keep the device's lock, shared from now on
+         * (loop-kernel.h, LoopConfig.ret_hold_fd): udev probes it, but cannot take it to
+         * re-read the partition table when a writer closes the device. */
+        if (c->partscan && c->ret_hold_fd && flock(lock_fd, LOCK_SH | LOCK_NB) >= 0)
+                *c->ret_hold_fd = TAKE_FD(lock_fd);
         lock_fd = safe_close(lock_fd);
 
         *ret = s;

@@ -21,6 +21,9 @@ int open_device(const char *root, const char *name, int flags);
 int open_device_private(const char *root, const char *name, dev_t devnum, int flags);
 /* The kernel's 12:20 dev_t encoding as an ioctl reports it. */
 dev_t decode_kernel_dev(uint64_t v);
+/* <root>/sys/block/<name>/<attr>, as a string (one line) or as a number. */
+int sysfs_read(const char *root, const char *name, const char *attr, char **ret);
+int sysfs_read_u64(const char *root, const char *name, const char *attr, uint64_t *ret);
 /* Deletes the partitions of <name> (BLKPG) through fd. */
 int device_remove_partitions(const char *root, const char *name, int fd);
 /* loop_status_done() for _cleanup_. */

@@ -19,7 +19,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <linux/blkpg.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <signal.h>
@@ -32,6 +31,7 @@
 
 #include "loop-kernel-internal.h"
 #include "loop-kernel.h"
+#include "loop-partitions.h"
 #include "util.h"
 
 #ifndef LOOP_CONFIGURE
@@ -175,7 +175,7 @@ static char *sysfs_path(const char *root, const char *name, const char *attr) {
 }
 
 /* Reads <root>/sys/block/<name>/<attr>. */
-static int sysfs_read(const char *root, const char *name, const char *attr, char **ret) {
+int sysfs_read(const char *root, const char *name, const char *attr, char **ret) {
         _cleanup_free_ char *p = NULL;
 
         p = sysfs_path(root, name, attr);
@@ -185,7 +185,7 @@ static int sysfs_read(const char *root, const char *name, const char *attr, char
         return read_one_line_file(p, ret);
 }
 
-static int sysfs_read_u64(const char *root, const char *name, const char *attr, uint64_t *ret) {
+int sysfs_read_u64(const char *root, const char *name, const char *attr, uint64_t *ret) {
         _cleanup_free_ char *s = NULL;
         int r;
 
@@ -256,12 +256,6 @@ static int device_get_diskseq(int fd, const char *root, const char *name, uint64
         return 0;
 }
 
-static int cmp_uint(const void *a, const void *b) {
-        unsigned x = *(const unsigned *) a, y = *(const unsigned *) b;
-
-        return x < y ? -1 : x > y;
-}
-
 /*
  * Deletes every partition the kernel lists under <root>/sys/block/<name>/ with BLKPG. Without
  * PARTSCAN the kernel keeps manually added partitions (addpart, BLKPG_ADD_PARTITION) across
@@ -269,69 +263,14 @@ static int cmp_uint(const void *a, const void *b) {
  * Returns the number of partitions deleted or the first error (after trying all of them).
  */
 int device_remove_partitions(const char *root, const char *name, int fd) {
-        _cleanup_free_ char *rel = NULL, *dirpath = NULL;
-        _cleanup_free_ unsigned *pnos = NULL;
-        size_t n_pnos = 0, allocated = 0, namelen = strlen(name);
-        _cleanup_closedir_ DIR *d = NULL;
-        int r = 0, removed = 0;
+        _cleanup_free_ LoopPartition *parts = NULL;
+        size_t n = 0;
+        int r;
 
-        if (asprintf(&rel, "/sys/block/%s", name) < 0)
-                return -ENOMEM;
-        dirpath = path_join_root(root, rel);
-        if (!dirpath)
-                return -ENOMEM;
-
-        d = opendir(dirpath);
-        if (!d)
-                return errno == ENOENT ? 0 : -errno;
-
-        for (struct dirent *de; (de = readdir(d));) {
-                _cleanup_free_ char *attr = NULL;
-                uint64_t pno;
-
-                /* Partitions of "loopN" are "loopNpM". */
-                if (strncmp(de->d_name, name, namelen) != 0 || de->d_name[namelen] != 'p')
-                        continue;
-                if (asprintf(&attr, "%s/partition", de->d_name) < 0)
-                        return -ENOMEM;
-                if (sysfs_read_u64(root, name, attr, &pno) < 0 || pno == 0 || pno > INT_MAX)
-                        continue;
-
-                if (n_pnos == allocated) {
-                        size_t m = allocated ? allocated * 2 : 8;
-                        unsigned *p = realloc(pnos, m * sizeof(*pnos));
-
-                        if (!p)
-                                return -ENOMEM;
-                        pnos = p;
-                        allocated = m;
-                }
-                pnos[n_pnos++] = (unsigned) pno;
-        }
-
-        if (n_pnos > 1)
-                qsort(pnos, n_pnos, sizeof(*pnos), cmp_uint);
-
-        for (size_t i = 0; i < n_pnos; i++) {
-                struct blkpg_partition p = {
-                        .pno = (int) pnos[i],
-                };
-                struct blkpg_ioctl_arg a = {
-                        .op = BLKPG_DEL_PARTITION,
-                        .datalen = sizeof(p),
-                        .data = &p,
-                };
-
-                if (ioctl(fd, BLKPG, &a) < 0) {
-                        /* ENXIO: somebody else deleted it meanwhile. */
-                        if (errno != ENXIO && r == 0)
-                                r = -errno;
-                        continue;
-                }
-                removed++;
-        }
-
-        return r < 0 ? r : removed;
+        r = loop_read_partitions(root, name, &parts, &n);
+        if (r < 0)
+                return r == -ENOENT ? 0 : r;
+        return loop_delete_partitions(fd, parts, n);
 }
 
 int loop_list(const char *root, char ***ret_names) {
@@ -613,6 +552,17 @@ int loop_open_binding(const char *root, const char *name, uint64_t diskseq, bool
                 return -errno;
         if (!S_ISBLK(st.st_mode))
                 return -ENOTBLK;
+        return TAKE_FD(fd);
+}
+
+int loop_hold_device(const char *root, const char *name, uint64_t diskseq) {
+        _cleanup_close_ int fd = -EBADF;
+
+        fd = loop_open_binding(root, name, diskseq, false);
+        if (fd < 0)
+                return fd;
+        if (flock(fd, LOCK_SH | LOCK_NB) < 0)
+                return -errno;
         return TAKE_FD(fd);
 }
 

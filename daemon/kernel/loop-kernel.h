@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "loop-partitions.h"
+
 typedef enum DirectIOMode {
         DIRECT_IO_AUTO,
         DIRECT_IO_ON,
@@ -44,6 +46,14 @@ typedef struct LoopConfig {
          * the attach. May be called for several devices when one is taken by somebody else. */
         int (*prepare)(const char *name, void *userdata);
         void *userdata;
+        /* Optional, with partscan: receives an fd of the bound device that holds a shared
+         * flock (LOCK_SH) on it, taken over from the bind's exclusive one without a gap
+         * (docs/KERNEL.md, "Partitions"). udev takes LOCK_EX|LOCK_NB before it re-reads a
+         * disk's partition table (BLKRRPART) when a writer closed it: while this is held it
+         * does not, so partitions added with BLKPG, which a kernel without the table's parser
+         * would drop at a re-read, stay. Close it before loop_detach(), whose LOCK_EX it would
+         * block. Left alone when no lock could be kept. */
+        int *ret_hold_fd;
 } LoopConfig;
 
 /* One loop device as the kernel reports it (sysfs, plus LOOP_GET_STATUS64 for ids). */
@@ -67,6 +77,9 @@ typedef struct LoopStatus {
         bool autoclear;
         bool partscan;
         bool direct_io;
+        /* loop_attach() with partscan only: the partitions it added itself, because the
+         * kernel's scan made none of a table libblkid found (loop-partitions.h). */
+        LoopTableAdd table_added;
 } LoopStatus;
 
 void loop_status_done(LoopStatus *s); /* frees owned fields, leaves *s zeroed */
@@ -141,6 +154,12 @@ void loop_private_nodes_cleanup(const char *root);
  * -EROFS/-EACCES as the kernel refuses a write open, else the errno of open().
  */
 int loop_open_binding(const char *root, const char *name, uint64_t diskseq, bool writable);
+
+/* An fd of <root>/dev/<name> (read-only, so that its close makes udev do nothing) carrying
+ * diskseq, with a shared flock: what LoopConfig.ret_hold_fd hands out at the attach, taken
+ * again by a restarted daemon. -EWOULDBLOCK when somebody holds LOCK_EX, -ESTALE as
+ * loop_open_binding(). */
+int loop_hold_device(const char *root, const char *name, uint64_t diskseq);
 
 /* LOOP_SET_CAPACITY / LOOP_SET_STATUS64 toggling AUTOCLEAR, both after the diskseq check. */
 int loop_set_capacity(const char *root, const char *name, uint64_t diskseq);

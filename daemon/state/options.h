@@ -57,12 +57,14 @@ typedef struct MountOptions {
         const char *options; /* NULL = none */
         bool release_reference;
         bool no_user_interaction;
+        uint32_t partition; /* 0 = the device itself */
 } MountOptions;
 
 /* Device.Unmount */
 typedef struct UnmountOptions {
         bool force;
         bool no_user_interaction;
+        uint32_t partition; /* 0 = the device itself */
 } UnmountOptions;
 
 void attach_options_init(AttachOptions *o); /* defaults of SPEC §3 */
