@@ -72,6 +72,9 @@ void check_node(const LoopStatus *s);
 
 /* The tests, each defined in one of the topic files; main() lists them. */
 void test_attach_basic(void **state);
+void test_partscan_table(void **state);
+void test_partscan_no_table(void **state);
+void test_no_hold_without_partscan(void **state);
 void test_attach_timing(void **state);
 void test_offset_size_limit(void **state);
 void test_bad_range_creates_nothing(void **state);

@@ -219,8 +219,43 @@ static void test_device_without_action(void **state) {
         assert_int_equal(uevent_from_device(device, &info), -EBADMSG);
 }
 
+static void test_partition_names(void **state) {
+        static const char *const bad[] = {
+                "loop0",
+                "loop0p",
+                "loop0p0",
+                "loop0p01",
+                "loopp1",
+                "loopxp1",
+                "sda1",
+                "nvme0n1p1",
+                "loop0p1x",
+                "loop0p+1",
+                "loop0p-1",
+                "loop12345678901234p1",
+                "loop0p99999999999",
+                "",
+                "p1",
+        };
+        char disk[16];
+        unsigned n = 0;
+
+        assert_int_equal(uevent_loop_partition_name("loop0p1", disk, sizeof(disk), &n), 1);
+        assert_string_equal(disk, "loop0");
+        assert_int_equal(n, 1);
+        assert_int_equal(uevent_loop_partition_name("loop17p12", disk, sizeof(disk), &n), 1);
+        assert_string_equal(disk, "loop17");
+        assert_int_equal(n, 12);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                assert_int_equal(uevent_loop_partition_name(bad[i], disk, sizeof(disk), &n), 0);
+        assert_int_equal(uevent_loop_partition_name(NULL, disk, sizeof(disk), &n), 0);
+        /* Too small a buffer for the disk's name. */
+        assert_int_equal(uevent_loop_partition_name("loop17p1", disk, 6, &n), 0);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_partition_names),
                 cmocka_unit_test(test_kernel_change),
                 cmocka_unit_test(test_kernel_not_plain),
                 cmocka_unit_test(test_kernel_other_devices),
