@@ -9,8 +9,9 @@
  * the mount. Opening an image that is open already returns the same mount point: the Attach
  * reuses the device and Mount returns its mount (dropping the surplus reference).
  *
- * close finds the device by its mount point or by its image, asks loopmgrd to unmount it, and
- * waits for the device object to go when the mount held the last reference.
+ * close finds the device by a mount point (its own or a partition's) or by its image, asks
+ * loopmgrd to unmount every loopmgr mount of it, and waits for the device object to go when
+ * the mounts held the last reference.
  *
  * Mounting and unmounting are the daemon's (Device.Mount/Unmount); the client never calls
  * mount(2), so it needs no privileges.
@@ -38,6 +39,10 @@
 #define LOOPMGR_ERROR_NOT_MOUNTED LOOPMGR_ERROR_PREFIX "NotMounted"
 #endif
 #define OPT_RELEASE_REFERENCE "release-reference"
+/* Device.Mount/Unmount of one partition (partitions-api.md); likewise. */
+#ifndef LOOPMGR_OPT_PARTITION
+#define LOOPMGR_OPT_PARTITION "partition"
+#endif
 
 /* The wait of close for the device to go, unless --timeout. */
 #define CLOSE_TIMEOUT_USEC (10 * USEC_PER_SEC)
@@ -49,8 +54,9 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
 }
 
-/* The device whose loopmgr mount is dir. 0 and *ret filled, -ENOENT when none, -ENOMEM, or an
- * exit status (positive) after a failed call. */
+/* The device whose loopmgr mount, or the loopmgr mount of one of whose partitions, is dir. 0
+ * and *ret filled, -ENOENT when none, -ENOMEM, or an exit status (positive) after a failed
+ * call. */
 static int find_by_mount_point(sd_bus *bus, const char *dir, DeviceInfo *ret) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_list_done) DeviceList list = {};
@@ -65,7 +71,8 @@ static int find_by_mount_point(sd_bus *bus, const char *dir, DeviceInfo *ret) {
                 return log_parse_error(r);
 
         for (size_t i = 0; i < list.n; i++)
-                if (streq_ptr(list.items[i].mount_point, dir)) {
+                if (streq_ptr(list.items[i].mount_point, dir) ||
+                    device_info_partition_by_mount_point(list.items + i, dir)) {
                         *ret = list.items[i];
                         list.items[i] = list.items[--list.n];
                         return 0;
@@ -109,6 +116,31 @@ static int call_mount(sd_bus *bus, const char *object, sd_bus_error *error,
         if (r < 0)
                 return r;
         return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
+}
+
+/* The whole device is partition 0, which is sent as no option at all: daemons without
+ * partitions know no "partition". */
+static int append_partition_option(sd_bus_message *m, uint32_t partition) {
+        if (partition == 0)
+                return 0;
+        return sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_PARTITION, "u", partition);
+}
+
+static int call_unmount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, object,
+                                           LOOPMGR_DEVICE_INTERFACE, "Unmount");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0)
+                r = append_partition_option(m, partition);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return r;
+        return ctl_call(bus, m, call_timeout_usec(), error, NULL);
 }
 
 static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what);
@@ -357,12 +389,50 @@ static bool error_means_gone(const sd_bus_error *error) {
                                       LOOPMGR_ERROR_NOT_FOUND);
 }
 
-static int close_print(const DeviceInfo *d, const char *state) {
+/* The mount points close unmounted, in order (pointing into the DeviceInfo), and as one text
+ * for messages: "A" or "A, B". */
+typedef struct Unmounted {
+        const char **items;
+        size_t n;
+        char *text;
+} Unmounted;
+
+static void unmounted_done(Unmounted *u) {
+        free(u->items);
+        free(u->text);
+        *u = (Unmounted){};
+}
+
+static int unmounted_join(Unmounted *u) {
+        size_t len = 1;
+        char *p;
+
+        for (size_t i = 0; i < u->n; i++)
+                len += strlen(u->items[i]) + 2;
+        u->text = p = malloc(len);
+        if (!u->text)
+                return -ENOMEM;
+        *p = '\0';
+        for (size_t i = 0; i < u->n; i++)
+                p = stpcpy(stpcpy(p, i > 0 ? ", " : ""), u->items[i]);
+        return 0;
+}
+
+static int close_print(const DeviceInfo *d, const Unmounted *u, const char *state) {
         if (arg_json) {
                 fputc('{', stdout);
                 json_write_device(stdout, d->node, d->object);
                 fputs(",\"mount_point\":", stdout);
-                json_write_string(stdout, strempty(d->mount_point));
+                json_write_string(stdout, u->n > 0 ? u->items[0] : "");
+                if (u->n > 1) {
+                        fputs(",\"mount_points\":[", stdout);
+                        for (size_t i = 0; i < u->n; i++) {
+                                if (i > 0)
+                                        fputc(',', stdout);
+                                json_write_string(stdout, u->items[i]);
+                        }
+                        fputc(']', stdout);
+                }
                 fputs(",\"state\":", stdout);
                 json_write_string(stdout, state);
                 fputs("}\n", stdout);
@@ -370,14 +440,85 @@ static int close_print(const DeviceInfo *d, const char *state) {
         return flush_stdout();
 }
 
-/* Unmount of d's mount, then what became of the device: gone (waited for unless --no-wait),
- * going, or kept by other references. `what` names it in messages (what the user typed).
- * Returns an exit status. */
+/*
+ * Unmount of every loopmgr mount of d, the whole device's and its partitions', one after the
+ * other (the daemon runs one at a time per device), into *u. A single mount fails as close
+ * always has ("Cannot close WHAT: ..."); of several, each failure is reported, the others are
+ * still unmounted, and one that someone else unmounted in between counts as done. Returns 0
+ * or an exit status.
+ */
+static int unmount_all(sd_bus *bus, const DeviceInfo *d, const char *what, Unmounted *u) {
+        size_t n_mounts = 0;
+        int status = 0, r;
+
+        for (size_t i = 0; i <= d->n_partitions; i++) {
+                const char *mp = i > 0 ? d->partitions[i - 1].mount_point : d->mount_point;
+
+                if (mp && mp[0])
+                        n_mounts++;
+        }
+        u->items = calloc(n_mounts > 0 ? n_mounts : 1, sizeof(char *));
+        if (!u->items)
+                return log_oom();
+
+        for (size_t i = 0; i <= d->n_partitions; i++) {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                const PartitionInfo *p = i > 0 ? d->partitions + i - 1 : NULL;
+                const char *mp = p ? p->mount_point : d->mount_point;
+
+                if (!mp || !mp[0])
+                        continue;
+                r = call_unmount(bus, d->object, p ? p->number : 0, &error);
+                if (r >= 0) {
+                        u->items[u->n++] = mp;
+                        continue;
+                }
+
+                if (n_mounts == 1) {
+                        if (!sd_bus_error_is_set(&error) || !error.message || !error.message[0])
+                                return log_bus_error(&error, r, "Unmount");
+                        /* NotMounted: someone closed it in between; Busy names what is in
+                         * use. */
+                        log_fail(0, "Cannot close %s: %s", what, error.message);
+                        if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
+                                return EXIT_NOT_FOUND;
+                        return exit_status_from_bus_error(&error, r);
+                }
+                if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
+                        continue;
+                if (sd_bus_error_is_set(&error) && error.message && error.message[0])
+                        log_fail(0, "Cannot unmount %s: %s", mp, error.message);
+                else
+                        log_fail(0, "Cannot unmount %s: Unmount failed: %s", mp,
+                                 sd_bus_error_is_set(&error) ? error.name : strerror(-r));
+                if (status == 0)
+                        status = exit_status_from_bus_error(&error, r);
+        }
+
+        if (unmounted_join(u) < 0)
+                return log_oom();
+        if (status != 0) {
+                /* The device stays: what is still mounted holds it. */
+                if (u->n > 0 && !arg_json)
+                        printf("Unmounted %s.\n", u->text);
+                (void) flush_stdout();
+                return status;
+        }
+        if (u->n == 0)
+                return log_fail(EXIT_NOT_FOUND,
+                                "Cannot close %s: someone else unmounted it in the meantime.",
+                                what);
+        return 0;
+}
+
+/* Unmount of every loopmgr mount of d, then what became of the device: gone (waited for
+ * unless --no-wait), going, or kept by other references. `what` names it in messages (what
+ * the user typed). Returns an exit status. */
 static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_info_done) DeviceInfo after = {};
+        _cleanup_(unmounted_done) Unmounted u = {};
         uint64_t timeout = arg_timeout_usec > 0 ? arg_timeout_usec : CLOSE_TIMEOUT_USEC;
         CloseWait w = {};
         int r;
@@ -390,22 +531,9 @@ static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
         if (r < 0)
                 return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s", strerror(-r));
 
-        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, d->object,
-                                           LOOPMGR_DEVICE_INTERFACE, "Unmount");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "a{sv}", 0);
-        if (r < 0)
-                return log_create_error(r);
-        r = ctl_call(bus, m, call_timeout_usec(), &error, &reply);
-        if (r < 0) {
-                if (!sd_bus_error_is_set(&error) || !error.message || !error.message[0])
-                        return log_bus_error(&error, r, "Unmount");
-                /* NotMounted: someone closed it in between; Busy names what is in use. */
-                log_fail(0, "Cannot close %s: %s", what, error.message);
-                if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
-                        return EXIT_NOT_FOUND;
-                return exit_status_from_bus_error(&error, r);
-        }
+        r = unmount_all(bus, d, what, &u);
+        if (r != 0)
+                return r;
 
         /* What became of the device: gone, going, or kept by other references. */
         r = close_wait(bus, &w, 0);
@@ -427,33 +555,33 @@ static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
                 if (!arg_json)
                         printf("Unmounted %s; %s stays attached: %" PRIu32 " other "
                                "reference%s hold%s it.\n",
-                               d->mount_point, d->node, after.references,
-                               after.references == 1 ? "" : "s", after.references == 1 ? "s" : "");
-                return close_print(d, LOOPMGR_STATE_ATTACHED);
+                               u.text, d->node, after.references, after.references == 1 ? "" : "s",
+                               after.references == 1 ? "s" : "");
+                return close_print(d, &u, LOOPMGR_STATE_ATTACHED);
         }
 
         if (!w.gone && arg_no_wait) {
                 if (!arg_json)
-                        printf("Unmounted %s; %s is being detached.\n", d->mount_point, d->node);
-                return close_print(d, LOOPMGR_STATE_PENDING);
+                        printf("Unmounted %s; %s is being detached.\n", u.text, d->node);
+                return close_print(d, &u, LOOPMGR_STATE_PENDING);
         }
 
         r = close_wait(bus, &w, now_usec() + timeout);
         if (r == -ETIMEDOUT) {
-                close_print(d, LOOPMGR_STATE_PENDING);
+                close_print(d, &u, LOOPMGR_STATE_PENDING);
                 return log_fail(EXIT_TIMEOUT,
                                 "Unmounted %s, but %s was not detached within %" PRIu64 " s: "
                                 "something still has it open ('loopmgrctl status %s' shows "
                                 "what). loopmgrd detaches it when that goes.",
-                                d->mount_point, d->node,
-                                (timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, d->node);
+                                u.text, d->node, (timeout + USEC_PER_SEC - 1) / USEC_PER_SEC,
+                                d->node);
         }
         if (r < 0)
                 return log_fail(EXIT_FAILURE, "Lost the connection to the bus: %s", strerror(-r));
 
         if (!arg_json)
-                printf("Unmounted %s and detached %s.\n", d->mount_point, d->node);
-        return close_print(d, LOOPMGR_STATE_DETACHED);
+                printf("Unmounted %s and detached %s.\n", u.text, d->node);
+        return close_print(d, &u, LOOPMGR_STATE_DETACHED);
 }
 
 int verb_close(sd_bus *bus, char **args) {
@@ -537,7 +665,7 @@ int verb_close(sd_bus *bus, char **args) {
                         return log_oom();
                 if (r < 0)
                         return log_bus_error(&error, r, "GetAll");
-                if (!d.mount_point || !d.mount_point[0])
+                if (!device_info_is_mounted(&d))
                         return log_fail(EXIT_NOT_FOUND,
                                         "Cannot close %s: %s shows it, but loopmgr has not "
                                         "mounted it ('loopmgrctl detach %s' drops a reference).",
