@@ -14,6 +14,26 @@
 #include "ctl-util.h"
 #include "loopmgr-bus.h"
 
+/* The Partitions property (issue 15); defined in loopmgr-bus.h by the daemon side. */
+#ifndef LOOPMGR_DEVICE_PARTITIONS_SIGNATURE
+#define LOOPMGR_DEVICE_PARTITIONS_SIGNATURE "a(usttssssu)"
+#endif
+
+static void partition_info_done(PartitionInfo *p) {
+        free(p->node);
+        free(p->id_type);
+        free(p->id_label);
+        free(p->id_uuid);
+        free(p->mount_point);
+        *p = (PartitionInfo){};
+}
+
+static void partitions_free(PartitionInfo *l, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                partition_info_done(l + i);
+        free(l);
+}
+
 void device_info_done(DeviceInfo *d) {
         free(d->object);
         free(d->name);
@@ -28,6 +48,7 @@ void device_info_done(DeviceInfo *d) {
         strv_free(d->aliases);
         strv_free(d->openers);
         strv_free(d->chain);
+        partitions_free(d->partitions, d->n_partitions);
         free(d->base_kind);
         *d = (DeviceInfo){};
 }
@@ -66,6 +87,70 @@ static int read_openers(sd_bus_message *m, char ***field) {
                 return r;
         strv_free(*field);
         *field = TAKE_PTR(l);
+        return 0;
+}
+
+static int partition_compare(const void *a, const void *b) {
+        const PartitionInfo *x = a, *y = b;
+
+        return x->number < y->number ? -1 : x->number > y->number;
+}
+
+/* Partitions (a(usttssssu)) into d->partitions, sorted by number (the daemon sends them so;
+ * open mounts them in this order). */
+static int read_partitions(sd_bus_message *m, DeviceInfo *d) {
+        PartitionInfo *l = NULL;
+        size_t n = 0;
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT,
+                                           LOOPMGR_DEVICE_PARTITIONS_SIGNATURE);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY,
+                                           LOOPMGR_DEVICE_PARTITIONS_SIGNATURE + 1);
+        if (r < 0)
+                return r;
+        for (;;) {
+                const char *node, *type, *label, *uuid, *mount_point;
+                PartitionInfo p = {}, *c;
+
+                r = sd_bus_message_read(m, "(usttssssu)", &p.number, &node, &p.offset, &p.size,
+                                        &type, &label, &uuid, &mount_point, &p.mount_user);
+                if (r <= 0)
+                        break;
+                c = reallocarray(l, n + 1, sizeof(PartitionInfo));
+                if (!c) {
+                        r = -ENOMEM;
+                        break;
+                }
+                l = c;
+                p.node = strdup(node);
+                p.id_type = strdup(type);
+                p.id_label = strdup(label);
+                p.id_uuid = strdup(uuid);
+                p.mount_point = strdup(mount_point);
+                l[n++] = p;
+                if (!p.node || !p.id_type || !p.id_label || !p.id_uuid || !p.mount_point) {
+                        r = -ENOMEM;
+                        break;
+                }
+        }
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r < 0) {
+                partitions_free(l, n);
+                return r;
+        }
+
+        if (n > 1)
+                qsort(l, n, sizeof(PartitionInfo), partition_compare);
+        partitions_free(d->partitions, d->n_partitions);
+        d->partitions = l;
+        d->n_partitions = n;
+        d->present |= PRESENT_PARTITIONS;
         return 0;
 }
 
@@ -173,6 +258,10 @@ static int device_property(sd_bus_message *m, const char *key, const char *conte
         }
         if (streq(key, "Openers") && streq(contents, "a(ss)")) {
                 r = read_openers(m, &d->openers);
+                return r < 0 ? r : 1;
+        }
+        if (streq(key, "Partitions") && streq(contents, LOOPMGR_DEVICE_PARTITIONS_SIGNATURE)) {
+                r = read_partitions(m, d);
                 return r < 0 ? r : 1;
         }
 
@@ -403,4 +492,20 @@ const char *device_display_name(const DeviceInfo *d) {
         if (d->node && d->node[0])
                 return d->node;
         return d->object;
+}
+
+bool device_info_is_mounted(const DeviceInfo *d) {
+        if (d->mount_point && d->mount_point[0])
+                return true;
+        for (size_t i = 0; i < d->n_partitions; i++)
+                if (d->partitions[i].mount_point[0])
+                        return true;
+        return false;
+}
+
+const PartitionInfo *device_info_partition_by_mount_point(const DeviceInfo *d, const char *dir) {
+        for (size_t i = 0; i < d->n_partitions; i++)
+                if (d->partitions[i].mount_point[0] && streq(d->partitions[i].mount_point, dir))
+                        return d->partitions + i;
+        return NULL;
 }

@@ -14,6 +14,20 @@
 #include <sys/types.h>
 #include <systemd/sd-bus.h>
 
+/* One element of the Partitions property (a(usttssssu)), a partition the kernel or loopmgrd
+ * made on the device. */
+typedef struct PartitionInfo {
+        uint32_t number;
+        char *node;      /* "/dev/loop0p1" */
+        uint64_t offset; /* bytes from the start of the device */
+        uint64_t size;   /* bytes */
+        char *id_type;   /* "" until udev or a Mount's probe found them */
+        char *id_label;
+        char *id_uuid;
+        char *mount_point;   /* where Device.Mount mounted it, "" when not */
+        uint32_t mount_user; /* UINT32_MAX: nobody */
+} PartitionInfo;
+
 typedef struct DeviceInfo {
         char *object;
         char *name;
@@ -52,6 +66,9 @@ typedef struct DeviceInfo {
         uint64_t base_inode;
         uint64_t base_offset;
         uint64_t base_size;
+        /* Partitions, sorted by number; older daemons do not send it (PRESENT_PARTITIONS). */
+        PartitionInfo *partitions;
+        size_t n_partitions;
         unsigned present; /* PRESENT_* bits of the properties above that were sent */
 } DeviceInfo;
 
@@ -63,6 +80,7 @@ enum {
         PRESENT_BASE_SIZE = 1 << 3,
         PRESENT_MOUNT_USER = 1 << 4,
         PRESENT_OWNER_UID = 1 << 5,
+        PRESENT_PARTITIONS = 1 << 6,
 };
 
 typedef struct DeviceList {
@@ -118,3 +136,8 @@ const char *device_info_base(const DeviceInfo *d, char buf[static FORMAT_BASE_MA
 const char *device_info_range(const DeviceInfo *d, char buf[static 48]);
 /* Name, else node, else object path. */
 const char *device_display_name(const DeviceInfo *d);
+
+/* Whether loopmgr mounted d or any of its partitions. */
+bool device_info_is_mounted(const DeviceInfo *d);
+/* The partition of d that loopmgr mounted on dir, NULL if none. */
+const PartitionInfo *device_info_partition_by_mount_point(const DeviceInfo *d, const char *dir);

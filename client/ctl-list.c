@@ -469,8 +469,175 @@ static int status_table(const DeviceInfo *d, const ColumnList *cols, struct libs
         return 0;
 }
 
+/* The partitions of a device (Partitions) below its status, as a table. */
+typedef enum PartitionColumn {
+        PCOL_NUMBER,
+        PCOL_DEVICE,
+        PCOL_SIZE,
+        PCOL_FSTYPE,
+        PCOL_LABEL,
+        PCOL_MOUNTPOINT,
+        _PCOL_MAX,
+} PartitionColumn;
+
+/* clang-format off */
+static const ColumnInfo partition_columns_info[_PCOL_MAX] = {
+        [PCOL_NUMBER]     = { "NUMBER",     2,   SCOLS_FL_RIGHT },
+        [PCOL_DEVICE]     = { "DEVICE",     0.1, 0 },
+        [PCOL_SIZE]       = { "SIZE",       5,   SCOLS_FL_RIGHT },
+        [PCOL_FSTYPE]     = { "FSTYPE",     0.1, 0 },
+        [PCOL_LABEL]      = { "LABEL",      0.1, 0 },
+        [PCOL_MOUNTPOINT] = { "MOUNTPOINT", 0.2, 0 },
+};
+/* clang-format on */
+
+/* The text of one cell, NULL for an empty one (or out of memory: *ret_failed). */
+static char *partition_cell(const PartitionInfo *p, PartitionColumn c, bool *ret_failed) {
+        char buf[FORMAT_SIZE_MAX], *s;
+
+        *ret_failed = false;
+        switch (c) {
+        case PCOL_NUMBER:
+                s = strdup_printf("%" PRIu32, p->number);
+                break;
+        case PCOL_DEVICE:
+                return cell_string(p->node);
+        case PCOL_SIZE:
+                s = strdup(format_size(p->size, buf));
+                break;
+        case PCOL_FSTYPE:
+                return cell_string(p->id_type);
+        case PCOL_LABEL:
+                return cell_string(p->id_label);
+        case PCOL_MOUNTPOINT:
+                return cell_string(p->mount_point);
+        default:
+                return NULL;
+        }
+        *ret_failed = !s;
+        return s;
+}
+
+/* One line per partition; "-" in empty cells unless --raw, as for devices. */
+static int partitions_table(const DeviceInfo *d, struct libscols_table **ret) {
+        _cleanup_(scols_unref_tablep) struct libscols_table *tb = table_new("partitions");
+
+        if (!tb)
+                return -ENOMEM;
+        for (size_t i = 0; i < _PCOL_MAX; i++)
+                if (!scols_table_new_column(tb, partition_columns_info[i].name,
+                                            partition_columns_info[i].whint,
+                                            partition_columns_info[i].flags))
+                        return -ENOMEM;
+
+        for (size_t k = 0; k < d->n_partitions; k++) {
+                struct libscols_line *ln = scols_table_new_line(tb, NULL);
+
+                if (!ln)
+                        return -ENOMEM;
+                for (size_t i = 0; i < _PCOL_MAX; i++) {
+                        bool failed;
+                        char *s = partition_cell(d->partitions + k, (PartitionColumn) i, &failed);
+
+                        if (failed)
+                                return -ENOMEM;
+                        if (!s && !arg_raw)
+                                s = strdup("-");
+                        if (s && scols_line_refer_data(ln, i, s) < 0) {
+                                free(s);
+                                return -ENOMEM;
+                        }
+                }
+        }
+        *ret = TAKE_PTR(tb);
+        return 0;
+}
+
+/* A string for JSON, null for the daemon's "" (as the table's JSON has it for empty cells). */
+static void json_write_string_or_null(FILE *f, const char *s) {
+        if (s && s[0])
+                json_write_string(f, s);
+        else
+                fputs("null", f);
+}
+
+/* "partitions":[{...},...], the keys those of the device's columns that mean the same. */
+static int write_partitions_json(FILE *f, const DeviceInfo *d) {
+        fputs("\"partitions\": [", f);
+        for (size_t i = 0; i < d->n_partitions; i++) {
+                const PartitionInfo *p = d->partitions + i;
+                _cleanup_free_ char *user = NULL;
+                const char *name = strrchr(p->node, '/');
+
+                if (p->mount_point[0] && p->mount_user != UINT32_MAX) {
+                        user = user_name(p->mount_user);
+                        if (!user)
+                                return -ENOMEM;
+                }
+                fprintf(f, "%s{\"number\": %" PRIu32 ", \"name\": ", i > 0 ? ", " : "", p->number);
+                json_write_string_or_null(f, name ? name + 1 : p->node);
+                fputs(", \"device\": ", f);
+                json_write_string_or_null(f, p->node);
+                fprintf(f,
+                        ", \"offset\": %" PRIu64 ", \"size\": %" PRIu64 ", \"fstype\": ", p->offset,
+                        p->size);
+                json_write_string_or_null(f, p->id_type);
+                fputs(", \"label\": ", f);
+                json_write_string_or_null(f, p->id_label);
+                fputs(", \"uuid\": ", f);
+                json_write_string_or_null(f, p->id_uuid);
+                fputs(", \"mountpoint\": ", f);
+                json_write_string_or_null(f, p->mount_point);
+                fputs(", \"mountuser\": ", f);
+                json_write_string_or_null(f, user);
+                fputc('}', f);
+        }
+        fputc(']', f);
+        return 0;
+}
+
+static size_t skip_space_back(const char *s, size_t i) {
+        while (i > 0 && strchr(" \t\n", s[i - 1]))
+                i--;
+        return i;
+}
+
+/*
+ * status --json: the table's JSON, {"devices":[{...}]}, with "partitions":[...] added to the
+ * device's object when the daemon sent Partitions. libsmartcols (2.38) has no cells that are
+ * JSON objects, so the member goes in before the brace that closes the device's object: the
+ * last '}' before the last ']'.
+ */
+static int print_status_json(struct libscols_table *tb, const DeviceInfo *d) {
+        _cleanup_free_ char *doc = NULL;
+        size_t i;
+        int r;
+
+        if (!(d->present & PRESENT_PARTITIONS))
+                return print_table(tb);
+
+        if (scols_print_table_to_string(tb, &doc) < 0 || !doc)
+                return log_oom();
+        i = skip_space_back(doc, strlen(doc));
+        if (i > 0 && doc[i - 1] == '}')
+                i = skip_space_back(doc, i - 1);
+        if (i > 0 && doc[i - 1] == ']')
+                i = skip_space_back(doc, i - 1);
+        if (i == 0 || doc[i - 1] != '}')
+                return log_fail(EXIT_FAILURE, "Unexpected JSON from libsmartcols: %s", doc);
+        i = skip_space_back(doc, i - 1);
+
+        fwrite(doc, 1, i, stdout);
+        fputs(",\n         ", stdout);
+        r = write_partitions_json(stdout, d);
+        if (r < 0)
+                return log_oom();
+        fputs(doc + i, stdout);
+        return flush_stdout();
+}
+
 int verb_status(sd_bus *bus, char **args) {
-        _cleanup_(scols_unref_tablep) struct libscols_table *tb = NULL;
+        _cleanup_(scols_unref_tablep) struct libscols_table *tb = NULL, *partitions = NULL;
         _cleanup_(device_info_done) DeviceInfo d = {};
         _cleanup_free_ char *object = NULL;
         ColumnList cols;
@@ -488,11 +655,26 @@ int verb_status(sd_bus *bus, char **args) {
         if (r != 0)
                 return r;
 
-        if (arg_json)
+        if (arg_json) {
                 r = devices_table(&d, 1, &cols, &tb);
-        else
-                r = status_table(&d, &cols, &tb);
+                if (r < 0)
+                        return log_oom();
+                return print_status_json(tb, &d);
+        }
+
+        r = status_table(&d, &cols, &tb);
         if (r < 0)
                 return log_oom();
-        return print_table(tb);
+        r = print_table(tb);
+        if (r != 0)
+                return r;
+
+        /* The partitions belong to the default view: --output LIST (no "+") replaces it. */
+        if (d.n_partitions == 0 || (arg_output && arg_output[0] != '+'))
+                return 0;
+        r = partitions_table(&d, &partitions);
+        if (r < 0)
+                return log_oom();
+        fputc('\n', stdout);
+        return print_table(partitions);
 }

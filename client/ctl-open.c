@@ -9,13 +9,20 @@
  * the mount. Opening an image that is open already returns the same mount point: the Attach
  * reuses the device and Mount returns its mount (dropping the surplus reference).
  *
- * close finds the device by its mount point or by its image, asks loopmgrd to unmount it, and
- * waits for the device object to go when the mount held the last reference.
+ * An image that holds a partition table and no file system (issue 15) is attached with
+ * partscan, and each of its partitions is mounted, one after the other, every Mount with
+ * release-reference: the first takes over the attach's reference, the others get references of
+ * their own, so the device lives until the last of its mounts goes.
+ *
+ * close finds the device by a mount point (its own or a partition's) or by its image, asks
+ * loopmgrd to unmount every loopmgr mount of it, and waits for the device object to go when
+ * the mounts held the last reference.
  *
  * Mounting and unmounting are the daemon's (Device.Mount/Unmount); the client never calls
  * mount(2), so it needs no privileges.
  */
 
+#include <blkid.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -38,6 +45,10 @@
 #define LOOPMGR_ERROR_NOT_MOUNTED LOOPMGR_ERROR_PREFIX "NotMounted"
 #endif
 #define OPT_RELEASE_REFERENCE "release-reference"
+/* Device.Mount/Unmount of one partition (partitions-api.md); likewise. */
+#ifndef LOOPMGR_OPT_PARTITION
+#define LOOPMGR_OPT_PARTITION "partition"
+#endif
 
 /* The wait of close for the device to go, unless --timeout. */
 #define CLOSE_TIMEOUT_USEC (10 * USEC_PER_SEC)
@@ -49,8 +60,9 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
 }
 
-/* The device whose loopmgr mount is dir. 0 and *ret filled, -ENOENT when none, -ENOMEM, or an
- * exit status (positive) after a failed call. */
+/* The device whose loopmgr mount, or the loopmgr mount of one of whose partitions, is dir. 0
+ * and *ret filled, -ENOENT when none, -ENOMEM, or an exit status (positive) after a failed
+ * call. */
 static int find_by_mount_point(sd_bus *bus, const char *dir, DeviceInfo *ret) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_list_done) DeviceList list = {};
@@ -65,7 +77,8 @@ static int find_by_mount_point(sd_bus *bus, const char *dir, DeviceInfo *ret) {
                 return log_parse_error(r);
 
         for (size_t i = 0; i < list.n; i++)
-                if (streq_ptr(list.items[i].mount_point, dir)) {
+                if (streq_ptr(list.items[i].mount_point, dir) ||
+                    device_info_partition_by_mount_point(list.items + i, dir)) {
                         *ret = list.items[i];
                         list.items[i] = list.items[--list.n];
                         return 0;
@@ -97,7 +110,23 @@ static int log_open_error(const char *image, const sd_bus_error *error, int r, c
         return exit_status_from_bus_error(error, r);
 }
 
-static int call_mount(sd_bus *bus, const char *object, sd_bus_error *error,
+static bool error_means_gone(const sd_bus_error *error) {
+        return sd_bus_error_has_names(error, SD_BUS_ERROR_UNKNOWN_OBJECT,
+                                      SD_BUS_ERROR_UNKNOWN_INTERFACE, SD_BUS_ERROR_UNKNOWN_METHOD,
+                                      LOOPMGR_ERROR_NOT_FOUND);
+}
+
+/* The whole device is partition 0, which is sent as no option at all: daemons without
+ * partitions know no "partition". */
+static int append_partition_option(sd_bus_message *m, uint32_t partition) {
+        if (partition == 0)
+                return 0;
+        return sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_PARTITION, "u", partition);
+}
+
+/* Device.Mount of the whole device (partition 0) or of one partition, handing our reference
+ * over to the mount. */
+static int call_mount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error,
                       sd_bus_message **ret_reply) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
@@ -105,10 +134,72 @@ static int call_mount(sd_bus *bus, const char *object, sd_bus_error *error,
         r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, object,
                                            LOOPMGR_DEVICE_INTERFACE, "Mount");
         if (r >= 0)
-                r = sd_bus_message_append(m, "a{sv}", 1, OPT_RELEASE_REFERENCE, "b", 1);
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "{sv}", OPT_RELEASE_REFERENCE, "b", 1);
+        if (r >= 0)
+                r = append_partition_option(m, partition);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
         if (r < 0)
                 return r;
         return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
+}
+
+static int call_unmount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, object,
+                                           LOOPMGR_DEVICE_INTERFACE, "Unmount");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0)
+                r = append_partition_option(m, partition);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return r;
+        return ctl_call(bus, m, call_timeout_usec(), error, NULL);
+}
+
+static inline void blkid_free_probep(blkid_probe *pr) {
+        blkid_free_probe(*pr);
+}
+
+/*
+ * Whether the image behind fd holds a partition table and no file system, as libblkid sees it
+ * (the client reads its own fd: the file is the user's). Returns 1 with the table's type
+ * ("gpt", "dos") in *ret_pttype, 0 when it does not, -ENOMEM. A probe that fails or finds
+ * something ambiguous counts as "no partition table": the image is then opened as before and
+ * the daemon's own probe at Mount says what is wrong with it.
+ */
+static int probe_partition_table(int fd, char **ret_pttype) {
+        _cleanup_(blkid_free_probep) blkid_probe pr = NULL;
+        const char *pttype = NULL;
+        char *copy;
+
+        pr = blkid_new_probe();
+        if (!pr)
+                return -ENOMEM;
+        if (blkid_probe_set_device(pr, fd, 0, 0) != 0 ||
+            blkid_probe_enable_superblocks(pr, true) != 0 ||
+            blkid_probe_enable_partitions(pr, true) != 0)
+                return 0;
+        if (blkid_do_safeprobe(pr) != 0)
+                return 0;
+
+        /* A hybrid ISO 9660 image has both (an MBR for booting from USB sticks): it is
+         * mounted whole, as before. */
+        if (blkid_probe_lookup_value(pr, "TYPE", NULL, NULL) == 0 ||
+            blkid_probe_lookup_value(pr, "PTTYPE", &pttype, NULL) != 0 || !pttype || !pttype[0])
+                return 0;
+
+        copy = strdup(pttype);
+        if (!copy)
+                return -ENOMEM;
+        *ret_pttype = copy;
+        return 1;
 }
 
 static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what);
@@ -170,13 +261,19 @@ static int on_open_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
+/* The first mount point of d, the whole device's or a partition's ("" when none). */
+static const char *first_mount_point(const DeviceInfo *d) {
+        if (d->mount_point && d->mount_point[0])
+                return d->mount_point;
+        for (size_t i = 0; i < d->n_partitions; i++)
+                if (d->partitions[i].mount_point && d->partitions[i].mount_point[0])
+                        return d->partitions[i].mount_point;
+        return "";
+}
+
+/* Waits until interrupted, then closes the mounts of d: what this open mounted. */
 static int open_wait_client(sd_bus *bus, sd_event *event, OpenWait *w, const char *image,
-                            const char *node, const char *mount_point) {
-        DeviceInfo d = {
-                .object = (char *) w->object,
-                .node = (char *) node,
-                .mount_point = (char *) mount_point,
-        };
+                            const DeviceInfo *d) {
         int r;
 
         if (isatty(STDERR_FILENO))
@@ -193,8 +290,145 @@ static int open_wait_client(sd_bus *bus, sd_event *event, OpenWait *w, const cha
                 return log_fail(EXIT_FAILURE,
                                 "Lost the connection to loopmgrd; %s stays open on %s "
                                 "('loopmgrctl close %s' closes it).",
-                                image, mount_point, mount_point);
-        return close_device(bus, &d, image);
+                                image, first_mount_point(d), first_mount_point(d));
+        return close_device(bus, d, image);
+}
+
+/* What Attach answered for the image open is opening. */
+typedef struct Opened {
+        const char *image;
+        const char *pttype; /* the partition table libblkid found, NULL for a file system */
+        const char *object;
+        const char *node;
+        uint64_t diskseq;
+        bool reused;
+} Opened;
+
+static void print_partitions_json(const Opened *o, const DeviceInfo *d) {
+        bool first = true;
+
+        fputc('[', stdout);
+        for (size_t i = 0; i < d->n_partitions; i++) {
+                const PartitionInfo *p = d->partitions + i;
+
+                if (!p->mount_point[0])
+                        continue;
+                fputs(first ? "{" : ",{", stdout);
+                first = false;
+                json_write_device(stdout, o->node, o->object);
+                printf(",\"partition\":%" PRIu32 ",\"partition_device\":", p->number);
+                json_write_string(stdout, p->node);
+                fputs(",\"mount_point\":", stdout);
+                json_write_string(stdout, p->mount_point);
+                printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}", o->diskseq,
+                       o->reused ? "true" : "false");
+        }
+        fputs("]\n", stdout);
+}
+
+/*
+ * A partitioned image, attached with partscan: Mount of every partition in number order, one
+ * after the other (the daemon runs one Mount or Unmount of a device at a time). Partitions
+ * without a file system are skipped, other failures reported and the rest still mounted. On
+ * success *ret holds the device with the mount point each partition got ("" for the ones not
+ * mounted) and 0 is returned; when nothing could be mounted, our reference is dropped and an
+ * exit status returned.
+ */
+static int mount_partitions(sd_bus *bus, const Opened *o, DeviceInfo *ret) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        size_t n_mounted = 0;
+        int status = 0, r;
+
+        r = device_info_get(bus, o->object, &error, &d);
+        if (r < 0) {
+                if (r == -ENOMEM)
+                        status = log_oom();
+                else if (!sd_bus_error_is_set(&error))
+                        status = log_parse_error(r);
+                else
+                        status = log_open_error(o->image, &error, r, "GetAll");
+                drop_reference(bus, o->object, o->node);
+                return status;
+        }
+        if (!(d.present & PRESENT_PARTITIONS)) {
+                drop_reference(bus, o->object, o->node);
+                return log_fail(EXIT_FAILURE,
+                                "Cannot open %s: it holds a partition table (%s), and this "
+                                "loopmgrd does not mount partitions.",
+                                o->image, o->pttype);
+        }
+
+        for (size_t i = 0; i < d.n_partitions; i++) {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                PartitionInfo *p = d.partitions + i;
+                const char *mount_point;
+                char *copy;
+
+                sd_bus_error_free(&error);
+                r = call_mount(bus, o->object, p->number, &error, &reply);
+                if (r >= 0)
+                        r = sd_bus_message_read(reply, "s", &mount_point);
+                if (r >= 0) {
+                        copy = strdup(mount_point);
+                        if (!copy)
+                                return log_oom();
+                        free(p->mount_point);
+                        p->mount_point = copy;
+                        n_mounted++;
+                        continue;
+                }
+                /* Not ours, and not mounted now: close must leave it alone. */
+                p->mount_point[0] = '\0';
+
+                if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NO_FILE_SYSTEM)) {
+                        /* Swap, an empty or an encrypted partition: nothing to mount there. */
+                        if (isatty(STDERR_FILENO))
+                                log_fail(0,
+                                         "Not mounting %s: it holds no file system loopmgr "
+                                         "mounts.",
+                                         p->node);
+                        continue;
+                }
+                if (reply)
+                        /* Mounted, but the reply is not what the contract says. */
+                        log_parse_error(r);
+                else if (sd_bus_error_is_set(&error) && error.message && error.message[0])
+                        log_fail(0, "Cannot mount %s: %s", p->node, error.message);
+                else
+                        log_fail(0, "Cannot mount %s: Mount failed: %s", p->node,
+                                 sd_bus_error_is_set(&error) ? error.name : strerror(-r));
+                if (status == 0)
+                        status = reply ? EXIT_FAILURE : exit_status_from_bus_error(&error, r);
+                /* The device went away (detached by someone else): no partition is left. */
+                if (error_means_gone(&error))
+                        break;
+        }
+
+        if (n_mounted == 0) {
+                /* The exit status of a whole-device Mount that found no file system. */
+                const sd_bus_error no_fs =
+                        SD_BUS_ERROR_MAKE_CONST(LOOPMGR_ERROR_NO_FILE_SYSTEM, NULL);
+
+                /* Nobody took our reference over. */
+                drop_reference(bus, o->object, o->node);
+                if (status != 0)
+                        return log_fail(status,
+                                        "Cannot open %s: none of its partitions could be "
+                                        "mounted.",
+                                        o->image);
+                return log_fail(exit_status_from_bus_error(&no_fs, -EMEDIUMTYPE),
+                                "Cannot open %s: it holds a partition table (%s) and no "
+                                "partition with a file system loopmgr mounts.",
+                                o->image, o->pttype);
+        }
+
+        /* Only what this open mounted: the whole device's mount is not ours. */
+        free(d.mount_point);
+        d.mount_point = NULL;
+        *ret = d;
+        d = (DeviceInfo){};
+        return 0;
 }
 
 int verb_open(sd_bus *bus, char **args) {
@@ -202,11 +436,13 @@ int verb_open(sd_bus *bus, char **args) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot_removed = NULL, *slot_changed = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_(device_info_done) DeviceInfo opened = {};
+        _cleanup_free_ char *pttype = NULL;
         _cleanup_close_ int fd = -EBADF;
-        const char *image = args[0], *object, *node, *mount_point;
+        const char *image = args[0], *mount_point;
         bool client = streq_ptr(arg_lifetime, "client");
+        Opened o = {.image = image};
         OpenWait wait = {};
-        uint64_t diskseq;
         struct stat st;
         int reused, r;
 
@@ -237,6 +473,15 @@ int verb_open(sd_bus *bus, char **args) {
         if (S_ISREG(st.st_mode) && st.st_size == 0)
                 return log_fail(EXIT_FAILURE, "Cannot open %s: the file is empty.", image);
 
+        r = probe_partition_table(fd, &pttype);
+        if (r < 0)
+                return log_oom();
+        o.pttype = pttype;
+        /* open has no --partscan: a partitioned image needs the partitions, and the attach
+         * options are read from the parsed arguments. */
+        if (pttype)
+                arg_partscan = true;
+
         if (client) {
                 /* Before Attach: SIGINT and SIGTERM are blocked from here on, and handled by the
                  * event loop that waits once the image is open. */
@@ -263,56 +508,76 @@ int verb_open(sd_bus *bus, char **args) {
         /* The daemon holds its own duplicate now; ours would count as an opener. */
         fd = safe_close(fd);
 
-        r = sd_bus_message_read(reply, "ostb", &object, &node, &diskseq, &reused);
+        r = sd_bus_message_read(reply, "ostb", &o.object, &o.node, &o.diskseq, &reused);
         if (r < 0)
                 return log_parse_error(r);
+        o.reused = reused;
 
         if (client) {
-                /* Subscribed before Mount: nobody can close it before we listen. */
-                wait.object = object;
+                /* Subscribed before Mount: nobody can close it before we listen. A partitioned
+                 * device has no mount of its own, so only its going away counts for it. */
+                wait.object = o.object;
                 r = sd_bus_match_signal(bus, &slot_removed, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
                                         OBJECT_MANAGER_INTERFACE, "InterfacesRemoved",
                                         on_open_removed, &wait);
-                if (r >= 0)
-                        r = sd_bus_match_signal(bus, &slot_changed, LOOPMGR_BUS_NAME, object,
+                if (r >= 0 && !pttype)
+                        r = sd_bus_match_signal(bus, &slot_changed, LOOPMGR_BUS_NAME, o.object,
                                                 PROPERTIES_INTERFACE, "PropertiesChanged",
                                                 on_open_changed, &wait);
                 if (r < 0) {
-                        drop_reference(bus, object, node);
+                        drop_reference(bus, o.object, o.node);
                         return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s",
                                         strerror(-r));
                 }
         }
 
-        sd_bus_error_free(&error);
-        r = call_mount(bus, object, &error, &mount_reply);
-        if (r < 0) {
-                int status = log_open_error(image, &error, r, "Mount");
+        if (pttype) {
+                r = mount_partitions(bus, &o, &opened);
+                if (r != 0)
+                        return r;
+                if (arg_json)
+                        print_partitions_json(&o, &opened);
+                else
+                        for (size_t i = 0; i < opened.n_partitions; i++)
+                                if (opened.partitions[i].mount_point[0])
+                                        printf("%s\n", opened.partitions[i].mount_point);
+        } else {
+                sd_bus_error_free(&error);
+                r = call_mount(bus, o.object, 0, &error, &mount_reply);
+                if (r < 0) {
+                        int status = log_open_error(image, &error, r, "Mount");
 
-                /* Only the reference this Attach took: if the device was reused, whoever
-                 * attached it first keeps theirs. */
-                drop_reference(bus, object, node);
-                return status;
+                        /* Only the reference this Attach took: if the device was reused,
+                         * whoever attached it first keeps theirs. */
+                        drop_reference(bus, o.object, o.node);
+                        return status;
+                }
+
+                r = sd_bus_message_read(mount_reply, "s", &mount_point);
+                if (r < 0)
+                        return log_parse_error(r);
+
+                opened.object = strdup(o.object);
+                opened.node = strdup(o.node);
+                opened.mount_point = strdup(mount_point);
+                if (!opened.object || !opened.node || !opened.mount_point)
+                        return log_oom();
+
+                if (arg_json) {
+                        fputc('{', stdout);
+                        json_write_device(stdout, o.node, o.object);
+                        fputs(",\"mount_point\":", stdout);
+                        json_write_string(stdout, mount_point);
+                        printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", o.diskseq,
+                               o.reused ? "true" : "false");
+                } else
+                        printf("%s\n", mount_point);
         }
-
-        r = sd_bus_message_read(mount_reply, "s", &mount_point);
-        if (r < 0)
-                return log_parse_error(r);
-
-        if (arg_json) {
-                fputc('{', stdout);
-                json_write_device(stdout, node, object);
-                fputs(",\"mount_point\":", stdout);
-                json_write_string(stdout, mount_point);
-                printf(",\"diskseq\":%" PRIu64 ",\"reused\":%s}\n", diskseq,
-                       reused ? "true" : "false");
-        } else
-                printf("%s\n", mount_point);
         r = flush_stdout();
         if (r != 0 || !client)
                 return r;
 
-        return open_wait_client(bus, event, &wait, image, node, mount_point);
+        return open_wait_client(bus, event, &wait, image, &opened);
 }
 
 typedef struct CloseWait {
@@ -351,18 +616,50 @@ static int close_wait(sd_bus *bus, CloseWait *w, uint64_t deadline) {
         return 0;
 }
 
-static bool error_means_gone(const sd_bus_error *error) {
-        return sd_bus_error_has_names(error, SD_BUS_ERROR_UNKNOWN_OBJECT,
-                                      SD_BUS_ERROR_UNKNOWN_INTERFACE, SD_BUS_ERROR_UNKNOWN_METHOD,
-                                      LOOPMGR_ERROR_NOT_FOUND);
+/* The mount points close unmounted, in order (pointing into the DeviceInfo), and as one text
+ * for messages: "A" or "A, B". */
+typedef struct Unmounted {
+        const char **items;
+        size_t n;
+        char *text;
+} Unmounted;
+
+static void unmounted_done(Unmounted *u) {
+        free(u->items);
+        free(u->text);
+        *u = (Unmounted){};
 }
 
-static int close_print(const DeviceInfo *d, const char *state) {
+static int unmounted_join(Unmounted *u) {
+        size_t len = 1;
+        char *p;
+
+        for (size_t i = 0; i < u->n; i++)
+                len += strlen(u->items[i]) + 2;
+        u->text = p = malloc(len);
+        if (!u->text)
+                return -ENOMEM;
+        *p = '\0';
+        for (size_t i = 0; i < u->n; i++)
+                p = stpcpy(stpcpy(p, i > 0 ? ", " : ""), u->items[i]);
+        return 0;
+}
+
+static int close_print(const DeviceInfo *d, const Unmounted *u, const char *state) {
         if (arg_json) {
                 fputc('{', stdout);
                 json_write_device(stdout, d->node, d->object);
                 fputs(",\"mount_point\":", stdout);
-                json_write_string(stdout, strempty(d->mount_point));
+                json_write_string(stdout, u->n > 0 ? u->items[0] : "");
+                if (u->n > 1) {
+                        fputs(",\"mount_points\":[", stdout);
+                        for (size_t i = 0; i < u->n; i++) {
+                                if (i > 0)
+                                        fputc(',', stdout);
+                                json_write_string(stdout, u->items[i]);
+                        }
+                        fputc(']', stdout);
+                }
                 fputs(",\"state\":", stdout);
                 json_write_string(stdout, state);
                 fputs("}\n", stdout);
@@ -370,14 +667,85 @@ static int close_print(const DeviceInfo *d, const char *state) {
         return flush_stdout();
 }
 
-/* Unmount of d's mount, then what became of the device: gone (waited for unless --no-wait),
- * going, or kept by other references. `what` names it in messages (what the user typed).
- * Returns an exit status. */
+/*
+ * Unmount of every loopmgr mount of d, the whole device's and its partitions', one after the
+ * other (the daemon runs one at a time per device), into *u. A single mount fails as close
+ * always has ("Cannot close WHAT: ..."); of several, each failure is reported, the others are
+ * still unmounted, and one that someone else unmounted in between counts as done. Returns 0
+ * or an exit status.
+ */
+static int unmount_all(sd_bus *bus, const DeviceInfo *d, const char *what, Unmounted *u) {
+        size_t n_mounts = 0;
+        int status = 0, r;
+
+        for (size_t i = 0; i <= d->n_partitions; i++) {
+                const char *mp = i > 0 ? d->partitions[i - 1].mount_point : d->mount_point;
+
+                if (mp && mp[0])
+                        n_mounts++;
+        }
+        u->items = calloc(n_mounts > 0 ? n_mounts : 1, sizeof(char *));
+        if (!u->items)
+                return log_oom();
+
+        for (size_t i = 0; i <= d->n_partitions; i++) {
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                const PartitionInfo *p = i > 0 ? d->partitions + i - 1 : NULL;
+                const char *mp = p ? p->mount_point : d->mount_point;
+
+                if (!mp || !mp[0])
+                        continue;
+                r = call_unmount(bus, d->object, p ? p->number : 0, &error);
+                if (r >= 0) {
+                        u->items[u->n++] = mp;
+                        continue;
+                }
+
+                if (n_mounts == 1) {
+                        if (!sd_bus_error_is_set(&error) || !error.message || !error.message[0])
+                                return log_bus_error(&error, r, "Unmount");
+                        /* NotMounted: someone closed it in between; Busy names what is in
+                         * use. */
+                        log_fail(0, "Cannot close %s: %s", what, error.message);
+                        if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
+                                return EXIT_NOT_FOUND;
+                        return exit_status_from_bus_error(&error, r);
+                }
+                if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
+                        continue;
+                if (sd_bus_error_is_set(&error) && error.message && error.message[0])
+                        log_fail(0, "Cannot unmount %s: %s", mp, error.message);
+                else
+                        log_fail(0, "Cannot unmount %s: Unmount failed: %s", mp,
+                                 sd_bus_error_is_set(&error) ? error.name : strerror(-r));
+                if (status == 0)
+                        status = exit_status_from_bus_error(&error, r);
+        }
+
+        if (unmounted_join(u) < 0)
+                return log_oom();
+        if (status != 0) {
+                /* The device stays: what is still mounted holds it. */
+                if (u->n > 0 && !arg_json)
+                        printf("Unmounted %s.\n", u->text);
+                (void) flush_stdout();
+                return status;
+        }
+        if (u->n == 0)
+                return log_fail(EXIT_NOT_FOUND,
+                                "Cannot close %s: someone else unmounted it in the meantime.",
+                                what);
+        return 0;
+}
+
+/* Unmount of every loopmgr mount of d, then what became of the device: gone (waited for
+ * unless --no-wait), going, or kept by other references. `what` names it in messages (what
+ * the user typed). Returns an exit status. */
 static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(device_info_done) DeviceInfo after = {};
+        _cleanup_(unmounted_done) Unmounted u = {};
         uint64_t timeout = arg_timeout_usec > 0 ? arg_timeout_usec : CLOSE_TIMEOUT_USEC;
         CloseWait w = {};
         int r;
@@ -390,22 +758,9 @@ static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
         if (r < 0)
                 return log_fail(EXIT_FAILURE, "Failed to subscribe to signals: %s", strerror(-r));
 
-        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, d->object,
-                                           LOOPMGR_DEVICE_INTERFACE, "Unmount");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "a{sv}", 0);
-        if (r < 0)
-                return log_create_error(r);
-        r = ctl_call(bus, m, call_timeout_usec(), &error, &reply);
-        if (r < 0) {
-                if (!sd_bus_error_is_set(&error) || !error.message || !error.message[0])
-                        return log_bus_error(&error, r, "Unmount");
-                /* NotMounted: someone closed it in between; Busy names what is in use. */
-                log_fail(0, "Cannot close %s: %s", what, error.message);
-                if (sd_bus_error_has_name(&error, LOOPMGR_ERROR_NOT_MOUNTED))
-                        return EXIT_NOT_FOUND;
-                return exit_status_from_bus_error(&error, r);
-        }
+        r = unmount_all(bus, d, what, &u);
+        if (r != 0)
+                return r;
 
         /* What became of the device: gone, going, or kept by other references. */
         r = close_wait(bus, &w, 0);
@@ -427,33 +782,33 @@ static int close_device(sd_bus *bus, const DeviceInfo *d, const char *what) {
                 if (!arg_json)
                         printf("Unmounted %s; %s stays attached: %" PRIu32 " other "
                                "reference%s hold%s it.\n",
-                               d->mount_point, d->node, after.references,
-                               after.references == 1 ? "" : "s", after.references == 1 ? "s" : "");
-                return close_print(d, LOOPMGR_STATE_ATTACHED);
+                               u.text, d->node, after.references, after.references == 1 ? "" : "s",
+                               after.references == 1 ? "s" : "");
+                return close_print(d, &u, LOOPMGR_STATE_ATTACHED);
         }
 
         if (!w.gone && arg_no_wait) {
                 if (!arg_json)
-                        printf("Unmounted %s; %s is being detached.\n", d->mount_point, d->node);
-                return close_print(d, LOOPMGR_STATE_PENDING);
+                        printf("Unmounted %s; %s is being detached.\n", u.text, d->node);
+                return close_print(d, &u, LOOPMGR_STATE_PENDING);
         }
 
         r = close_wait(bus, &w, now_usec() + timeout);
         if (r == -ETIMEDOUT) {
-                close_print(d, LOOPMGR_STATE_PENDING);
+                close_print(d, &u, LOOPMGR_STATE_PENDING);
                 return log_fail(EXIT_TIMEOUT,
                                 "Unmounted %s, but %s was not detached within %" PRIu64 " s: "
                                 "something still has it open ('loopmgrctl status %s' shows "
                                 "what). loopmgrd detaches it when that goes.",
-                                d->mount_point, d->node,
-                                (timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, d->node);
+                                u.text, d->node, (timeout + USEC_PER_SEC - 1) / USEC_PER_SEC,
+                                d->node);
         }
         if (r < 0)
                 return log_fail(EXIT_FAILURE, "Lost the connection to the bus: %s", strerror(-r));
 
         if (!arg_json)
-                printf("Unmounted %s and detached %s.\n", d->mount_point, d->node);
-        return close_print(d, LOOPMGR_STATE_DETACHED);
+                printf("Unmounted %s and detached %s.\n", u.text, d->node);
+        return close_print(d, &u, LOOPMGR_STATE_DETACHED);
 }
 
 int verb_close(sd_bus *bus, char **args) {
@@ -537,7 +892,7 @@ int verb_close(sd_bus *bus, char **args) {
                         return log_oom();
                 if (r < 0)
                         return log_bus_error(&error, r, "GetAll");
-                if (!d.mount_point || !d.mount_point[0])
+                if (!device_info_is_mounted(&d))
                         return log_fail(EXIT_NOT_FOUND,
                                         "Cannot close %s: %s shows it, but loopmgr has not "
                                         "mounted it ('loopmgrctl detach %s' drops a reference).",
