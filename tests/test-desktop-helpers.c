@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /* test-desktop's helpers: loopmgrctl as a user, mounts and devices, images, polkit rules,
- * loopmgrctl on a pseudo-terminal. */
+ * loopmgrctl on a pseudo-terminal; partitions and text for test-desktop-parts. */
 
+#include <ctype.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -243,6 +245,18 @@ char *make_noise(Ctx *c, unsigned who, const char *name) {
         return image;
 }
 
+char *read_as(Ctx *c, unsigned who, const char *path) {
+        static PkRequest q;
+        static PkReply p;
+
+        q = (PkRequest){.op = PK_OP_READ_FILE};
+        assert_int_equal(pk_request_arg(&q, 's', 0, path), 0);
+        assert_int_equal(pk_agent_call(&c->agents[who], &q, &p, 0), 0);
+        if (p.r < 0 || p.open_errno != 0)
+                fail_msg("%s cannot read %s: %s", user_names[who], path, pk_reply_error(&p));
+        return gc(c, strdup(p.data));
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* polkit rules */
 
@@ -388,4 +402,119 @@ void pty_run(Ctx *c, const PtyOptions *o, char *const *argv, PtyRun *ret) {
         ret->output = gc(c, TAKE_PTR(buf));
         print_message("  pty as %s: %s -> %d, %u prompt(s), output:\n%s\n", user_names[o->who],
                       argv[1], ret->status, ret->prompts, ret->output);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Partitions, text (test-desktop-parts) */
+
+char *fmt(Ctx *c, const char *format, ...) {
+        char *s = NULL;
+        va_list ap;
+
+        va_start(ap, format);
+        int r = vasprintf(&s, format, ap);
+        va_end(ap);
+        assert_true(r >= 0);
+        return gc(c, s);
+}
+
+void make_sparse(const char *path, uint64_t size) {
+        _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+        if (fd < 0)
+                fail_msg("creating %s: %s", path, strerror(errno));
+        assert_int_equal(ftruncate(fd, (off_t) size), 0);
+}
+
+size_t count_partitions(const char *name) {
+        _cleanup_free_ char *path = NULL;
+        size_t n = 0, l = strlen(name);
+        struct dirent *de;
+        DIR *d;
+
+        assert_true(asprintf(&path, "/sys/block/%s", name) > 0);
+        d = opendir(path);
+        if (!d)
+                return 0;
+        while ((de = readdir(d)))
+                if (strncmp(de->d_name, name, l) == 0 && de->d_name[l] == 'p' &&
+                    isdigit((unsigned char) de->d_name[l + 1]))
+                        n++;
+        closedir(d);
+        return n;
+}
+
+bool wait_no_partitions(const char *name) {
+        uint64_t deadline = now_usec() + 5 * USEC_PER_SEC;
+        _cleanup_free_ char *loop = NULL;
+
+        assert_true(asprintf(&loop, "/sys/block/%s/loop", name) > 0);
+        while (count_partitions(name) > 0 && access(loop, F_OK) < 0) {
+                if (now_usec() >= deadline)
+                        return false;
+                sleep_usec(20 * USEC_PER_MSEC);
+        }
+        return true;
+}
+
+size_t unbound_with_partitions(void) {
+        size_t n = 0;
+        struct dirent *de;
+        DIR *d = opendir("/sys/block");
+
+        if (!d)
+                return 0;
+        while ((de = readdir(d))) {
+                _cleanup_free_ char *loop = NULL;
+
+                if (strncmp(de->d_name, "loop", 4) != 0 ||
+                    asprintf(&loop, "/sys/block/%s/loop", de->d_name) < 0)
+                        continue;
+                if (access(loop, F_OK) < 0 && count_partitions(de->d_name) > 0)
+                        n++;
+        }
+        closedir(d);
+        return n;
+}
+
+char *squeeze(Ctx *c, const char *s) {
+        char *t = gc(c, strdup(s)), *o = t;
+
+        for (; *s; s++)
+                if (!isspace((unsigned char) *s))
+                        *o++ = *s;
+        *o = 0;
+        return t;
+}
+
+size_t occurrences(const char *haystack, const char *needle) {
+        size_t n = 0;
+
+        for (const char *p = haystack; (p = strstr(p, needle)); p += strlen(needle))
+                n++;
+        return n;
+}
+
+size_t unmount_media_leftovers(void) {
+        size_t n = 0;
+
+        for (unsigned i = 0; i < N_USERS; i++) {
+                _cleanup_free_ char *dir = NULL;
+                _cleanup_strv_free_ char **l = NULL;
+                size_t k = 0;
+
+                if (asprintf(&dir, MEDIA_DIR "/%s", user_names[i]) < 0)
+                        continue;
+                l = mounts_below(dir);
+                while (l && l[k])
+                        k++;
+                n += k;
+                for (; k > 0; k--) { /* newest first */
+                        print_error("unmounting the leftover %s\n", l[k - 1]);
+                        if (umount2(l[k - 1], MNT_DETACH) < 0)
+                                print_error("umount %s: %m\n", l[k - 1]);
+                        (void) rmdir(l[k - 1]);
+                }
+        }
+        return n;
 }

@@ -113,6 +113,36 @@ void give(Ctx *c, unsigned who, const char *path);
 char *make_ext4(Ctx *c, unsigned who, const char *name, const char *label);
 char *make_squashfs(Ctx *c, unsigned who, const char *name);
 
+/* The content of path (up to PK_DATA_MAX bytes) as the user reads it; fails the test when the
+ * user cannot open it. gc(). */
+char *read_as(Ctx *c, unsigned who, const char *path);
+
+/* printf into a new string, gc(). */
+char *fmt(Ctx *c, const char *format, ...) _printf_(2, 3);
+
+/* A new sparse file of size bytes, mode 0600. */
+void make_sparse(const char *path, uint64_t size);
+
+/* The kernel's partitions of the device name: /sys/block/<name>/<name>p<N>. */
+size_t count_partitions(const char *name);
+
+/* Waits (5 s) until the unbound loop device name has no partitions; a new binding of that name
+ * is someone else's and not looked at (true). */
+bool wait_no_partitions(const char *name);
+
+/* Loop devices without a binding that keep partitions. None should exist: a rise in the count
+ * after a failed open means the open left one (of a device whose name it never told). */
+size_t unbound_with_partitions(void);
+
+/* s without white space, gc(): for loose matching of JSON. */
+char *squeeze(Ctx *c, const char *s);
+
+size_t occurrences(const char *haystack, const char *needle);
+
+/* Unmounts (MNT_DETACH, newest first) and removes whatever mount is left under
+ * /run/media/<user> of the test users; returns how many there were. */
+size_t unmount_media_leftovers(void);
+
 /* Random bytes: no file system blkid knows. */
 char *make_noise(Ctx *c, unsigned who, const char *name);
 

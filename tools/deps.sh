@@ -21,8 +21,9 @@ packages=(
     # (util-linux), mkfs.ext4/e2fsck/debugfs (e2fsprogs), pgrep (procps), jq, and
     # mkfs.btrfs/btrfs for the btrfs sub-volume scenario of tests/test-aliases.c (btrfs-progs)
     util-linux mount e2fsprogs procps jq btrfs-progs
-    # the desktop tests: mksquashfs (squashfs images to open), desktop-file-validate
-    squashfs-tools desktop-file-utils
+    # the desktop tests: mksquashfs (squashfs images to open), desktop-file-validate, sfdisk
+    # (fdisk) for the partitioned images of tests/test-desktop-parts.c
+    squashfs-tools desktop-file-utils fdisk
     # tests/test-mount.c: vfat images (mounted with uid=/gid=)
     dosfstools
     # tests/test-mount-slow.c: a slow image, on a FUSE file system whose reads sleep
@@ -49,8 +50,8 @@ bench_packages=(udisks2 fio gnuplot-nox)
 deb_packages=(dpkg-dev build-essential debhelper lintian pkgconf)
 # tools/deps.sh --vm: also what tools/test-vm.sh needs: qemu (software emulation of a PC),
 # mmdebstrap for the guest's root file system, and what makes the suite's images without a loop
-# device: sfdisk (fdisk), mkfs.vfat (above) and mcopy (mtools), xorriso.
-vm_packages=(qemu-system-x86 mmdebstrap fdisk mtools xorriso)
+# device: sfdisk (fdisk) and mkfs.vfat (above), mcopy (mtools), xorriso.
+vm_packages=(qemu-system-x86 mmdebstrap mtools xorriso)
 # and gcc-multilib for tests/vm/build-helpers.sh: a static 32-bit program for the guard's
 # compat ioctl path
 vm_packages+=(gcc-multilib)

@@ -101,17 +101,31 @@ done
 
 echo "==> images for the suite"
 make_images() {
-    local d=$share/images f
-    # A GPT and an MBR disk image with two partitions each (ext4 in the first).
+    local d=$share/images f t p start size
+    # A GPT and an MBR disk image (64 MiB) with two partitions each: 1 MiB + 16 MiB and
+    # 17 MiB + 40 MiB, each holding ext4 labelled LMGPT1/LMGPT2 (LMMBR1/LMMBR2) with hello.txt,
+    # made in files of their own (mkfs.ext4 -d) and copied into place with dd.
     for t in gpt mbr; do
         f=$d/$t.img
         truncate -s 64M "$f"
         if [[ $t == gpt ]]; then
-            printf 'label: gpt\n,16M,L\n,,L\n' | sfdisk -q "$f"
+            printf 'label: gpt\nstart=1M, size=16M, type=L\nstart=17M, size=40M, type=L\n'
         else
-            printf 'label: dos\n,16M,83\n,,83\n' | sfdisk -q "$f"
-        fi
+            printf 'label: dos\nstart=1M, size=16M, type=83\nstart=17M, size=40M, type=83\n'
+        fi | sfdisk -q "$f" || return 1
+        for p in 1 2; do
+            start=$((p == 1 ? 1 : 17)) size=$((p == 1 ? 16 : 40))
+            rm -rf "$tmp/tree" "$tmp/fs.img"
+            mkdir -p "$tmp/tree"
+            printf 'hello from %s partition %s\n' "$t" "$p" >"$tmp/tree/hello.txt"
+            chmod 0755 "$tmp/tree"
+            chmod 0644 "$tmp/tree/hello.txt"
+            truncate -s "${size}M" "$tmp/fs.img"
+            mkfs.ext4 -q -F -L "LM${t^^}$p" -d "$tmp/tree" "$tmp/fs.img" || return 1
+            dd if="$tmp/fs.img" of="$f" bs=1M seek="$start" conv=notrunc status=none || return 1
+        done
     done
+    rm -rf "$tmp/tree" "$tmp/fs.img"
     # vfat with a file in it, put there by mcopy (mtools): no mount needed.
     mkfs.vfat -C -n LMVFAT "$d/vfat.img" 32768 >/dev/null
     printf 'hello from vfat\n' >"$tmp/hello.txt"

@@ -271,20 +271,41 @@ test_open_iso9660() {
         grep -qx "hello from iso9660" || die "README.TXT: $(cat "$work/iso")"
 }
 
-# open of a whole-disk image is not supported yet: the daemon mounts file systems of whole
-# devices only, and says so naming the partition table.
-test_open_partitioned() {
-    local img=$home/gpt.img out
-    cp "$share/images/gpt.img" "$img"
+# open of a whole-disk image: every partition holding a file system is mounted, one mount point
+# a line in partition order; close (by the image, or by one of the mount points) unmounts all of
+# them and the device and its partitions go.
+open_partitioned() { # open_partitioned IMAGE-NAME LABEL-PREFIX image|mount-point
+    local img=$home/$1 mp1=/run/media/$user/${2}1 mp2=/run/media/$user/${2}2 out mp node name by
+    cp "$share/images/$1" "$img"
     chown "$user:$user" "$img"
-    if out=$(in_session "loopmgrctl --no-ask-password open $img" 2>&1); then
-        in_session "loopmgrctl --no-ask-password close $img" || true
-        return 0
-    fi
-    [[ $out == *"partition table (gpt)"* ]] || die "open of a GPT image: $out"
-    echo "SKIP: open of a partitioned image is refused ($out)"
-    exit 77
+    out=$(in_session "loopmgrctl --no-ask-password open $img") || die "open $1: $out"
+    [[ $out == "$mp1"$'\n'"$mp2" ]] || die "open $1 printed '$out'"
+    node=$(findmnt -n -o SOURCE --mountpoint "$mp1")
+    [[ $node == /dev/loop*p1 ]] || die "$mp1 is mounted from '$node'"
+    name=${node#/dev/}
+    name=${name%p1}
+    [[ $(findmnt -n -o SOURCE --mountpoint "$mp2") == "/dev/${name}p2" ]] ||
+        die "$mp2: $(findmnt --mountpoint "$mp2")"
+    # One session job for both (the guest is slow): the listings, then the files.
+    out=$(in_session "ls '$mp1' '$mp2' && cat '$mp1/hello.txt' '$mp2/hello.txt'") ||
+        die "the user cannot read $mp1 and $mp2: $out"
+    echo "$out"
+    (($(grep -cx hello.txt <<<"$out") == 2)) || die "hello.txt is not listed in both"
+    grep -qx "hello from ${1%.img} partition 1" <<<"$out" || die "$mp1/hello.txt is wrong"
+    grep -qx "hello from ${1%.img} partition 2" <<<"$out" || die "$mp2/hello.txt is wrong"
+    by=$img
+    [[ $3 == image ]] || by=$mp2
+    in_session "loopmgrctl --no-ask-password close '$by'" || die "close $by"
+    for mp in "$mp1" "$mp2"; do
+        ! findmnt --mountpoint "$mp" >/dev/null || die "$mp is still mounted after close"
+        [[ ! -e $mp ]] || die "$mp stayed after close"
+    done
+    wait_for 10 bash -c "! losetup -j '$img' | grep -q ." || die "a device stayed: $(losetup -j "$img")"
+    wait_for 10 bash -c "! ls -d /sys/block/$name/${name}p* >/dev/null 2>&1" ||
+        die "partitions of $name stayed: $(ls -d /sys/block/"$name"/"$name"p*)"
 }
+test_open_partitioned() { open_partitioned gpt.img LMGPT image; }
+test_open_partitioned_mbr() { open_partitioned mbr.img LMMBR mount-point; }
 
 test_udev_properties() {
     local img node info
@@ -363,7 +384,8 @@ run_test "polkit defaults: the active tty1 session" test_polkit_active_session
 run_test "polkit defaults: the same user outside a session" test_polkit_outside_session
 run_test "open and close a vfat image" test_open_vfat
 run_test "open and close an iso9660 image" test_open_iso9660
-run_test "open a whole-disk (GPT) image" test_open_partitioned
+run_test "open and close a whole-disk (GPT) image" test_open_partitioned
+run_test "open a whole-disk (MBR) image, close by a mount point" test_open_partitioned_mbr
 run_test "udev rule: LOOPMGR_ properties" test_udev_properties
 run_test "udisks2 beside loopmgrd" test_udisks_beside
 run_test "systemd-analyze security" test_security_report
