@@ -14,11 +14,6 @@
 #include "ctl-util.h"
 #include "loopmgr-bus.h"
 
-/* The Partitions property (issue 15); defined in loopmgr-bus.h by the daemon side. */
-#ifndef LOOPMGR_DEVICE_PARTITIONS_SIGNATURE
-#define LOOPMGR_DEVICE_PARTITIONS_SIGNATURE "a(usttssssu)"
-#endif
-
 static void partition_info_done(PartitionInfo *p) {
         free(p->node);
         free(p->id_type);

@@ -37,18 +37,7 @@
 #include "ctl-output.h"
 #include "loopmgr-bus.h"
 
-/* Device.Mount/Unmount (issue7-api.md); defined in loopmgr-bus.h by the daemon side. */
-#ifndef LOOPMGR_ERROR_NO_FILE_SYSTEM
-#define LOOPMGR_ERROR_NO_FILE_SYSTEM LOOPMGR_ERROR_PREFIX "NoFileSystem"
-#endif
-#ifndef LOOPMGR_ERROR_NOT_MOUNTED
-#define LOOPMGR_ERROR_NOT_MOUNTED LOOPMGR_ERROR_PREFIX "NotMounted"
-#endif
-#define OPT_RELEASE_REFERENCE "release-reference"
-/* Device.Mount/Unmount of one partition (partitions-api.md); likewise. */
-#ifndef LOOPMGR_OPT_PARTITION
-#define LOOPMGR_OPT_PARTITION "partition"
-#endif
+#define OPT_RELEASE_REFERENCE LOOPMGR_OPT_RELEASE_REFERENCE
 
 /* The wait of close for the device to go, unless --timeout. */
 #define CLOSE_TIMEOUT_USEC (10 * USEC_PER_SEC)

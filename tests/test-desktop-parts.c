@@ -43,14 +43,6 @@
 #include "polkit-util.h"
 #include "test-desktop.h"
 
-/* The contract of issue 15 (docs/API.md); defined by loopmgr-bus.h once the daemon has it. */
-#ifndef LOOPMGR_OPT_PARTITION
-#define LOOPMGR_OPT_PARTITION "partition" /* u */
-#endif
-#ifndef LOOPMGR_DEVICE_PARTITIONS_SIGNATURE
-#define LOOPMGR_DEVICE_PARTITIONS_SIGNATURE "a(usttssssu)"
-#endif
-
 #define ERROR_INVALID_ARGS "org.freedesktop.DBus.Error.InvalidArgs"
 #define NO_MOUNT_USER      UINT32_C(0xFFFFFFFF)
 #define MIB                (UINT64_C(1024) * 1024)
