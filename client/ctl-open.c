@@ -105,29 +105,22 @@ static bool error_means_gone(const sd_bus_error *error) {
                                       LOOPMGR_ERROR_NOT_FOUND);
 }
 
-/* The whole device is partition 0, which is sent as no option at all: daemons without
- * partitions know no "partition". */
-static int append_partition_option(sd_bus_message *m, uint32_t partition) {
-        if (partition == 0)
-                return 0;
-        return sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_PARTITION, "u", partition);
-}
-
-/* Device.Mount of the whole device (partition 0) or of one partition, handing our reference
- * over to the mount. */
-static int call_mount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error,
-                      sd_bus_message **ret_reply) {
+/* Device.Mount (release: handing our reference over to the mount) or Device.Unmount of the
+ * whole device (partition 0, sent as no option at all: daemons without partitions know no
+ * "partition") or of one partition. */
+static int call_mount_method(sd_bus *bus, const char *object, const char *method, bool release,
+                             uint32_t partition, sd_bus_error *error, sd_bus_message **ret_reply) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
         r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, object,
-                                           LOOPMGR_DEVICE_INTERFACE, "Mount");
+                                           LOOPMGR_DEVICE_INTERFACE, method);
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "{sv}");
-        if (r >= 0)
+        if (r >= 0 && release)
                 r = sd_bus_message_append(m, "{sv}", OPT_RELEASE_REFERENCE, "b", 1);
-        if (r >= 0)
-                r = append_partition_option(m, partition);
+        if (r >= 0 && partition > 0)
+                r = sd_bus_message_append(m, "{sv}", LOOPMGR_OPT_PARTITION, "u", partition);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r < 0)
@@ -135,21 +128,13 @@ static int call_mount(sd_bus *bus, const char *object, uint32_t partition, sd_bu
         return ctl_call(bus, m, call_timeout_usec(), error, ret_reply);
 }
 
-static int call_unmount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r;
+static int call_mount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error,
+                      sd_bus_message **ret_reply) {
+        return call_mount_method(bus, object, "Mount", true, partition, error, ret_reply);
+}
 
-        r = sd_bus_message_new_method_call(bus, &m, LOOPMGR_BUS_NAME, object,
-                                           LOOPMGR_DEVICE_INTERFACE, "Unmount");
-        if (r >= 0)
-                r = sd_bus_message_open_container(m, 'a', "{sv}");
-        if (r >= 0)
-                r = append_partition_option(m, partition);
-        if (r >= 0)
-                r = sd_bus_message_close_container(m);
-        if (r < 0)
-                return r;
-        return ctl_call(bus, m, call_timeout_usec(), error, NULL);
+static int call_unmount(sd_bus *bus, const char *object, uint32_t partition, sd_bus_error *error) {
+        return call_mount_method(bus, object, "Unmount", false, partition, error, NULL);
 }
 
 static inline void blkid_free_probep(blkid_probe *pr) {

@@ -668,6 +668,33 @@ char *env_join(const char *dir, const char *name) {
         return p;
 }
 
+int env_run_tests(const char *name, const struct CMUnitTest *tests, size_t n,
+                  CMFixtureFunction setup, CMFixtureFunction teardown, const bool *also_failed) {
+        const char *reason, *filter;
+        int failed;
+
+        if (env_skip_reason(&reason)) {
+                printf("skipping: %s\n", reason);
+                return 77;
+        }
+        if (access("/run/udev/control", F_OK) < 0)
+                fprintf(stderr, "warning: udev does not seem to run (no /run/udev/control); "
+                                "attaching will time out\n");
+        filter = getenv("LOOPMGR_TEST_FILTER");
+        if (filter && *filter)
+                cmocka_set_test_filter(filter);
+        filter = getenv("LOOPMGR_TEST_SKIP");
+        if (filter && *filter)
+                cmocka_set_skip_filter(filter);
+
+        failed = _cmocka_run_group_tests(name, tests, n, setup, teardown);
+        if (failed || env_group_failed || (also_failed && *also_failed)) {
+                fflush(NULL);
+                _exit(1);
+        }
+        return 0;
+}
+
 int env_skip_reason(const char **ret) {
         if (geteuid() != 0) {
                 *ret = "not running as root";

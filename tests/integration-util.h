@@ -364,3 +364,15 @@ void env_run_ok_impl(const char *file, int line, const char *arg0, ...);
 #define env_run_ok(...) env_run_ok_impl(__FILE__, __LINE__, __VA_ARGS__, NULL)
 /* Why the integration tests cannot run here (not root, no loop-control, no bus), or 0. */
 int env_skip_reason(const char **ret);
+
+/* The main() of an integration test: exit status 77 (skipped) when env_skip_reason() says so,
+ * a warning when udev does not run, LOOPMGR_TEST_FILTER and LOOPMGR_TEST_SKIP as cmocka's
+ * filters, then the group. It failed when a test did, or env_group_failed or *also_failed
+ * (may be NULL) is set: then _exit(1) after a flush, since a failed assertion longjmps past
+ * the tests' cleanup handlers and LeakSanitizer would add its own (meaningless) report;
+ * leaks are checked on successful runs. Returns 0 otherwise. */
+int env_run_tests(const char *name, const struct CMUnitTest *tests, size_t n,
+                  CMFixtureFunction setup, CMFixtureFunction teardown, const bool *also_failed);
+#define ENV_RUN_TESTS(tests, setup, teardown, also_failed)                                         \
+        env_run_tests(#tests, tests, sizeof(tests) / sizeof((tests)[0]), setup, teardown,          \
+                      also_failed)

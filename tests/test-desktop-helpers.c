@@ -518,3 +518,33 @@ size_t unmount_media_leftovers(void) {
         }
         return n;
 }
+
+int desktop_test_teardown(Ctx *c, bool (*check)(void)) {
+        Env *e = c->e;
+        bool ok = true;
+
+        for (unsigned i = 0; i < N_USERS; i++)
+                pk_agent_stop(&c->agents[i]);
+        pk_rules_remove(RULES_FILE);
+        gc_free(c);
+
+        if (unmount_media_leftovers() > 0) {
+                print_error("the test left mounts under " MEDIA_DIR "/lmopen*\n");
+                ok = false;
+        }
+        if (env_cleanup_test(e) > 0)
+                ok = false;
+        if (!env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC)) {
+                print_error("devices backed by %s are left over\n", e->tmpdir);
+                (void) env_detach_all_under(e->tmpdir);
+                (void) env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC);
+                ok = false;
+        }
+        if (check && !check())
+                ok = false;
+        if (env_check_consistency_under(e, e->tmpdir) < 0)
+                ok = false;
+        if (pk_user_processes(c->uid, N_USERS) > 0)
+                ok = false;
+        return ok ? 0 : -1;
+}

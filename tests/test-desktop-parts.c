@@ -748,34 +748,7 @@ static int test_setup(void **state) {
 }
 
 static int test_teardown(void **state) {
-        Ctx *c = *state;
-        Env *e = c->e;
-        bool ok = true;
-
-        for (unsigned i = 0; i < N_USERS; i++)
-                pk_agent_stop(&c->agents[i]);
-        pk_rules_remove(RULES_FILE);
-        gc_free(c);
-
-        if (unmount_media_leftovers() > 0) {
-                print_error("the test left mounts under " MEDIA_DIR "/lmopen*\n");
-                ok = false;
-        }
-        if (env_cleanup_test(e) > 0)
-                ok = false;
-        if (!env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC)) {
-                print_error("devices backed by %s are left over\n", e->tmpdir);
-                (void) env_detach_all_under(e->tmpdir);
-                (void) env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC);
-                ok = false;
-        }
-        if (!check_seen_partitions())
-                ok = false;
-        if (env_check_consistency_under(e, e->tmpdir) < 0)
-                ok = false;
-        if (pk_user_processes(c->uid, N_USERS) > 0)
-                ok = false;
-        return ok ? 0 : -1;
+        return desktop_test_teardown(*state, check_seen_partitions);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
@@ -785,22 +758,5 @@ int main(void) {
                 T(test_open_gpt),       T(test_close_by_mount_point), T(test_open_json),
                 T(test_bus_partitions), T(test_partial_and_bare),     T(test_kernel_scan),
         };
-        const char *reason;
-
-        if (env_skip_reason(&reason)) {
-                printf("skipping: %s\n", reason);
-                return 77;
-        }
-
-        const char *filter = getenv("LOOPMGR_TEST_FILTER");
-        if (filter && *filter)
-                cmocka_set_test_filter(filter);
-        filter = getenv("LOOPMGR_TEST_SKIP");
-        if (filter && *filter)
-                cmocka_set_skip_filter(filter);
-
-        int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if ((group_failed || env_group_failed) && failed == 0)
-                failed = 1;
-        return failed ? 1 : 0;
+        return ENV_RUN_TESTS(tests, group_setup, group_teardown, &group_failed);
 }

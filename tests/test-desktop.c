@@ -105,35 +105,6 @@ static int set_password(const char *user, const char *password, bool encrypted) 
         return 0;
 }
 
-static size_t count_strv(char **l) {
-        size_t n = 0;
-        while (l && l[n])
-                n++;
-        return n;
-}
-
-/* Unmounts whatever is left under /run/media/lmopen*: those users are this test's only. */
-static size_t unmount_leftovers(void) {
-        size_t n = 0;
-
-        for (unsigned i = 0; i < N_USERS; i++) {
-                _cleanup_free_ char *dir = NULL;
-                _cleanup_strv_free_ char **l = NULL;
-
-                if (asprintf(&dir, MEDIA_DIR "/%s", user_names[i]) < 0)
-                        continue;
-                l = mounts_below(dir);
-                n += count_strv(l);
-                /* Newest first. */
-                for (size_t j = count_strv(l); j > 0; j--) {
-                        print_error("unmounting the leftover %s\n", l[j - 1]);
-                        if (umount2(l[j - 1], MNT_DETACH) < 0)
-                                print_error("umount %s: %m\n", l[j - 1]);
-                }
-        }
-        return n;
-}
-
 static int group_teardown(void **state);
 
 static int group_setup(void **state) {
@@ -224,7 +195,7 @@ static int group_teardown(void **state) {
         /* Lock the account again: "!" is no valid hash. */
         if (c->uid[U1] > 0 && set_password(user_names[U1], "!", true) < 0)
                 ok = false;
-        if (unmount_leftovers() > 0)
+        if (unmount_media_leftovers() > 0)
                 ok = false;
 
         if (c->e) {
@@ -267,32 +238,7 @@ static int test_setup(void **state) {
 }
 
 static int test_teardown(void **state) {
-        Ctx *c = *state;
-        Env *e = c->e;
-        bool ok = true;
-
-        for (unsigned i = 0; i < N_USERS; i++)
-                pk_agent_stop(&c->agents[i]);
-        pk_rules_remove(RULES_FILE);
-        gc_free(c);
-
-        if (unmount_leftovers() > 0) {
-                print_error("the test left mounts under " MEDIA_DIR "/lmopen*\n");
-                ok = false;
-        }
-        if (env_cleanup_test(e) > 0)
-                ok = false;
-        if (!env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC)) {
-                print_error("devices backed by %s are left over\n", e->tmpdir);
-                (void) env_detach_all_under(e->tmpdir);
-                (void) env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC);
-                ok = false;
-        }
-        if (env_check_consistency_under(e, e->tmpdir) < 0)
-                ok = false;
-        if (pk_user_processes(c->uid, N_USERS) > 0)
-                ok = false;
-        return ok ? 0 : -1;
+        return desktop_test_teardown(*state, NULL);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
@@ -303,22 +249,5 @@ int main(void) {
                 T(test_other_user), T(test_errors),        T(test_interactive_agent),
                 T(test_fake_agent), T(test_usage),         T(test_open_client_lifetime),
         };
-        const char *reason;
-
-        if (env_skip_reason(&reason)) {
-                printf("skipping: %s\n", reason);
-                return 77;
-        }
-
-        const char *filter = getenv("LOOPMGR_TEST_FILTER");
-        if (filter && *filter)
-                cmocka_set_test_filter(filter);
-        filter = getenv("LOOPMGR_TEST_SKIP");
-        if (filter && *filter)
-                cmocka_set_skip_filter(filter);
-
-        int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if ((group_failed || env_group_failed) && failed == 0)
-                failed = 1;
-        return failed ? 1 : 0;
+        return ENV_RUN_TESTS(tests, group_setup, group_teardown, &group_failed);
 }

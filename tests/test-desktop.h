@@ -142,6 +142,11 @@ size_t occurrences(const char *haystack, const char *needle);
 /* Unmounts (MNT_DETACH, newest first) and removes whatever mount is left under
  * /run/media/<user> of the test users; returns how many there were. */
 size_t unmount_media_leftovers(void);
+/* A test's teardown: the agents stopped, the rules removed, c's garbage freed; then a failure
+ * (-1) when the test left mounts under /run/media/lmopen*, devices over the temp directory,
+ * processes of the users, an inconsistent daemon, or check (may be NULL) says false. What was
+ * left is removed. */
+int desktop_test_teardown(Ctx *c, bool (*check)(void));
 
 /* Random bytes: no file system blkid knows. */
 char *make_noise(Ctx *c, unsigned who, const char *name);

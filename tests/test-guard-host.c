@@ -176,19 +176,5 @@ int main(void) {
                 T(test_guard_off),
                 T(test_guard_bad_mode),
         };
-        const char *reason;
-        int failed;
-
-        if (env_skip_reason(&reason)) {
-                printf("skipping: %s\n", reason);
-                return 77;
-        }
-        failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if (env_group_failed && failed == 0)
-                failed = 1;
-        if (failed) {
-                fflush(NULL);
-                _exit(1);
-        }
-        return 0;
+        return ENV_RUN_TESTS(tests, group_setup, group_teardown, NULL);
 }

@@ -262,22 +262,5 @@ int main(void) {
                 T(test_refusals),        T(test_external_umount),   T(test_restart),
                 T(test_udev_properties), T(test_slow_mount_others), T(test_slow_mount_disconnect),
         };
-        const char *reason;
-
-        if (env_skip_reason(&reason)) {
-                printf("skipping: %s\n", reason);
-                return 77;
-        }
-        const char *filter = getenv("LOOPMGR_TEST_FILTER");
-        if (filter && *filter)
-                cmocka_set_test_filter(filter);
-
-        int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if (env_group_failed && failed == 0)
-                failed = 1;
-        if (failed) {
-                fflush(NULL);
-                _exit(1);
-        }
-        return 0;
+        return ENV_RUN_TESTS(tests, group_setup, group_teardown, NULL);
 }

@@ -487,29 +487,5 @@ int main(void) {
                 T(test_fault_udev_stalled),
                 T(test_fault_udev_stopped),
         };
-        const char *reason;
-
-        if (env_skip_reason(&reason)) {
-                printf("skipping: %s\n", reason);
-                return 77;
-        }
-        if (access("/run/udev/control", F_OK) < 0)
-                fprintf(stderr, "warning: udev does not seem to run (no /run/udev/control); "
-                                "attaching will time out\n");
-
-        const char *filter = getenv("LOOPMGR_TEST_FILTER");
-        if (filter && *filter)
-                cmocka_set_test_filter(filter);
-        filter = getenv("LOOPMGR_TEST_SKIP");
-        if (filter && *filter)
-                cmocka_set_skip_filter(filter);
-
-        int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-        if (env_group_failed && failed == 0)
-                failed = 1;
-        if (failed) {
-                fflush(NULL);
-                _exit(1);
-        }
-        return 0;
+        return ENV_RUN_TESTS(tests, group_setup, group_teardown, NULL);
 }

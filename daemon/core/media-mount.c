@@ -94,12 +94,9 @@ int mount_probe_fd(int fd, MountProbe *ret) {
         _cleanup_(mount_probe_done) MountProbe p = {};
         int r;
 
-        pr = blkid_new_probe();
-        if (!pr)
-                return -ENOMEM;
-        errno = 0;
-        if (blkid_probe_set_device(pr, fd, 0, 0) < 0)
-                return errno > 0 ? -errno : -EIO;
+        r = blkid_probe_from_fd(fd, &pr);
+        if (r < 0)
+                return r;
         (void) blkid_probe_enable_superblocks(pr, 1);
         (void) blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID |
                                                              BLKID_SUBLKS_TYPE |

@@ -147,14 +147,11 @@ int loop_add_table_partitions(int fd, LoopTableAdd *ret) {
         LoopTableAdd out = {};
         blkid_partlist ls;
         blkid_parttable tab;
-        int n;
+        int n, r;
 
-        pr = blkid_new_probe();
-        if (!pr)
-                return -ENOMEM;
-        errno = 0;
-        if (blkid_probe_set_device(pr, fd, 0, 0) < 0)
-                return errno > 0 ? -errno : -EIO;
+        r = blkid_probe_from_fd(fd, &pr);
+        if (r < 0)
+                return r;
         (void) blkid_probe_enable_superblocks(pr, 0);
         (void) blkid_probe_enable_partitions(pr, 1);
 
@@ -174,7 +171,7 @@ int loop_add_table_partitions(int fd, LoopTableAdd *ret) {
         for (int i = 0; i < n; i++) {
                 blkid_partition par = blkid_partlist_get_partition(ls, i);
                 long long start, size;
-                int pno, r;
+                int pno;
 
                 if (!par)
                         continue;

@@ -175,3 +175,19 @@ int loop_name_to_number(const char *name, unsigned *ret) {
         *ret = (unsigned) v;
         return 0;
 }
+
+int blkid_probe_from_fd(int fd, blkid_probe *ret) {
+        blkid_probe pr = blkid_new_probe();
+
+        if (!pr)
+                return -ENOMEM;
+        errno = 0;
+        if (blkid_probe_set_device(pr, fd, 0, 0) < 0) {
+                int r = errno > 0 ? -errno : -EIO;
+
+                blkid_free_probe(pr);
+                return r;
+        }
+        *ret = pr;
+        return 0;
+}

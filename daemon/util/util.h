@@ -47,6 +47,10 @@ static inline void blkid_free_probep(blkid_probe *pr) {
                 blkid_free_probe(*pr);
 }
 
+/* A libblkid probe of the device open at fd (which stays the caller's): 0 and *ret, or a
+ * negative errno. */
+int blkid_probe_from_fd(int fd, blkid_probe *ret);
+
 /* A deep copy; NULL for NULL or when out of memory. */
 static inline char **strv_copy(char **l) {
         size_t n = 0;
