@@ -548,3 +548,82 @@ int desktop_test_teardown(Ctx *c, bool (*check)(void)) {
                 ok = false;
         return ok ? 0 : -1;
 }
+
+int desktop_group_start(Ctx *c) {
+        int r;
+
+        c->lock_fd = -EBADF;
+        for (unsigned i = 0; i < N_USERS; i++)
+                c->agents[i] = PK_AGENT_NULL;
+        r = pk_lock(LOCK_FILE, 240 * USEC_PER_SEC, &c->lock_fd);
+        if (r < 0) {
+                print_error("%s: %s\n", LOCK_FILE, strerror(-r));
+                return r;
+        }
+        pk_rules_remove(RULES_FILE);
+        for (unsigned i = 0; i < N_USERS; i++) {
+                r = pk_ensure_user(user_names[i], &c->uid[i], &c->gid[i]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int desktop_group_env(Ctx *c, const char *name) {
+        void *estate = NULL;
+        int r;
+
+        r = env_group_setup(&estate, name);
+        c->e = estate;
+        if (r < 0)
+                return r;
+        /* The users reach their own directories through it, and nothing else; and run
+         * loopmgrctl's copy from it: the build tree may be out of their reach. */
+        if (chmod(c->e->tmpdir, 0711) < 0)
+                return -errno;
+        r = env_loopmgrctl_for_users(c->e);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < N_USERS; i++) {
+                c->dir[i] = env_join(c->e->tmpdir, user_names[i]);
+                r = pk_make_dir(c->dir[i], 0700, c->uid[i], c->gid[i]);
+                if (r < 0) {
+                        print_error("%s: %s\n", c->dir[i], strerror(-r));
+                        return r;
+                }
+        }
+        return 0;
+}
+
+bool desktop_group_stop(Ctx *c, bool (*check)(void)) {
+        bool ok = true;
+
+        gc_free(c);
+        for (unsigned i = 0; i < N_USERS; i++)
+                pk_agent_stop(&c->agents[i]);
+        pk_rules_remove(RULES_FILE);
+        if (unmount_media_leftovers() > 0)
+                ok = false;
+        if (c->e) {
+                Env *e = c->e;
+                void *estate = e;
+
+                if (e->tmpdir && env_detach_all_under(e->tmpdir) > 0)
+                        ok = false;
+                if (e->tmpdir && !env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC))
+                        ok = false;
+                if (check && !check())
+                        ok = false;
+                if (env_group_teardown(&estate) < 0)
+                        ok = false;
+                c->e = NULL;
+        }
+        if (pk_user_processes(c->uid, N_USERS) > 0)
+                ok = false;
+        for (unsigned i = 0; i < N_USERS; i++) {
+                free(c->dir[i]);
+                c->dir[i] = NULL;
+        }
+        c->lock_fd = safe_close(c->lock_fd);
+        return ok;
+}

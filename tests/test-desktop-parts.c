@@ -653,78 +653,23 @@ static int group_teardown(void **state);
 
 static int group_setup(void **state) {
         Ctx *c = calloc(1, sizeof(Ctx));
-        void *estate = NULL;
-        int r;
 
-        if (!c)
-                goto fail;
         *state = c;
-        c->lock_fd = -EBADF;
-        for (unsigned i = 0; i < N_USERS; i++)
-                c->agents[i] = PK_AGENT_NULL;
-
-        r = pk_lock(LOCK_FILE, 240 * USEC_PER_SEC, &c->lock_fd);
-        if (r < 0) {
-                print_error("%s: %s\n", LOCK_FILE, strerror(-r));
-                goto fail;
-        }
-        pk_rules_remove(RULES_FILE);
-        for (unsigned i = 0; i < N_USERS; i++)
-                if (pk_ensure_user(user_names[i], &c->uid[i], &c->gid[i]) < 0)
-                        goto fail;
-
-        r = env_group_setup(&estate, "desktop-parts");
-        c->e = estate;
-        if (r < 0)
-                goto fail;
-        /* The users reach their own directories and loopmgrctl's copy through it. */
-        if (chmod(c->e->tmpdir, 0711) < 0 || env_loopmgrctl_for_users(c->e) < 0)
-                goto fail;
-        for (unsigned i = 0; i < N_USERS; i++) {
-                c->dir[i] = env_join(c->e->tmpdir, user_names[i]);
-                r = pk_make_dir(c->dir[i], 0700, c->uid[i], c->gid[i]);
-                if (r < 0) {
-                        print_error("%s: %s\n", c->dir[i], strerror(-r));
-                        goto fail;
-                }
+        if (!c || desktop_group_start(c) < 0 || desktop_group_env(c, "desktop-parts") < 0) {
+                group_failed = true;
+                (void) group_teardown(state);
+                return -1;
         }
         return 0;
-
-fail:
-        group_failed = true;
-        (void) group_teardown(state);
-        return -1;
 }
 
 static int group_teardown(void **state) {
         Ctx *c = *state;
-        bool ok = true;
+        bool ok;
 
         if (!c)
                 return 0;
-        gc_free(c);
-        for (unsigned i = 0; i < N_USERS; i++)
-                pk_agent_stop(&c->agents[i]);
-        pk_rules_remove(RULES_FILE);
-        if (unmount_media_leftovers() > 0)
-                ok = false;
-        if (c->e) {
-                Env *e = c->e;
-                if (e->tmpdir && env_detach_all_under(e->tmpdir) > 0)
-                        ok = false;
-                if (e->tmpdir && !env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC))
-                        ok = false;
-                if (!check_seen_partitions())
-                        ok = false;
-                void *estate = e;
-                if (env_group_teardown(&estate) < 0)
-                        ok = false;
-        }
-        if (pk_user_processes(c->uid, N_USERS) > 0)
-                ok = false;
-        for (unsigned i = 0; i < N_USERS; i++)
-                free(c->dir[i]);
-        safe_close(c->lock_fd);
+        ok = desktop_group_stop(c, check_seen_partitions);
         free(c);
         *state = NULL;
         if (!ok)

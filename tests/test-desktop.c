@@ -109,28 +109,12 @@ static int group_teardown(void **state);
 
 static int group_setup(void **state) {
         Ctx *c = calloc(1, sizeof(Ctx));
-        void *estate = NULL;
         const char *address, *prefix = "unix:path=";
         unsigned char rnd[16];
-        int r;
 
-        if (!c)
-                goto fail;
         *state = c;
-        c->lock_fd = -EBADF;
-        for (unsigned i = 0; i < N_USERS; i++)
-                c->agents[i] = PK_AGENT_NULL;
-
-        r = pk_lock(LOCK_FILE, 240 * USEC_PER_SEC, &c->lock_fd);
-        if (r < 0) {
-                print_error("%s: %s\n", LOCK_FILE, strerror(-r));
+        if (!c || desktop_group_start(c) < 0)
                 goto fail;
-        }
-        pk_rules_remove(RULES_FILE);
-
-        for (unsigned i = 0; i < N_USERS; i++)
-                if (pk_ensure_user(user_names[i], &c->uid[i], &c->gid[i]) < 0)
-                        goto fail;
 
         /* A password nobody knows, for this run only. */
         if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd))
@@ -150,29 +134,10 @@ static int group_setup(void **state) {
         if (!c->bus_socket)
                 goto fail;
 
-        if (env_group_setup(&estate, "desktop") < 0) {
-                c->e = estate;
+        if (desktop_group_env(c, "desktop") < 0)
                 goto fail;
-        }
-        c->e = estate;
-
-        /* The users reach their own directories through it, and nothing else. */
-        if (chmod(c->e->tmpdir, 0711) < 0)
-                goto fail;
-        /* And run loopmgrctl from it: the build tree may be out of their reach. */
-        if (env_loopmgrctl_for_users(c->e) < 0)
-                goto fail;
-        for (unsigned i = 0; i < N_USERS; i++) {
-                c->dir[i] = env_join(c->e->tmpdir, user_names[i]);
-                r = pk_make_dir(c->dir[i], 0700, c->uid[i], c->gid[i]);
-                if (r < 0) {
-                        print_error("%s: %s\n", c->dir[i], strerror(-r));
-                        goto fail;
-                }
-        }
         c->shared_dir = env_join(c->e->tmpdir, "shared");
-        r = pk_make_dir(c->shared_dir, 0755, 0, 0);
-        if (r < 0)
+        if (pk_make_dir(c->shared_dir, 0755, 0, 0) < 0)
                 goto fail;
         return 0;
 
@@ -188,34 +153,13 @@ static int group_teardown(void **state) {
 
         if (!c)
                 return 0;
-        gc_free(c);
-        for (unsigned i = 0; i < N_USERS; i++)
-                pk_agent_stop(&c->agents[i]);
-        pk_rules_remove(RULES_FILE);
         /* Lock the account again: "!" is no valid hash. */
         if (c->uid[U1] > 0 && set_password(user_names[U1], "!", true) < 0)
                 ok = false;
-        if (unmount_media_leftovers() > 0)
+        if (!desktop_group_stop(c, NULL))
                 ok = false;
-
-        if (c->e) {
-                Env *e = c->e;
-                if (e->tmpdir && env_detach_all_under(e->tmpdir) > 0)
-                        ok = false;
-                if (e->tmpdir && !env_wait_nothing_under(e->tmpdir, 5 * USEC_PER_SEC))
-                        ok = false;
-                void *estate = e;
-                if (env_group_teardown(&estate) < 0)
-                        ok = false;
-        }
-        if (pk_user_processes(c->uid, N_USERS) > 0)
-                ok = false;
-
-        for (unsigned i = 0; i < N_USERS; i++)
-                free(c->dir[i]);
         free(c->shared_dir);
         free(c->bus_socket);
-        safe_close(c->lock_fd);
         free(c);
         *state = NULL;
         if (!ok)

@@ -147,6 +147,15 @@ size_t unmount_media_leftovers(void);
  * processes of the users, an inconsistent daemon, or check (may be NULL) says false. What was
  * left is removed. */
 int desktop_test_teardown(Ctx *c, bool (*check)(void));
+/* A group's setup: the shared lock (LOCK_FILE) taken, the rules removed, the users made
+ * (desktop_group_start()); the environment `name` brought up, with the users' directories and
+ * the copy of loopmgrctl they run (desktop_group_env()). 0 or a negative errno. */
+int desktop_group_start(Ctx *c);
+int desktop_group_env(Ctx *c, const char *name);
+/* A group's teardown: what the setups made undone, devices and mounts left over removed;
+ * false when anything was left over or check (may be NULL) says false. c itself is not
+ * freed. */
+bool desktop_group_stop(Ctx *c, bool (*check)(void));
 
 /* Random bytes: no file system blkid knows. */
 char *make_noise(Ctx *c, unsigned who, const char *name);
