@@ -668,6 +668,15 @@ char *env_join(const char *dir, const char *name) {
         return p;
 }
 
+bool env_expect_nothing_under(const char *dir, uint64_t usec) {
+        if (env_wait_nothing_under(dir, usec))
+                return true;
+        print_error("devices backed by %s are left over\n", dir);
+        (void) env_detach_all_under(dir);
+        (void) env_wait_nothing_under(dir, 5 * USEC_PER_SEC);
+        return false;
+}
+
 int env_run_tests(const char *name, const struct CMUnitTest *tests, size_t n,
                   CMFixtureFunction setup, CMFixtureFunction teardown, const bool *also_failed) {
         const char *reason, *filter;

@@ -362,6 +362,9 @@ int env_run(char **ret_out, char **ret_err, const char *arg0, ...);
 void env_run_ok_impl(const char *file, int line, const char *arg0, ...);
 /* The command must exit 0, else the test fails with its output. */
 #define env_run_ok(...) env_run_ok_impl(__FILE__, __LINE__, __VA_ARGS__, NULL)
+/* A test's teardown check: no device is backed by anything under dir within usec; when some
+ * are, says so, detaches them (waiting 5 s more) and returns false. */
+bool env_expect_nothing_under(const char *dir, uint64_t usec);
 /* Why the integration tests cannot run here (not root, no loop-control, no bus), or 0. */
 int env_skip_reason(const char **ret);
 

@@ -66,28 +66,6 @@ const char *const user_names[] = {"lmopen1", "lmopen2"};
 
 bool group_failed;
 
-void *gc(Ctx *c, void *p) {
-        void **g;
-
-        assert_non_null(p);
-        g = reallocarray(c->garbage, c->n_garbage + 1, sizeof(void *));
-        if (!g) {
-                free(p);
-                fail_msg("out of memory");
-        }
-        c->garbage = g;
-        c->garbage[c->n_garbage++] = p;
-        return p;
-}
-
-void gc_free(Ctx *c) {
-        for (size_t i = 0; i < c->n_garbage; i++)
-                free(c->garbage[i]);
-        free(c->garbage);
-        c->garbage = NULL;
-        c->n_garbage = 0;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Fixtures */
 
@@ -168,17 +146,7 @@ static int group_teardown(void **state) {
 }
 
 static int test_setup(void **state) {
-        Ctx *c = *state;
-
-        for (unsigned i = 0; i < N_USERS; i++) {
-                int r = pk_agent_start(&c->agents[i], c->uid[i], c->gid[i]);
-                if (r < 0) {
-                        print_error("cannot start the agent for %s: %s\n", user_names[i],
-                                    strerror(-r));
-                        return -1;
-                }
-        }
-        return 0;
+        return desktop_test_setup(*state);
 }
 
 static int test_teardown(void **state) {

@@ -147,6 +147,8 @@ size_t unmount_media_leftovers(void);
  * processes of the users, an inconsistent daemon, or check (may be NULL) says false. What was
  * left is removed. */
 int desktop_test_teardown(Ctx *c, bool (*check)(void));
+/* A test's setup: a polkit agent for each user. 0 or -1. */
+int desktop_test_setup(Ctx *c);
 /* A group's setup: the shared lock (LOCK_FILE) taken, the rules removed, the users made
  * (desktop_group_start()); the environment `name` brought up, with the users' directories and
  * the copy of loopmgrctl they run (desktop_group_env()). 0 or a negative errno. */
