@@ -353,7 +353,7 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
         struct libmnt_table *t;
         unsigned long flags = 0;
         uid_t uid = (uid_t) -1;
-        const DeviceMount *mnt;
+        DeviceMount *mnt;
         const char *node;
         Reference *own;
         struct passwd *pw;
@@ -385,13 +385,8 @@ static int method_mount(sd_bus_message *message, void *userdata, sd_bus_error *e
         if (d->state != DEVICE_ATTACHED)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_BUSY, "%s is being torn down.",
                                          d->node);
-        if (manager_mount_job_busy(d, &p) < 0)
+        if (manager_mount_target(d, o.partition, &mnt, &p) < 0)
                 return bus_error_set_problem(error, &p);
-        mnt = device_get_mount(d, o.partition);
-        if (!mnt)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Option 'partition': %s has no partition %" PRIu32 ".",
-                                         d->node, o.partition);
         node = device_mount_node(d, o.partition);
         devnum = device_mount_devnum(d, o.partition);
 
@@ -481,7 +476,7 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         _cleanup_(problem_done) Problem p = PROBLEM_NULL;
         Device *d = userdata;
         Manager *m = d->manager;
-        const DeviceMount *mnt;
+        DeviceMount *mnt;
         UnmountOptions o;
         uid_t uid = (uid_t) -1;
         int r;
@@ -492,13 +487,8 @@ static int method_unmount(sd_bus_message *message, void *userdata, sd_bus_error 
         r = bus_sender_uid_or_deny(&m->bus_state->sender_uids, message, &uid, error);
         if (r < 0)
                 return r;
-        if (manager_mount_job_busy(d, &p) < 0)
+        if (manager_mount_target(d, o.partition, &mnt, &p) < 0)
                 return bus_error_set_problem(error, &p);
-        mnt = device_get_mount(d, o.partition);
-        if (!mnt)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Option 'partition': %s has no partition %" PRIu32 ".",
-                                         d->node, o.partition);
         if (!mnt->point)
                 return sd_bus_error_setf(error, LOOPMGR_ERROR_NOT_MOUNTED,
                                          "%s has no mount made by loopmgr.",

@@ -321,24 +321,29 @@ int manager_mount_job_busy(Device *d, Problem *error) {
         }
 }
 
-/* -EINVAL with *error set when d has no partition `partition`. */
-static int check_partition(Device *d, unsigned partition, Problem *error) {
-        if (partition > 0 && !device_get_partition(d, partition))
+int manager_mount_target(Device *d, unsigned partition, DeviceMount **ret, Problem *error) {
+        DeviceMount *mnt;
+        int r;
+
+        r = manager_mount_job_busy(d, error);
+        if (r < 0)
+                return r;
+        mnt = device_get_mount(d, partition);
+        if (!mnt)
                 return problem_setf(error, -EINVAL, "%s has no partition %u.", d->node, partition);
+        *ret = mnt;
         return 0;
 }
 
 int manager_mount(Manager *m, Call *call, Device *d, const MountRequest *req,
                   bool release_reference, const char *sender, Problem *error) {
         _cleanup_free_ char *what = NULL;
+        DeviceMount *mnt;
         const char *node;
         MountJob *j;
         int r;
 
-        r = manager_mount_job_busy(d, error);
-        if (r < 0)
-                return r;
-        r = check_partition(d, req->partition, error);
+        r = manager_mount_target(d, req->partition, &mnt, error);
         if (r < 0)
                 return r;
         node = device_mount_node(d, req->partition);
@@ -375,13 +380,9 @@ int manager_unmount(Manager *m, Call *call, Device *d, unsigned partition, bool 
         MountJob *j;
         int r;
 
-        r = manager_mount_job_busy(d, error);
+        r = manager_mount_target(d, partition, &mnt, error);
         if (r < 0)
                 return r;
-        r = check_partition(d, partition, error);
-        if (r < 0)
-                return r;
-        mnt = device_get_mount(d, partition);
         node = device_mount_node(d, partition);
         if (!mnt->point)
                 return problem_setf(error, -ENOTCONN, "%s has no mount made by loopmgr.", node);

@@ -105,14 +105,13 @@ int manager_read_partitions(Manager *m, Device *d, bool emit) {
                         p->number = lps[i].number;
                         p->devnum = lps[i].devnum;
                         p->mount.uid = (uid_t) -1;
+                        /* udev's database is the real root's (unit tests have another). */
+                        if (!m->root)
+                                read_udev_ids(p);
                 }
                 p->start = lps[i].start;
                 p->size = lps[i].size;
         }
-        for (size_t i = 0; i < n; i++)
-                /* udev's database is the real root's (unit tests have another). */
-                if (!m->root && !parts[i].id_type && !parts[i].id_label && !parts[i].id_uuid)
-                        read_udev_ids(&parts[i]);
         n_new = n;
         for (size_t i = 0; i < n_old; i++)
                 if (old[i].mount.point) {
