@@ -12,6 +12,8 @@
  *                done in this process, alternated (scenario 2)
  *   concurrency  --clients threads, each with its own bus connection and its own image,
  *                attaching and detaching at once; throughput, p99 and errors (scenario 3)
+ *   mount        another client's calls while a Mount of a slow image runs, loopmgrd and
+ *                udisks2 (scenario 6, bench-mount.c; the shared parts: bench-peers.h)
  *
  * Every device any peer makes is appended to --record ("node diskseq") as soon as this
  * program knows it, so bench/run.sh can take it down whatever happens; every cycle detaches
@@ -47,28 +49,20 @@
 
 #include "loopmgr-bus.h"
 
-#include "bench/bench-util.h"
+#include "bench/bench-peers.h"
 
-#define BUS_TIMEOUT_USEC    (60ULL * 1000ULL * 1000ULL)
-#define DETACH_TIMEOUT_USEC (30ULL * 1000ULL * 1000ULL)
-#define TEARDOWN_WAIT_USEC  (10.0 * 1e6)
-#define PEER_MAX_FAILURES   5
-#define UDISKS_BUS_NAME     "org.freedesktop.UDisks2"
-#define UDISKS_MANAGER_PATH "/org/freedesktop/UDisks2/Manager"
-#define UDISKS_BLOCK_PREFIX "/org/freedesktop/UDisks2/block_devices/"
-
-static const char *errstr(int r) {
+const char *errstr(int r) {
         const char *s = strerrordesc_np(r < 0 ? -r : r);
 
         return s ?: "unknown error";
 }
 
-static void oom(void) {
+_noreturn_ void oom(void) {
         fputs("bench-peers: out of memory\n", stderr);
         exit(EXIT_FAILURE);
 }
 
-static _printf_(1, 2) char *strdup_printf(const char *fmt, ...) {
+_printf_(1, 2) char *strdup_printf(const char *fmt, ...) {
         va_list ap;
         char *s;
         int r;
@@ -83,12 +77,7 @@ static _printf_(1, 2) char *strdup_printf(const char *fmt, ...) {
 
 /* ---- samples ----------------------------------------------------------------------------- */
 
-typedef struct Series {
-        double *v; /* microseconds */
-        size_t n, n_alloc;
-} Series;
-
-static void series_add(Series *s, double usec) {
+void series_add(Series *s, double usec) {
         if (s->n == s->n_alloc) {
                 size_t n = s->n_alloc ? s->n_alloc * 2 : 64;
                 double *v = realloc(s->v, n * sizeof(double));
@@ -106,12 +95,7 @@ static void series_merge(Series *into, const Series *from) {
                 series_add(into, from->v[i]);
 }
 
-typedef struct Stats {
-        size_t n;
-        double median, p90, p99, max; /* milliseconds */
-} Stats;
-
-static Stats series_stats(Series *s) {
+Stats series_stats(Series *s) {
         if (s->n == 0)
                 return (Stats){};
         qsort(s->v, s->n, sizeof(double), cmp_double);
@@ -126,43 +110,14 @@ static Stats series_stats(Series *s) {
 
 /* ---- the run ----------------------------------------------------------------------------- */
 
-typedef struct Bench {
-        const char *dir, *loopmgrctl;
-        FILE *record, *metrics;
-        pthread_mutex_t lock; /* record, file counter */
-        unsigned iterations, warmup, clients, conc_cycles, conc_rounds;
-        unsigned file_counter;
-        unsigned scenarios; /* bit k-1: scenario k runs (and is reported) */
-        /* Scenario 2: the median of the per-iteration differences loopmgr - raw (ms), each
-         * pair run back to back in the same iteration; n 0 when the series do not pair up. */
-        double overhead_paired_ms;
-        size_t overhead_pairs;
-        bool have_udisks;
-        pid_t loopmgrd_pid, udisksd_pid, bus_pid;
-} Bench;
-
-/* One client: its bus connection and its image. */
-typedef struct Client {
-        Bench *b;
-        sd_bus *bus;
-        char *file;
-} Client;
-
-/* What one attach made. */
-typedef struct Handle {
-        char *node, *object; /* object: the D-Bus path, for the in-process peers */
-        uint64_t diskseq;
-        int fd; /* raw peer: our fd of the loop device */
-} Handle;
-
-static void handle_done(Handle *h) {
+void handle_done(Handle *h) {
         free(h->node);
         free(h->object);
         h->fd = safe_close(h->fd);
         *h = (Handle){.fd = -EBADF};
 }
 
-static _printf_(2, 3) void metric(Bench *b, const char *fmt, ...) {
+_printf_(2, 3) void metric(Bench *b, const char *fmt, ...) {
         va_list ap;
 
         if (!b->metrics)
@@ -174,7 +129,7 @@ static _printf_(2, 3) void metric(Bench *b, const char *fmt, ...) {
         fflush(b->metrics);
 }
 
-static int read_diskseq(const char *node, uint64_t *ret) {
+int read_diskseq(const char *node, uint64_t *ret) {
         char path[128];
         unsigned long long v;
         FILE *f;
@@ -194,8 +149,7 @@ static int read_diskseq(const char *node, uint64_t *ret) {
         return 0;
 }
 
-/* The binding node/diskseq still exists. */
-static bool still_bound(const char *node, uint64_t diskseq) {
+bool still_bound(const char *node, uint64_t diskseq) {
         char path[128];
         uint64_t now;
 
@@ -205,8 +159,7 @@ static bool still_bound(const char *node, uint64_t diskseq) {
         return read_diskseq(node, &now) >= 0 && now == diskseq;
 }
 
-/* Notes the device in the record before anything else happens to it. */
-static int record_device(Bench *b, Handle *h, char **ret_error) {
+int record_device(Bench *b, Handle *h, char **ret_error) {
         int r;
 
         if (h->diskseq == 0) {
@@ -227,7 +180,7 @@ static int record_device(Bench *b, Handle *h, char **ret_error) {
 }
 
 /* Waits (untimed by the callers that use it) until the kernel binding is really gone. */
-static int wait_gone(const Handle *h) {
+int wait_gone(const Handle *h) {
         double deadline = now_usec() + TEARDOWN_WAIT_USEC;
 
         while (still_bound(h->node, h->diskseq)) {
@@ -240,8 +193,7 @@ static int wait_gone(const Handle *h) {
 
 extern char **environ;
 
-/* Runs argv; its stdout and stderr come back in *ret_output. 0 when it exited with 0. */
-static int run_capture(char *const argv[], char **ret_output) {
+int run_capture(char *const argv[], char **ret_output) {
         posix_spawn_file_actions_t fa;
         char buf[4096];
         size_t len = 0;
@@ -461,7 +413,8 @@ static void cpu_snapshot(pid_t daemon, const pid_t others[2], pid_t bus, bool wi
 
         ret->daemon = ret->daemon_wait = ret->bus = ret->client = ret->other = 0;
         for (size_t i = 0; others && i < 2; i++)
-                if (others[i] > 0 && others[i] != daemon && pid_schedstat(others[i], &run, &wait) >= 0)
+                if (others[i] > 0 && others[i] != daemon &&
+                    pid_schedstat(others[i], &run, &wait) >= 0)
                         ret->other += run;
         if (daemon > 0 && pid_schedstat(daemon, &run, &wait) >= 0) {
                 ret->daemon = run;
@@ -474,7 +427,7 @@ static void cpu_snapshot(pid_t daemon, const pid_t others[2], pid_t bus, bool wi
                 ret->client = client_cpu_ns();
 }
 
-static char *bus_error_string(const sd_bus_error *e, int r) {
+char *bus_error_string(const sd_bus_error *e, int r) {
         if (e && sd_bus_error_is_set(e))
                 return strdup_printf("%s: %s", e->name, e->message ?: "(no message)");
         return strdup_printf("%s", errstr(r));
@@ -494,17 +447,18 @@ static pid_t peer_daemon(const Bench *b, const Peer *p) {
         return p->loopmgr ? b->loopmgrd_pid : p->udisks ? b->udisksd_pid : 0;
 }
 
-static int open_image(Client *c, int flags, char **ret_error) {
-        int fd = open(c->file, flags | O_CLOEXEC | O_NOCTTY);
+static int open_image(const char *file, int flags, char **ret_error) {
+        int fd = open(file, flags | O_CLOEXEC | O_NOCTTY);
 
         if (fd < 0) {
-                *ret_error = strdup_printf("cannot open %s: %m", c->file);
+                *ret_error = strdup_printf("cannot open %s: %m", file);
                 return -errno;
         }
         return fd;
 }
 
-static int loopmgr_attach(Client *c, Handle *h, bool wait_udev, char **ret_error) {
+int loopmgr_attach_file(Client *c, Handle *h, const char *file, bool read_only, bool wait_udev,
+                        char **ret_error) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_close_ int fd = -EBADF;
@@ -512,12 +466,16 @@ static int loopmgr_attach(Client *c, Handle *h, bool wait_udev, char **ret_error
         uint64_t diskseq;
         int reused, r;
 
-        fd = open_image(c, O_RDWR, ret_error);
+        fd = open_image(file, read_only ? O_RDONLY : O_RDWR, ret_error);
         if (fd < 0)
                 return fd;
         r = sd_bus_message_new_method_call(c->bus, &m, LOOPMGR_BUS_NAME, LOOPMGR_MANAGER_PATH,
                                            LOOPMGR_MANAGER_INTERFACE, "Attach");
-        if (r >= 0)
+        /* read-only only when asked for: the other scenarios send what they always sent */
+        if (r >= 0 && read_only)
+                r = sd_bus_message_append(m, "ha{sv}", fd, 2, LOOPMGR_OPT_WAIT_UDEV, "b",
+                                          (int) wait_udev, LOOPMGR_OPT_READ_ONLY, "b", 1);
+        else if (r >= 0)
                 r = sd_bus_message_append(m, "ha{sv}", fd, 1, LOOPMGR_OPT_WAIT_UDEV, "b",
                                           (int) wait_udev);
         if (r < 0) {
@@ -543,15 +501,14 @@ static int loopmgr_attach(Client *c, Handle *h, bool wait_udev, char **ret_error
 }
 
 static int loopmgr_attach_udev(Client *c, Handle *h, char **ret_error) {
-        return loopmgr_attach(c, h, true, ret_error);
+        return loopmgr_attach_file(c, h, c->file, false, true, ret_error);
 }
 
 static int loopmgr_attach_nowait(Client *c, Handle *h, char **ret_error) {
-        return loopmgr_attach(c, h, false, ret_error);
+        return loopmgr_attach_file(c, h, c->file, false, false, ret_error);
 }
 
-/* Detach(wait=true): returns when the kernel binding is gone. */
-static int loopmgr_detach(Client *c, Handle *h, char **ret_error) {
+int loopmgr_detach(Client *c, Handle *h, char **ret_error) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         const char *state;
@@ -584,21 +541,25 @@ static int loopmgr_detach(Client *c, Handle *h, char **ret_error) {
         return 0;
 }
 
-/* udisks2 Manager.LoopSetup(h fd, a{sv}): returns once udisksd has the block object, i.e.
- * after udev processed the new device. */
-static int udisks_attach(Client *c, Handle *h, char **ret_error) {
+int udisks_attach_file(Client *c, Handle *h, const char *file, bool read_only, char **ret_error) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_close_ int fd = -EBADF;
         const char *path;
         int r;
 
-        fd = open_image(c, O_RDWR, ret_error);
+        fd = open_image(file, read_only ? O_RDONLY : O_RDWR, ret_error);
         if (fd < 0)
                 return fd;
-        r = sd_bus_call_method(c->bus, UDISKS_BUS_NAME, UDISKS_MANAGER_PATH,
-                               "org.freedesktop.UDisks2.Manager", "LoopSetup", &e, &reply, "ha{sv}",
-                               fd, 1, "auth.no_user_interaction", "b", 1);
+        if (read_only)
+                r = sd_bus_call_method(c->bus, UDISKS_BUS_NAME, UDISKS_MANAGER_PATH,
+                                       "org.freedesktop.UDisks2.Manager", "LoopSetup", &e, &reply,
+                                       "ha{sv}", fd, 2, "auth.no_user_interaction", "b", 1,
+                                       "read-only", "b", 1);
+        else
+                r = sd_bus_call_method(c->bus, UDISKS_BUS_NAME, UDISKS_MANAGER_PATH,
+                                       "org.freedesktop.UDisks2.Manager", "LoopSetup", &e, &reply,
+                                       "ha{sv}", fd, 1, "auth.no_user_interaction", "b", 1);
         if (r < 0) {
                 *ret_error = bus_error_string(&e, r);
                 return r;
@@ -619,8 +580,11 @@ static int udisks_attach(Client *c, Handle *h, char **ret_error) {
         return record_device(c->b, h, ret_error);
 }
 
-/* Loop.Delete: LOOP_CLR_FD; on 6.11+ the teardown itself happens at the last close. */
-static int udisks_detach(Client *c, Handle *h, char **ret_error) {
+static int udisks_attach(Client *c, Handle *h, char **ret_error) {
+        return udisks_attach_file(c, h, c->file, false, ret_error);
+}
+
+int udisks_detach(Client *c, Handle *h, char **ret_error) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         int r;
 
@@ -721,7 +685,7 @@ static int raw_attach(Client *c, Handle *h, char **ret_error) {
         };
         int nr, r = 0;
 
-        backing = open_image(c, O_RDWR | O_DIRECT, ret_error);
+        backing = open_image(c->file, O_RDWR | O_DIRECT, ret_error);
         if (backing < 0)
                 return backing;
         config.fd = (uint32_t) backing;
@@ -867,13 +831,17 @@ static void cpu_add(Cpu *sum, const Cpu *a, const Cpu *b) {
         sum->other += b->other - a->other;
 }
 
-static void result_error(Result *res, const char *key, char *error) {
+void note_error(unsigned *count, char **first, const char *key, char *error) {
         fprintf(stderr, "bench-peers: %s: %s\n", key, error ?: "unknown error");
-        res->errors++;
-        if (!res->first_error)
-                res->first_error = error;
+        (*count)++;
+        if (!*first)
+                *first = error;
         else
                 free(error);
+}
+
+static void result_error(Result *res, const char *key, char *error) {
+        note_error(&res->errors, &res->first_error, key, error);
 }
 
 /* One attach + detach; the times go to res when measure. Returns 0 when both worked. The
@@ -923,7 +891,7 @@ static int cycle_once(Client *c, const Peer *p, Result *res, bool measure, pid_t
         return 0;
 }
 
-static char *make_image(Bench *b, const char *key, unsigned client) {
+char *make_image(Bench *b, const char *key, unsigned client) {
         _cleanup_close_ int fd = -EBADF;
         char *path;
 
@@ -938,7 +906,7 @@ static char *make_image(Bench *b, const char *key, unsigned client) {
         return path;
 }
 
-static int client_open(Bench *b, Client *c, const char *key, unsigned nr) {
+int client_open(Bench *b, Client *c, const char *key, unsigned nr) {
         int r;
 
         *c = (Client){.b = b};
@@ -949,7 +917,7 @@ static int client_open(Bench *b, Client *c, const char *key, unsigned nr) {
         return r;
 }
 
-static void client_close(Client *c) {
+void client_close(Client *c) {
         if (c->file)
                 (void) unlink(c->file);
         free(c->file);
@@ -988,7 +956,8 @@ static void run_sequential(Bench *b, const char *what, const Peer *peers, size_t
                         if (cycle_once(&clients[k], &peers[k], &results[k], measure,
                                        peer_daemon(b, &peers[k])) >= 0 &&
                             measure) {
-                                cpu_snapshot(peer_daemon(b, &peers[k]), NULL, b->bus_pid, false, &c1);
+                                cpu_snapshot(peer_daemon(b, &peers[k]), NULL, b->bus_pid, false,
+                                             &c1);
                                 cpu_add(&results[k].cpu, &c0, &c1);
                                 results[k].n_cpu++;
                         }
@@ -1054,14 +1023,14 @@ static void concurrency_round(Bench *b, const Peer *p, Result *res) {
                 started++;
         }
         settle();
-        cpu_snapshot(peer_daemon(b, p), (pid_t[2]) {b->loopmgrd_pid, b->udisksd_pid}, b->bus_pid,
+        cpu_snapshot(peer_daemon(b, p), (pid_t[2]){b->loopmgrd_pid, b->udisksd_pid}, b->bus_pid,
                      true, &c0);
         t0 = now_usec();
         pthread_barrier_wait(&start);
         for (unsigned i = 0; i < started; i++)
                 pthread_join(threads[i], NULL);
         t1 = now_usec();
-        cpu_snapshot(peer_daemon(b, p), (pid_t[2]) {b->loopmgrd_pid, b->udisksd_pid}, b->bus_pid,
+        cpu_snapshot(peer_daemon(b, p), (pid_t[2]){b->loopmgrd_pid, b->udisksd_pid}, b->bus_pid,
                      true, &c1);
         cpu_add(&res->cpu, &c0, &c1);
         pthread_barrier_destroy(&start);
@@ -1128,7 +1097,7 @@ static void run_concurrency(Bench *b, Result *results) {
 
 /* ---- output ------------------------------------------------------------------------------ */
 
-static void emit_stats(Bench *b, const char *prefix, const char *what, const Stats *s) {
+void emit_stats(Bench *b, const char *prefix, const char *what, const Stats *s) {
         if (s->n == 0)
                 return;
         metric(b, "%s.%s.median %.4f", prefix, what, s->median);
@@ -1223,7 +1192,8 @@ static void print_concurrency(Bench *b, FILE *f, Result *results) {
               "median | attach p99 | cycle median | cycle p99 | CPU / cycle: daemon | udev | bus | "
               "clients | other daemon | total | CPU-bound ceiling (cycles/s) |\n",
               f);
-        fputs("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", f);
+        fputs("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+              f);
         for (size_t k = 0; k < n; k++) {
                 char prefix[64];
 
@@ -1285,16 +1255,19 @@ static void print_concurrency(Bench *b, FILE *f, Result *results) {
               "clients (threads and the CLI processes they ran), and of the other daemon on the "
               "bus (udisksd during loopmgr's rounds, loopmgrd during udisks2's, both during "
               "losetup's), which follows every block device's uevents whoever made the device, "
-              "over the rounds, divided by the completed cycles; the ceiling is the online CPUs divided by the total: no client "
+              "over the rounds, divided by the completed cycles; the ceiling is the online CPUs "
+              "divided by the total: no client "
               "could go faster on this machine without making a cycle cheaper.\n",
               f);
 }
 
-static void print_all(Bench *b, FILE *f, Result *lat, Result *ovh, Result *conc, Series *ping) {
+static void print_all(Bench *b, FILE *f, Result *lat, Result *ovh, Result *conc, Series *ping,
+                      const MountResult *mount) {
         Stats l, r;
 
         if (b->scenarios & 1) {
-                fputs("#### 1. Attach-to-usable latency (sequential attach + detach cycles)\n\n", f);
+                fputs("#### 1. Attach-to-usable latency (sequential attach + detach cycles)\n\n",
+                      f);
                 print_sequential(b, f, "s1", latency_peers, ELEMENTSOF(latency_peers), lat, 1);
         }
         if (!(b->scenarios & 2))
@@ -1352,6 +1325,10 @@ concurrency:
         if (b->scenarios & 4) {
                 fputs("\n#### 3. Concurrency\n\n", f);
                 print_concurrency(b, f, conc);
+        }
+        if (b->scenarios & 32) {
+                fputs("\n#### 6. A slow Mount and everybody else\n\n", f);
+                print_mount(b, f, mount);
         }
 }
 
@@ -1443,7 +1420,10 @@ static void help(void) {
                "  --cycles N            cycles per client and round (10)\n"
                "  --rounds N            concurrency rounds per peer (3)\n"
                "  --bus-pid PID         the bus daemon, for its CPU time\n"
-               "  --scenarios LIST      only these of 1,2,3 (all), for working on one\n");
+               "  --slowfs PATH         tests/slowfs.c, built (scenario 6 skips without it)\n"
+               "  --slow-read-msec N    scenario 6: every read of the slow image (300)\n"
+               "  --mount-rounds N      scenario 6: slow Mounts per peer (3)\n"
+               "  --scenarios LIST      only these of 1,2,3,6 (all), for working on one\n");
 }
 
 int main(int argc, char *argv[]) {
@@ -1460,6 +1440,9 @@ int main(int argc, char *argv[]) {
                 ARG_ROUNDS,
                 ARG_BUS_PID,
                 ARG_SCENARIOS,
+                ARG_SLOWFS,
+                ARG_SLOW_READ_MSEC,
+                ARG_MOUNT_ROUNDS,
         };
         static const struct option options[] = {
                 {"help", no_argument, NULL, 'h'},
@@ -1475,6 +1458,9 @@ int main(int argc, char *argv[]) {
                 {"rounds", required_argument, NULL, ARG_ROUNDS},
                 {"bus-pid", required_argument, NULL, ARG_BUS_PID},
                 {"scenarios", required_argument, NULL, ARG_SCENARIOS},
+                {"slowfs", required_argument, NULL, ARG_SLOWFS},
+                {"slow-read-msec", required_argument, NULL, ARG_SLOW_READ_MSEC},
+                {"mount-rounds", required_argument, NULL, ARG_MOUNT_ROUNDS},
                 {}};
         Bench b = {
                 .iterations = 100,
@@ -1482,8 +1468,11 @@ int main(int argc, char *argv[]) {
                 .clients = 8,
                 .conc_cycles = 10,
                 .conc_rounds = 3,
-                .scenarios = 7,
+                .scenarios = 1 | 2 | 4 | 32,
+                .slow_read_msec = 300,
+                .mount_rounds = 3,
         };
+        MountResult *mount = NULL;
         Result lat[ELEMENTSOF(latency_peers)] = {}, ovh[ELEMENTSOF(overhead_peers)] = {},
                conc[ELEMENTSOF(concurrency_peers)] = {};
         const char *record = NULL, *markdown = NULL, *metrics = NULL;
@@ -1531,14 +1520,24 @@ int main(int argc, char *argv[]) {
                 case ARG_SCENARIOS:
                         b.scenarios = 0;
                         for (const char *p = optarg; *p; p++) {
-                                if (*p >= '1' && *p <= '3')
+                                if ((*p >= '1' && *p <= '3') || *p == '6')
                                         b.scenarios |= 1U << (*p - '1');
                                 else if (*p != ',') {
-                                        fprintf(stderr, "bench-peers: '%s' is not a list of 1, 2, 3\n",
+                                        fprintf(stderr,
+                                                "bench-peers: '%s' is not a list of 1, 2, 3, 6\n",
                                                 optarg);
                                         return 2;
                                 }
                         }
+                        break;
+                case ARG_SLOWFS:
+                        b.slowfs = optarg;
+                        break;
+                case ARG_SLOW_READ_MSEC:
+                        target = &b.slow_read_msec;
+                        break;
+                case ARG_MOUNT_ROUNDS:
+                        target = &b.mount_rounds;
                         break;
                 case ARG_BUS_PID: {
                         unsigned v;
@@ -1563,7 +1562,7 @@ int main(int argc, char *argv[]) {
                 return 2;
         }
         if (b.iterations == 0 || b.clients == 0 || b.clients > 64 || b.conc_cycles == 0 ||
-            b.conc_rounds == 0) {
+            b.conc_rounds == 0 || b.mount_rounds == 0 || b.slow_read_msec == 0) {
                 fputs("bench-peers: counts must be at least 1 (and at most 64 clients)\n", stderr);
                 return 2;
         }
@@ -1605,8 +1604,10 @@ int main(int argc, char *argv[]) {
         }
         if (b.scenarios & 4)
                 run_concurrency(&b, conc);
+        if (b.scenarios & 32)
+                mount = run_mount(&b);
 
-        print_all(&b, stdout, lat, ovh, conc, &ping);
+        print_all(&b, stdout, lat, ovh, conc, &ping, mount);
         if (markdown) {
                 FILE *f = fopen(markdown, "we");
 
@@ -1617,7 +1618,7 @@ int main(int argc, char *argv[]) {
                         FILE *m = b.metrics;
 
                         b.metrics = NULL; /* the metrics went out with stdout's tables */
-                        print_all(&b, f, lat, ovh, conc, &ping);
+                        print_all(&b, f, lat, ovh, conc, &ping, mount);
                         b.metrics = m;
                         if (fclose(f) != 0)
                                 r = -errno;
@@ -1641,5 +1642,6 @@ int main(int argc, char *argv[]) {
         if (b.metrics)
                 fclose(b.metrics);
         free(ping.v);
+        mount_result_free(mount);
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

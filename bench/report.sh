@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
 #
-# bench/report.sh METRICS OUT.md PLOTDIR [PREFIX]: the targets of issue 6, PASS or MISS, computed
+# bench/report.sh METRICS OUT.md PLOTDIR [PREFIX]: the targets of issue 6 (and issue 15's slow
+# Mount, 6a-6b), PASS or MISS, computed
 # from the "key value" lines bench-peers, bench-attach and fio.sh wrote during one run of
 # bench/run.sh, as a markdown table in OUT.md; and the PNG plots (gnuplot) PLOTDIR/PREFIX*.png.
 # Nothing here is hand-written: a missing figure is "n/a" and counts as a MISS.
@@ -102,6 +103,13 @@ row "5b. direct-I/O loop random reads vs direct reads of the file" \
     "$(get s5.randread.d1.loop-dio.ratio)" ">=" 0.95
 row "5c. direct I/O is the default" "loop/dio of a default attach (direct-io=auto)" \
     "$(get s5.default_dio)" "==" 1
+row "6a. another client's calls while a slow Mount runs (issue 15)" \
+    "p99 of loopmgr's Version, Attach, Detach during Mounts of $(get s6.loopmgr-dbus.mount.median) ms (median; max $(get s6.loopmgr-dbus.others.max) ms, $(get s6.loopmgr-dbus.others.n) calls), ms" \
+    "$(get s6.loopmgr-dbus.others.p99)" "<" 50
+t6=$(ratio "$(get s6.loopmgr-dbus.others.p99)" "$(get s6.udisks-dbus.others.p99)")
+row "6b. the same vs udisks2 (Version, LoopSetup, Loop.Delete during a slow Filesystem.Mount)" \
+    "p99, loopmgr / udisks2 ($(get s6.loopmgr-dbus.others.p99) / $(get s6.udisks-dbus.others.p99) ms)" \
+    "$t6" "<=" 1
 
 {
     echo "| target | measured as | value | target | verdict |"
@@ -150,6 +158,12 @@ trap 'rm -rf "$DATA"' EXIT
         done
     done
 } >"$DATA/s5"
+{
+    for p in loopmgr-dbus udisks-dbus; do
+        [[ -n $(get s6.$p.others.p99) ]] &&
+            echo "\"$p\" $(get s6.$p.others.median) $(get s6.$p.others.p99) $(get s6.$p.others.max)"
+    done
+} >"$DATA/s6"
 
 gnuplot <<EOF
 set terminal pngcairo size 900,500 font "sans,10"
@@ -185,6 +199,16 @@ set arrow from graph 0, first 0.95 to graph 1, first 0.95 nohead dt 2 lc rgb "re
 plot "$DATA/s5" using 2:xtic(1) title "loopmgr, direct-io=on", "" using 3 title "loopmgr, direct-io=off", \
      "" using 4 title "losetup --direct-io=on (control)"
 unset arrow
+
+set output "$PLOTDIR/${PREFIX}mount.png"
+set title "6. Another client's calls while a slow Mount runs (ms; lower is better)"
+set ylabel "ms"
+set logscale y
+set yrange [*:*]
+set arrow from graph 0, first 50 to graph 1, first 50 nohead dt 2 lc rgb "red"
+plot "$DATA/s6" using 2:xtic(1) title "median", "" using 3 title "p99", "" using 4 title "max"
+unset arrow
+unset logscale y
 
 set output "$PLOTDIR/${PREFIX}scale.png"
 set title "4. Scale: latency and memory against the number of bindings"

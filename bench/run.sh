@@ -7,21 +7,24 @@
 #
 #   1. installs what is missing (tools/deps.sh --bench: udisks2, fio, gnuplot) and builds a
 #      release tree (default build-bench/: -Dbuildtype=release -Dbench=true -Dtests=false
-#      -Db_sanitize=none) with loopmgrd, loopmgrctl, bench/bench-peers and bench/bench-attach
+#      -Db_sanitize=none) with loopmgrd, loopmgrctl, bench/bench-peers, bench/bench-attach and
+#      bench/slowfs (tests/slowfs.c)
 #   2. brings up its own tests/env.sh instance (default /run/loopmgr-bench: private bus,
 #      polkitd, udevd if none runs), starts that loopmgrd on it with `start-daemon`, and
 #      udisksd on the same bus
-#   3. scenarios 1-3 (latency, daemon overhead, concurrency; every peer in the same run):
-#      bench-peers; then udisksd is stopped
+#   3. scenarios 1-3 (latency, daemon overhead, concurrency; every peer in the same run) and 6
+#      (another client's calls during a slow Mount, loopmgrd and udisks2): bench-peers; then
+#      udisksd is stopped
 #   4. scenario 4 (scale: 0, 100 and 1,000 bindings): bench-attach
 #   5. scenario 5 (data path): bench/fio.sh
 #   6. bench/report.sh: the targets table (PASS/MISS from the measured figures) and the PNG
 #      plots; the results section of docs/PERFORMANCE.md is regenerated, the plots go to
 #      docs/bench-*.png
-#   7. always (also on failure or Ctrl-C): stops udisksd, takes down every device in the
-#      record that is still the same binding (node and diskseq) and any loop device over the
-#      scratch directory, stops the daemon and the environment instance, removes the scratch
-#      directory, and checks that nothing of ours is left
+#   7. always (also on failure or Ctrl-C): stops udisksd, unmounts what is mounted from a
+#      device in the record that is still the same binding (node and diskseq) and takes the
+#      device down, stops slowfs, takes down any loop device over the scratch directory, stops
+#      the daemon and the environment instance, removes the scratch directory, and checks that
+#      nothing of ours is left
 #
 # --quick: small counts everywhere (a smoke test of a minute or two); it leaves docs/ alone
 # and writes the tables and plots to $LOOPMGR_BENCH_OUT. Extra arguments go to bench-attach
@@ -50,12 +53,14 @@ if [[ ${1:-} == --quick ]]; then
     shift
 fi
 if ((QUICK)); then
-    peers_args=(--iterations 10 --warmup 2 --cycles 3 --rounds 1)
+    peers_args=(--iterations 10 --warmup 2 --cycles 3 --rounds 1 --mount-rounds 1
+        --slow-read-msec 100)
     attach_args=(--bindings 20,100 --iterations 10 --resolve-iterations 50 --gmo-iterations 5
         --warmup 2)
     export FIO_SIZE=128 FIO_RUNTIME=1 FIO_RAMP=0 FIO_REPS=1
 else
-    peers_args=(--iterations 100 --warmup 10 --cycles 10 --rounds 5)
+    peers_args=(--iterations 100 --warmup 10 --cycles 10 --rounds 5 --mount-rounds 3
+        --slow-read-msec 300)
     attach_args=(--bindings 100,1000)
     export FIO_SIZE=1024 FIO_RUNTIME=3 FIO_RAMP=1 FIO_REPS=3
 fi
@@ -106,6 +111,7 @@ cleanup_devices() {
         read -r node seq <<<"${lines[i]}" || continue
         still_ours "$node" "$seq" || continue
         name=${node#/dev/}
+        unmount_from "$node"
         log "taking down $node (diskseq $seq), left by the benchmark"
         for part in /sys/block/"$name"/"$name"p*; do
             [[ -r $part/partition ]] || continue
@@ -129,6 +135,32 @@ cleanup_devices() {
     return 1
 }
 
+# unmount_from NODE: every mount of NODE or of its partitions (scenario 6 mounts, a run that
+# failed may leave one), and the mount point when the daemon or udisksd made it under
+# /run/media or /media.
+unmount_from() {
+    local node=$1 source target
+    while read -r source target; do
+        [[ $source == "$node" || $source == "$node"p[0-9]* ]] || continue
+        target=$(printf '%b' "$target")
+        log "unmounting $target ($source), left by the benchmark"
+        umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null ||
+            log "warning: cannot unmount $target"
+        [[ $target == /run/media/* || $target == /media/* ]] && rmdir "$target" 2>/dev/null
+    done < <(findmnt -rn -o SOURCE,TARGET 2>/dev/null)
+    return 0
+}
+
+# Scenario 6's slowfs, when bench-peers did not get to stop it.
+stop_slowfs() {
+    [[ -n $SCRATCH ]] || return 0
+    pkill -TERM -f -- "$SCRATCH/slowfs" 2>/dev/null && sleep 0.5
+    if findmnt -rn -M "$SCRATCH/slowfs" >/dev/null 2>&1; then
+        umount -l "$SCRATCH/slowfs" 2>/dev/null || log "warning: cannot unmount $SCRATCH/slowfs"
+    fi
+    return 0
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -143,6 +175,7 @@ cleanup() {
     unmount_runtime_tmpfs
     if [[ -n $SCRATCH ]]; then
         cleanup_devices "$SCRATCH/devices" || rc=1
+        stop_slowfs
         cleanup_scratch_devices || rc=1
         if losetup -a 2>/dev/null | grep -qF "$SCRATCH/"; then
             log "warning: loop devices over $SCRATCH remain:"
@@ -268,7 +301,7 @@ on_signal() {
 ((EUID == 0)) || die "must run as root (it configures loop devices and starts system daemons)"
 [[ -c /dev/loop-control ]] || die "/dev/loop-control is missing (modprobe loop)"
 bash tools/deps.sh --bench >&2 || die "tools/deps.sh --bench failed"
-for tool in meson ninja udevadm losetup delpart busctl fio jq gnuplot udisksctl; do
+for tool in meson ninja udevadm losetup delpart busctl fio jq gnuplot udisksctl mkfs.ext4 findmnt; do
     command -v "$tool" >/dev/null || die "$tool is missing"
 done
 
@@ -294,7 +327,7 @@ else
     meson setup "$BUILD" "${opts[@]}" >/dev/null
 fi
 log "building $BUILD (release)"
-if ! out=$(ninja -C "$BUILD" loopmgrd loopmgrctl bench/bench-attach bench/bench-peers 2>&1); then
+if ! out=$(ninja -C "$BUILD" loopmgrd loopmgrctl bench/bench-attach bench/bench-peers bench/slowfs 2>&1); then
     printf '%s\n' "$out" >&2
     die "the build failed"
 fi
@@ -345,9 +378,10 @@ run_client() {
 }
 
 start_udisksd
-log "scenarios 1-3: bench-peers ${peers_args[*]}"
+log "scenarios 1-3 and 6: bench-peers ${peers_args[*]}"
 run_client bench-peers "$BUILD/bench/bench-peers" --dir "$SCRATCH" --record "$SCRATCH/devices" \
     --loopmgrctl "$REPO/$BUILD/loopmgrctl" --markdown "$SCRATCH/peers.md" --metrics "$METRICS" \
+    --slowfs "$REPO/$BUILD/bench/slowfs" \
     --bus-pid "$(cat "$LOOPMGR_TEST_ENV/dbus.pid")" "${peers_args[@]}" >/dev/null
 # udisksd watches every block device: it would add its own work to the scale scenario's
 # thousand devices.
@@ -397,9 +431,9 @@ section=$SCRATCH/section.md
     echo
     echo "![latency](bench-latency.png) ![overhead](bench-overhead.png)"
     echo "![concurrency](bench-concurrency.png) ![scale](bench-scale.png)"
-    echo "![data path](bench-fio.png)"
+    echo "![data path](bench-fio.png) ![slow Mount](bench-mount.png)"
     echo
-    sed 's/^#### /### /' "$SCRATCH/peers.md"
+    sed -e '/^#### 6\./,$d' -e 's/^#### /### /' "$SCRATCH/peers.md"
     echo
     echo "### 4. Scale: 0, ${attach_args[1]//,/, } bindings"
     echo
@@ -408,6 +442,8 @@ section=$SCRATCH/section.md
     echo "### 5. Data path (fio)"
     echo
     cat "$SCRATCH/fio.md"
+    echo
+    sed -n -e '/^#### 6\./,$p' "$SCRATCH/peers.md" | sed 's/^#### /### /'
     echo
     echo "$END_MARK"
 } >"$section"

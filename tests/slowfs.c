@@ -5,7 +5,8 @@
  * bytes are IMAGE's, for a slow disk image (tests/test-mount.c, the slow Mount). Reads are
  * direct (no page cache on the FUSE side) and fast until the process gets SIGUSR1; from then on
  * every read sleeps DELAY_MSEC first, so that a loop device over /image makes a file system
- * whose probe and mount(2) take seconds. Runs in the foreground until unmounted or SIGTERM.
+ * whose probe and mount(2) take seconds; SIGUSR2 makes them fast again (bench-peers' scenario
+ * 6 mounts the image over and over). Runs in the foreground until unmounted or SIGTERM.
  * Needs root (mounts with allow_other, so that the test users can open /image).
  */
 
@@ -27,9 +28,8 @@ static struct stat image_st;
 static unsigned delay_msec;
 static volatile sig_atomic_t slow;
 
-static void on_usr1(int sig) {
-        (void) sig;
-        slow = 1;
+static void on_usr(int sig) {
+        slow = sig == SIGUSR1;
 }
 
 static int sf_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
@@ -112,7 +112,7 @@ int main(int argc, char *argv[]) {
                 perror(argv[1]);
                 return 1;
         }
-        if (signal(SIGUSR1, on_usr1) == SIG_ERR) {
+        if (signal(SIGUSR1, on_usr) == SIG_ERR || signal(SIGUSR2, on_usr) == SIG_ERR) {
                 perror("signal");
                 return 1;
         }
