@@ -82,6 +82,8 @@ void test_partscan_table(void **state) {
         /* The hold: shared, so udev's LOCK_EX|LOCK_NB (before its BLKRRPART) fails while its
          * LOCK_SH probes pass. */
         assert_true(hold >= 0);
+        /* read-only: its close before the teardown makes udev do nothing (IN_CLOSE_WRITE) */
+        assert_int_equal(fcntl(hold, F_GETFL) & O_ACCMODE, O_RDONLY);
         assert_true(asprintf(&node, "/dev/%s", s.name) > 0);
         other = open(node, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         assert_true(other >= 0);

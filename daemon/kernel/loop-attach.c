@@ -105,6 +105,23 @@ static int fd_reopen(int fd, int flags) {
         return r;
 }
 
+/* The shared lock of a partition-scanned device moves from the bind's read-write lock fd (*fd,
+ * which holds LOCK_SH already) to a read-only fd of the same node, which is returned; *fd is
+ * closed with the lock still held, like the bind's own read-write fd (udev's cue, inotify
+ * IN_CLOSE_WRITE, to probe the finished device; its attempt to re-read the partition table
+ * fails on the shared lock). The hold's own close, just before the teardown, then wakes
+ * nobody: a read-write one made udev probe, and re-read the table of, a device on its way
+ * out, and hold it open while the teardown waited. When no read-only fd can be had, *fd
+ * itself is returned. */
+static int hold_read_only(int *fd) {
+        _cleanup_close_ int ro = fd_reopen(*fd, O_RDONLY | O_NONBLOCK);
+
+        if (ro < 0 || flock(ro, LOCK_SH | LOCK_NB) < 0)
+                return TAKE_FD(*fd);
+        *fd = safe_close(*fd);
+        return TAKE_FD(ro);
+}
+
 /* The loop block size at which the kernel will accept direct I/O on this backing object;
  * mirrors loop_query_min_dio_size() (6.15+): a block device's logical block size, else the
  * file system's STATX_DIOALIGN, else the logical block size of the file system's device,
@@ -469,7 +486,7 @@ static int configure_device(const char *root, int nr, const LoopConfig *c, const
          * (loop-kernel.h, LoopConfig.ret_hold_fd): udev probes it, but cannot take it to
          * re-read the partition table when a writer closes the device. */
         if (c->partscan && c->ret_hold_fd && flock(lock_fd, LOCK_SH | LOCK_NB) >= 0)
-                *c->ret_hold_fd = TAKE_FD(lock_fd);
+                *c->ret_hold_fd = hold_read_only(&lock_fd);
         lock_fd = safe_close(lock_fd);
 
         *ret = s;

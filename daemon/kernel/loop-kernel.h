@@ -46,8 +46,8 @@ typedef struct LoopConfig {
          * the attach. May be called for several devices when one is taken by somebody else. */
         int (*prepare)(const char *name, void *userdata);
         void *userdata;
-        /* Optional, with partscan: receives an fd of the bound device that holds a shared
-         * flock (LOCK_SH) on it, taken over from the bind's exclusive one without a gap
+        /* Optional, with partscan: receives a read-only fd of the bound device that holds a
+         * shared flock (LOCK_SH) on it, taken over from the bind's exclusive one without a gap
          * (docs/KERNEL.md, "Partitions"). udev takes LOCK_EX|LOCK_NB before it re-reads a
          * disk's partition table (BLKRRPART) when a writer closed it: while this is held it
          * does not, so partitions added with BLKPG, which a kernel without the table's parser
