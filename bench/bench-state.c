@@ -64,16 +64,16 @@
 /* The prototype: one file per device. */
 
 typedef struct DirWriter {
-        char *path; /* <dir>/devices.d */
+        char *path;     /* <dir>/devices.d */
         int dir_fd;
         char boot_id[37];
-        State cache; /* what the files say, sorted by loop number */
+        State cache;    /* what the files say, sorted by loop number */
         bool has_intent;
-        size_t cursor; /* staging position of a full save */
+        size_t cursor;  /* staging position of a full save */
 } DirWriter;
 
 static int dir_writer_new(const char *dir, DirWriter *ret) {
-        *ret = (DirWriter){.dir_fd = -EBADF};
+        *ret = (DirWriter) { .dir_fd = -EBADF };
         if (asprintf(&ret->path, "%s/%s", dir, FILES_DIR) < 0)
                 return -ENOMEM;
         if (mkdir(ret->path, 0700) < 0 && errno != EEXIST)
@@ -137,7 +137,7 @@ static size_t cache_slot(const State *c, unsigned nr) {
 
 /* Writes d's file and remembers it at slot i (replacing the entry there if it is d's). */
 static int dir_put_at(DirWriter *w, size_t i, const StateDevice *d, unsigned nr) {
-        State one = {.devices = (StateDevice *) d, .n_devices = 1};
+        State one = { .devices = (StateDevice *) d, .n_devices = 1 };
         State *c = &w->cache;
         StateDevice copy;
         int r;
@@ -175,7 +175,7 @@ static int dir_drop_at(DirWriter *w, size_t i) {
 }
 
 static int dir_set_intent(DirWriter *w, bool has_intent, const StateIntent *intent) {
-        State one = {.has_intent = has_intent};
+        State one = { .has_intent = has_intent };
         int r;
 
         if (!has_intent && !w->has_intent)
@@ -330,14 +330,14 @@ static int dir_load(const char *dir, State *ret) {
                 if (r < 0)
                         break;
                 s.devices[s.n_devices++] = one.devices[0];
-                one.n_devices = 0; /* moved */
+                one.n_devices = 0;      /* moved */
         }
         closedir(d);
         if (r < 0)
                 return r;
         qsort(s.devices, s.n_devices, sizeof(StateDevice), compare_number);
         *ret = s;
-        s = (State){};
+        s = (State) {};
         return 0;
 }
 
@@ -362,14 +362,14 @@ static int scheme_open(Scheme *s) {
 static void scheme_close(Scheme *s) {
         s->jw = state_writer_free(s->jw);
         dir_writer_done(&s->dw);
-        s->dw = (DirWriter){.dir_fd = -EBADF};
+        s->dw = (DirWriter) { .dir_fd = -EBADF };
 }
 
 static int save_one(Scheme *s, const StateDevice *d, bool has_intent, const StateIntent *in) {
         if (s->jw) {
                 int r = state_writer_commit_one(s->jw, d, has_intent, in);
 
-                return r == -ESTALE ? -EIO : r; /* the benchmark keeps it in sync */
+                return r == -ESTALE ? -EIO : r;         /* the benchmark keeps it in sync */
         }
         return dir_commit_one(&s->dw, d, has_intent, in);
 }
@@ -420,9 +420,8 @@ static int model_attach(State *m, unsigned nr, StateDevice **ret) {
         if (r < 0)
                 return r;
         for (unsigned k = 0; k < 1 + nr % 3 && r >= 0; k++) {
-                Lifetime lt = k == 0   ? LIFETIME_CLIENT
-                              : k == 1 ? LIFETIME_PERSISTENT
-                                       : LIFETIME_MOUNT;
+                Lifetime lt = k == 0 ? LIFETIME_CLIENT : k == 1 ? LIFETIME_PERSISTENT
+                                                                : LIFETIME_MOUNT;
 
                 if (k == 0)
                         snprintf(owner, sizeof(owner), ":1.%u", 40 + nr);
@@ -444,7 +443,7 @@ static double clock_usec(void) {
 
 /* The three saves of one attach of loop nr (appended to the model). */
 static __attribute__((noinline)) int op_attach(Scheme *s, State *m, unsigned nr) {
-        StateIntent in = {.device = 0xfe01, .inode = 400000 + nr, .uid = 1000 + nr % 7};
+        StateIntent in = { .device = 0xfe01, .inode = 400000 + nr, .uid = 1000 + nr % 7 };
         StateDevice *d;
         int r;
 
@@ -603,7 +602,8 @@ static void load_rounds(Scheme *s, const State *m, unsigned n, Samples *smp) {
 
                 TIMED(smp, "load", op_load(s, &got));
                 if (!same_records(&got, m)) {
-                        fprintf(stderr, "bench-state: %s: the record read back differs\n", s->name);
+                        fprintf(stderr, "bench-state: %s: the record read back differs\n",
+                                s->name);
                         exit(EXIT_FAILURE);
                 }
         }
@@ -663,11 +663,10 @@ static int remove_tree(const char *dir) {
 static void disk_use(const char *dir, const char *name) {
         char cmd[4096];
 
-        snprintf(cmd, sizeof(cmd),
-                 "printf '%%s: ' '%s'; du -sk --apparent-size '%s' | cut -f1 | "
+        snprintf(cmd, sizeof(cmd), "printf '%%s: ' '%s'; du -sk --apparent-size '%s' | cut -f1 | "
                  "tr -d '\\n'; printf ' KiB apparent, '; du -sk '%s' | cut -f1 | tr -d '\\n'; "
-                 "printf ' KiB allocated, %%s entries\\n' \"$(find '%s' | wc -l)\"",
-                 name, dir, dir, dir);
+                 "printf ' KiB allocated, %%s entries\\n' \"$(find '%s' | wc -l)\"", name, dir,
+                 dir, dir);
         (void) system(cmd);
 }
 
@@ -685,45 +684,31 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
         static const struct option options[] = {
-                {"dir", required_argument, NULL, 'd'},
-                {"bindings", required_argument, NULL, 'b'},
-                {"rounds", required_argument, NULL, 'r'},
-                {"cycles", required_argument, NULL, 'c'},
-                {"repeats", required_argument, NULL, 'n'},
-                {"help", no_argument, NULL, 'h'},
+                { "dir", required_argument, NULL, 'd' },
+                { "bindings", required_argument, NULL, 'b' },
+                { "rounds", required_argument, NULL, 'r' },
+                { "cycles", required_argument, NULL, 'c' },
+                { "repeats", required_argument, NULL, 'n' },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         const char *base = "/dev/shm";
         unsigned bindings = BINDINGS_DEFAULT, rounds = ROUNDS_DEFAULT, cycles = CYCLES_DEFAULT,
                  repeats = REPEATS_DEFAULT;
         Figures fig[2][N_OPS] = {};
-        const char *names[2] = {"journal", "files"};
+        const char *names[2] = { "journal", "files" };
         char fstype[64] = "?";
         int c;
 
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
                 switch (c) {
-                case 'd':
-                        base = optarg;
-                        break;
-                case 'b':
-                        bindings = (unsigned) strtoul(optarg, NULL, 10);
-                        break;
-                case 'r':
-                        rounds = (unsigned) strtoul(optarg, NULL, 10);
-                        break;
-                case 'c':
-                        cycles = (unsigned) strtoul(optarg, NULL, 10);
-                        break;
-                case 'n':
-                        repeats = (unsigned) strtoul(optarg, NULL, 10);
-                        break;
-                case 'h':
-                        usage();
-                        return EXIT_SUCCESS;
-                default:
-                        usage();
-                        return EXIT_FAILURE;
+                case 'd': base = optarg; break;
+                case 'b': bindings = (unsigned) strtoul(optarg, NULL, 10); break;
+                case 'r': rounds = (unsigned) strtoul(optarg, NULL, 10); break;
+                case 'c': cycles = (unsigned) strtoul(optarg, NULL, 10); break;
+                case 'n': repeats = (unsigned) strtoul(optarg, NULL, 10); break;
+                case 'h': usage(); return EXIT_SUCCESS;
+                default: usage(); return EXIT_FAILURE;
                 }
         if (bindings < 1 || bindings >= STATE_MAX_DEVICES || rounds < 1 || rounds > 16 ||
             cycles < 1 || repeats < 1) {
@@ -735,9 +720,8 @@ int main(int argc, char **argv) {
                 char cmd[4200];
                 FILE *p;
 
-                snprintf(cmd, sizeof(cmd),
-                         "findmnt -no FSTYPE -T '%s' 2>/dev/null || stat -f -c %%T '%s'", base,
-                         base);
+                snprintf(cmd, sizeof(cmd), "findmnt -no FSTYPE -T '%s' 2>/dev/null || stat -f -c %%T '%s'",
+                         base, base);
                 p = popen(cmd, "r");
                 if (p && fgets(fstype, sizeof(fstype), p))
                         fstype[strcspn(fstype, "\n")] = '\0';
@@ -749,7 +733,7 @@ int main(int argc, char **argv) {
                 for (int k = 0; k < 2; k++) {
                         /* ABBA: journal first in even rounds, files first in odd ones. */
                         int which = (round % 2) ^ k;
-                        Scheme s = {.name = names[which], .dw = {.dir_fd = -EBADF}};
+                        Scheme s = { .name = names[which], .dw = { .dir_fd = -EBADF } };
                         char *dir;
 
                         if (asprintf(&dir, "%s/bench-state.XXXXXX", base) < 0 || !mkdtemp(dir))
@@ -772,9 +756,10 @@ int main(int argc, char **argv) {
         for (int op = 0; op < N_OPS; op++) {
                 double a = figures_median(&fig[0][op]), b = figures_median(&fig[1][op]);
 
-                printf("| %s | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f |\n", op_names[op], a,
-                       b, a > 0 ? b / a : 0, figures_mean(&fig[0][op]), figures_mean(&fig[1][op]),
-                       figures_p99(&fig[0][op]), figures_p99(&fig[1][op]));
+                printf("| %s | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f |\n", op_names[op],
+                       a, b, a > 0 ? b / a : 0, figures_mean(&fig[0][op]),
+                       figures_mean(&fig[1][op]), figures_p99(&fig[0][op]),
+                       figures_p99(&fig[1][op]));
         }
         for (int w = 0; w < 2; w++)
                 for (int op = 0; op < N_OPS; op++)
