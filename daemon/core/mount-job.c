@@ -331,19 +331,19 @@ int manager_mount_target(Device *d, unsigned partition, DeviceMount **ret, Probl
         mnt = device_get_mount(d, partition);
         if (!mnt)
                 return problem_setf(error, -EINVAL, "%s has no partition %u.", d->node, partition);
-        *ret = mnt;
+        if (ret)
+                *ret = mnt;
         return 0;
 }
 
 int manager_mount(Manager *m, Call *call, Device *d, const MountRequest *req,
                   bool release_reference, const char *sender, Problem *error) {
         _cleanup_free_ char *what = NULL;
-        DeviceMount *mnt;
         const char *node;
         MountJob *j;
         int r;
 
-        r = manager_mount_target(d, req->partition, &mnt, error);
+        r = manager_mount_target(d, req->partition, NULL, error);
         if (r < 0)
                 return r;
         node = device_mount_node(d, req->partition);

@@ -73,8 +73,9 @@ int manager_mount(Manager *m, Call *call, Device *d, const MountRequest *req,
  * such partition. */
 int manager_unmount(Manager *m, Call *call, Device *d, unsigned partition, bool force,
                     const char *sender, Problem *error);
-/* The mount of partition `partition` of d (0: d's own) that a Mount or Unmount is about: Busy
- * (-EBUSY) while a job of d runs, -EINVAL when d has no such partition, both with *error set. */
+/* The mount of partition `partition` of d (0: d's own) that a Mount or Unmount is about, in
+ * *ret (may be NULL, for the check alone): Busy (-EBUSY) while a job of d runs, -EINVAL when d
+ * has no such partition, both with *error set. */
 int manager_mount_target(Device *d, unsigned partition, DeviceMount **ret, Problem *error);
 /* Busy (-EBUSY with *error set) while a job of d runs, else 0. */
 int manager_mount_job_busy(Device *d, Problem *error);
