@@ -46,14 +46,18 @@
 typedef struct MountPeer {
         const char *key, *label;
         bool udisks;
+        /* the other client's attach and detach, the same as scenario 1's */
+        int (*attach)(Client *c, Handle *h, char **ret_error);
+        int (*detach)(Client *c, Handle *h, char **ret_error);
 } MountPeer;
 
 static const MountPeer mount_peers[] = {
         {"loopmgr-dbus",
          "loopmgr: Device.Mount; the other client: Version, Attach(wait-udev) + Detach(wait)",
-         false},
+         false, loopmgr_attach_udev, loopmgr_detach},
         {"udisks-dbus",
-         "udisks2: Filesystem.Mount; the other client: Version, LoopSetup + Loop.Delete", true},
+         "udisks2: Filesystem.Mount; the other client: Version, LoopSetup + Loop.Delete", true,
+         udisks_attach, udisks_detach},
 };
 
 #define N_MOUNT_PEERS (sizeof(mount_peers) / sizeof(mount_peers[0]))
@@ -229,15 +233,6 @@ static int peer_version(const MountPeer *p, Client *c, char **ret_error) {
         return r;
 }
 
-static int peer_attach(const MountPeer *p, Client *c, Handle *h, char **ret_error) {
-        return p->udisks ? udisks_attach_file(c, h, c->file, false, ret_error)
-                         : loopmgr_attach_file(c, h, c->file, false, true, ret_error);
-}
-
-static int peer_detach(const MountPeer *p, Client *c, Handle *h, char **ret_error) {
-        return p->udisks ? udisks_detach(c, h, ret_error) : loopmgr_detach(c, h, ret_error);
-}
-
 /* The Mount in flight: its answer, when it came. */
 typedef struct Pending {
         bool done;
@@ -309,7 +304,7 @@ static int peer_unmount(const MountPeer *p, Client *c, const Handle *h, char **r
 /* The slow device, after its Unmount. udisksd sets autoclear on a loop device it mounts (the
  * teardown follows the unmount), so a Loop.Delete that fails on a device that went is fine. */
 static int peer_detach_slow(const MountPeer *p, Client *c, Handle *h, char **ret_error) {
-        int r = peer_detach(p, c, h, ret_error);
+        int r = p->detach(c, h, ret_error);
 
         if (r < 0 && p->udisks && wait_gone(h) >= 0) {
                 free(*ret_error);
@@ -350,14 +345,14 @@ static int others_while_mounting(const MountPeer *p, Client *mounter, Client *ot
                         return r;
                 timed_add(res, &res->version, now_usec() - t0);
                 t1 = now_usec();
-                r = peer_attach(p, other, &h, ret_error);
+                r = p->attach(other, &h, ret_error);
                 if (r < 0) {
                         handle_done(&h);
                         return r;
                 }
                 t2 = now_usec();
                 timed_add(res, &res->attach, t2 - t1);
-                r = peer_detach(p, other, &h, ret_error);
+                r = p->detach(other, &h, ret_error);
                 if (r < 0) {
                         handle_done(&h);
                         return r;
@@ -385,7 +380,7 @@ static void wait_mount_answer(Client *mounter, Pending *pe) {
         }
 }
 
-static void mount_round(Bench *b, const MountPeer *p, Slow *s, Client *mounter, Client *other,
+static void mount_round(const MountPeer *p, Slow *s, Client *mounter, Client *other,
                         MountResult *res, unsigned round) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
         Handle h = {.fd = -EBADF};
@@ -395,12 +390,11 @@ static void mount_round(Bench *b, const MountPeer *p, Slow *s, Client *mounter, 
         double t0 = 0;
         int r;
 
-        (void) b;
         r = peer_attach_slow(p, mounter, &h, s->image, &error);
         if (r < 0) {
                 result_fail(res, p->key, error);
                 if (h.node && h.diskseq > 0 && still_bound(h.node, h.diskseq) &&
-                    peer_detach(p, mounter, &h, &error) < 0)
+                    p->detach(mounter, &h, &error) < 0)
                         result_fail(res, p->key, error);
                 handle_done(&h);
                 return;
@@ -452,15 +446,11 @@ MountResult *run_mount(Bench *b) {
 
         if (!results)
                 oom();
-        if (!b->slowfs) {
-                for (size_t k = 0; k < N_MOUNT_PEERS; k++) {
-                        results[k].skipped = true;
-                        results[k].first_error = strdup_printf("no --slowfs given");
-                }
-                return results;
-        }
-        if (slow_start(b, &s, &error) < 0) {
+        if (!b->slowfs)
+                error = strdup_printf("no --slowfs given");
+        else if (slow_start(b, &s, &error) < 0)
                 fprintf(stderr, "bench-peers: 6. mount: %s\n", error);
+        if (error) {
                 for (size_t k = 0; k < N_MOUNT_PEERS; k++) {
                         results[k].skipped = true;
                         results[k].first_error = strdup_printf("%s", error);
@@ -488,7 +478,7 @@ MountResult *run_mount(Bench *b) {
                         if (client_open(b, &mounter, "s6-mount", 0) < 0 ||
                             client_open(b, &other, "s6-other", 0) < 0)
                                 exit(EXIT_FAILURE);
-                        mount_round(b, &mount_peers[k], &s, &mounter, &other, &results[k], i);
+                        mount_round(&mount_peers[k], &s, &mounter, &other, &results[k], i);
                         client_close(&mounter);
                         client_close(&other);
                         if (results[k].errors >= PEER_MAX_FAILURES) {

@@ -500,7 +500,7 @@ int loopmgr_attach_file(Client *c, Handle *h, const char *file, bool read_only, 
         return record_device(c->b, h, ret_error);
 }
 
-static int loopmgr_attach_udev(Client *c, Handle *h, char **ret_error) {
+int loopmgr_attach_udev(Client *c, Handle *h, char **ret_error) {
         return loopmgr_attach_file(c, h, c->file, false, true, ret_error);
 }
 
@@ -580,7 +580,7 @@ int udisks_attach_file(Client *c, Handle *h, const char *file, bool read_only, c
         return record_device(c->b, h, ret_error);
 }
 
-static int udisks_attach(Client *c, Handle *h, char **ret_error) {
+int udisks_attach(Client *c, Handle *h, char **ret_error) {
         return udisks_attach_file(c, h, c->file, false, ret_error);
 }
 

@@ -104,10 +104,14 @@ void client_close(Client *c);
 /* Manager.Attach of file (read_only: an O_RDONLY fd and read-only=true). */
 int loopmgr_attach_file(Client *c, Handle *h, const char *file, bool read_only, bool wait_udev,
                         char **ret_error);
+/* loopmgr_attach_file() of the client's own image, read-write, with the udev wait. */
+int loopmgr_attach_udev(Client *c, Handle *h, char **ret_error);
 /* Manager.Detach(wait=true): returns when the kernel binding is gone. */
 int loopmgr_detach(Client *c, Handle *h, char **ret_error);
 /* udisks2 Manager.LoopSetup of file: returns once udisksd has the block object. */
 int udisks_attach_file(Client *c, Handle *h, const char *file, bool read_only, char **ret_error);
+/* udisks_attach_file() of the client's own image, read-write. */
+int udisks_attach(Client *c, Handle *h, char **ret_error);
 /* Loop.Delete: LOOP_CLR_FD; on 6.11+ the teardown itself happens at the last close. */
 int udisks_detach(Client *c, Handle *h, char **ret_error);
 
